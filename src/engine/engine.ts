@@ -1,0 +1,262 @@
+/**
+ * The engine: a loaded backbone, its onnxruntime sessions, and `forward` over a view and a KV cache.
+ *
+ * Two sessions, both over the same graph-layout weights held once in JS memory:
+ * - serving: the pluggable kinds (o_proj, norms, embed_tokens, lm_head) are graph inputs, everything else
+ *   is a prepacked initializer. Plugins and o_proj merges run here at full speed.
+ * - research: every weight is an input, so any module can be overridden (merges of q/k/v or the MLP,
+ *   destruction of any kind). Built on first need and kept.
+ */
+import { createHash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import * as ort from 'onnxruntime-node';
+import { iterateCheckpoint } from '../model/checkpoint.ts';
+import { readSpec, type ModelSpec } from '../model/config.ts';
+import { expectedParams, parseName, PLUGGABLE_KINDS } from '../model/names.ts';
+import { View, type Tensor } from '../views/view.ts';
+import { buildDecoderGraph, MASKED } from './graph.ts';
+import { graphShape, toGraphLayout, toHfLayout } from './layout.ts';
+import { KvCache } from './kv-cache.ts';
+
+export interface EngineOptions {
+  /** onnxruntime intra-op threads; defaults to the machine's cores. */
+  threads?: number;
+  /** Make every weight an input in the serving session too (slower; for tests of the research path). */
+  allInputs?: boolean;
+}
+
+export type SessionKind = 'serving' | 'research';
+
+interface DecoderSession {
+  kind: SessionKind;
+  session: ort.InferenceSession;
+  inputs: ReadonlySet<string>;
+}
+
+export class ViewError extends Error {
+  override name = 'ViewError';
+}
+
+export interface ForwardOptions {
+  view?: View;
+  /** 'last' (default): logits of each row's last new token; 'all': of every new token. */
+  logits?: 'last' | 'all';
+}
+
+export class Engine {
+  private serving!: DecoderSession;
+  private research: Promise<DecoderSession> | null = null;
+  /** Graph-layout tensors of overlays, keyed by the HF-layout array they came from. */
+  private readonly layoutCache = new WeakMap<Float32Array, Float32Array>();
+  private readonly tensorCache = new WeakMap<Float32Array, ort.Tensor>();
+  readonly shapes: Map<string, number[]>;
+  readonly baseView: View;
+
+  private constructor(
+    readonly spec: ModelSpec,
+    /** Every parameter in graph layout. */
+    private readonly weights: Map<string, Float32Array>,
+    /** sha256 over the config and every weight's values. */
+    readonly fingerprint: string,
+    private readonly options: EngineOptions,
+    readonly dir: string | null,
+  ) {
+    this.shapes = expectedParams(spec);
+    this.baseView = new View(fingerprint);
+  }
+
+  /** Loads a Hugging Face model directory. */
+  static async load(dir: string, options: EngineOptions = {}): Promise<Engine> {
+    const { spec, raw } = readSpec(dir);
+    const hash = createHash('sha256').update(JSON.stringify(raw));
+    const weights = new Map<string, Float32Array>();
+    for (const t of iterateCheckpoint(dir, spec)) {
+      hash.update(t.name).update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      weights.set(t.name, toGraphLayout(spec, t.name, t.data, t.shape));
+    }
+    return Engine.create(spec, weights, hash.digest('hex').slice(0, 32), options, dir);
+  }
+
+  /** An engine over tensors already in memory (HF layout), e.g. a materialised view. */
+  static async fromTensors(spec: ModelSpec, tensors: ReadonlyMap<string, Tensor>, options: EngineOptions = {}): Promise<Engine> {
+    const hash = createHash('sha256').update(JSON.stringify(spec));
+    const weights = new Map<string, Float32Array>();
+    for (const [name, shape] of expectedParams(spec)) {
+      const t = tensors.get(name);
+      if (!t) throw new ViewError(`missing tensor ${name}`);
+      if (t.shape.join() !== shape.join()) throw new ViewError(`${name}: shape [${t.shape}], expected [${shape}]`);
+      hash.update(name).update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      weights.set(name, toGraphLayout(spec, name, t.data, shape));
+    }
+    return Engine.create(spec, weights, hash.digest('hex').slice(0, 32), options, null);
+  }
+
+  private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null) {
+    const e = new Engine(spec, weights, fp, options, dir);
+    e.serving = await e.buildSession(options.allInputs ? 'research' : 'serving');
+    return e;
+  }
+
+  /** Names that the serving session takes as inputs. */
+  get swappable(): ReadonlySet<string> {
+    return this.serving.inputs;
+  }
+
+  /** A backbone parameter in HF layout (a copy when the graph layout differs). */
+  parameter(name: string): Tensor {
+    const shape = this.shapes.get(name);
+    const data = this.weights.get(name);
+    if (!shape || !data) throw new ViewError(`unknown parameter ${name}`);
+    return { shape, data: toHfLayout(this.spec, name, data, shape) };
+  }
+
+  newCache(batch = 1): KvCache {
+    return new KvCache(this.spec, batch);
+  }
+
+  private async buildSession(kind: SessionKind): Promise<DecoderSession> {
+    const inputs = new Set<string>();
+    for (const name of this.shapes.keys()) {
+      const p = parseName(name)!;
+      if (kind === 'research' || PLUGGABLE_KINDS.includes(p.kind)) inputs.add(name);
+    }
+    const frozen = new Map([...this.weights].filter(([n]) => !inputs.has(n)));
+    const graph = buildDecoderGraph(this.spec, { inputs, frozen });
+    const session = await ort.InferenceSession.create(graph.bytes, {
+      externalData: graph.external,
+      graphOptimizationLevel: 'all',
+      intraOpNumThreads: this.options.threads ?? availableParallelism(),
+      executionMode: 'sequential',
+    });
+    return { kind, session, inputs };
+  }
+
+  private researchSession(): Promise<DecoderSession> {
+    this.research ??= this.buildSession('research');
+    return this.research;
+  }
+
+  /** Checks a view's tensors against the backbone and picks the session that can run it. */
+  async sessionFor(view: View): Promise<DecoderSession> {
+    const { tensors } = view.resolve();
+    let needsResearch = false;
+    for (const [name, t] of tensors) {
+      const shape = this.shapes.get(name);
+      if (!shape) throw new ViewError(`overlay names "${name}", which the backbone does not have`);
+      if (t.shape.join() !== shape.join()) throw new ViewError(`overlay tensor "${name}" has shape [${t.shape}], the backbone's is [${shape}]`);
+      if (!this.serving.inputs.has(name)) needsResearch = true;
+    }
+    return needsResearch ? this.researchSession() : this.serving;
+  }
+
+  private feedTensor(data: Float32Array, dims: number[]): ort.Tensor {
+    let t = this.tensorCache.get(data);
+    if (!t) {
+      t = new ort.Tensor('float32', data, dims);
+      this.tensorCache.set(data, t);
+    }
+    return t;
+  }
+
+  private graphData(name: string, t: Tensor): Float32Array {
+    let g = this.layoutCache.get(t.data);
+    if (!g) {
+      g = toGraphLayout(this.spec, name, t.data, t.shape);
+      this.layoutCache.set(t.data, g);
+    }
+    return g;
+  }
+
+  /**
+   * Runs new tokens through the model: rows[b] are appended to batch row b of the cache (an empty row takes
+   * no part). Returns, per row, the logits of its last new token (or of every new token).
+   */
+  async forward(cache: KvCache, rows: number[][], opts: ForwardOptions = {}): Promise<Float32Array[][]> {
+    const { spec } = this;
+    const B = cache.batch;
+    if (rows.length !== B) throw new RangeError(`${rows.length} rows for a cache of batch ${B}`);
+    const counts = rows.map((r) => r.length);
+    const S = Math.max(...counts);
+    if (S === 0) return rows.map(() => []);
+    for (const r of rows) for (const id of r) {
+      if (!Number.isInteger(id) || id < 0 || id >= spec.vocabSize) throw new RangeError(`token id ${id} is outside the vocabulary (0..${spec.vocabSize - 1})`);
+    }
+    const view = opts.view ?? this.baseView;
+    const session = await this.sessionFor(view);
+    const resolved = view.resolve();
+    cache.reserve(S);
+    const C = cache.capacity;
+
+    // Token ids, positions and masks; padded rows attend only to themselves so that no softmax is empty.
+    const ids = new BigInt64Array(B * S);
+    const pos = new BigInt64Array(B * S);
+    const newMask = new Float32Array(B * S * S).fill(MASKED);
+    const select: number[] = [];
+    for (let b = 0; b < B; b++) {
+      const n = counts[b];
+      for (let i = 0; i < S; i++) {
+        ids[b * S + i] = BigInt(i < n ? rows[b][i] : 0);
+        pos[b * S + i] = BigInt(cache.lengths[b] + i);
+        const rowBase = (b * S + i) * S;
+        if (i < n) newMask.fill(0, rowBase, rowBase + i + 1);
+        else newMask[rowBase + i] = 0;
+      }
+      if (n > 0) {
+        if (opts.logits === 'all') for (let i = 0; i < n; i++) select.push(b * S + i);
+        else select.push(b * S + n - 1);
+      }
+    }
+    const gates = new Float32Array(spec.numLayers).fill(1);
+    for (const [l, g] of resolved.gates) {
+      if (l < 0 || l >= spec.numLayers) throw new ViewError(`gate for layer ${l}, which the model does not have`);
+      gates[l] = g;
+    }
+
+    const { numKvHeads: kvH, headDim: D } = spec;
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', ids, [B, S]),
+      position_ids: new ort.Tensor('int64', pos, [B, S]),
+      past_mask: new ort.Tensor('float32', cache.pastMask(), [B, 1, 1, C]),
+      new_mask: new ort.Tensor('float32', newMask, [B, 1, S, S]),
+      select: new ort.Tensor('int64', BigInt64Array.from(select, BigInt), [select.length]),
+      layer_gate: new ort.Tensor('float32', gates, [spec.numLayers]),
+    };
+    for (let l = 0; l < spec.numLayers; l++) {
+      feeds[`past.${l}.key`] = new ort.Tensor('float32', cache.keys[l], [B, kvH, D, C]);
+      feeds[`past.${l}.value`] = new ort.Tensor('float32', cache.values[l], [B, kvH, C, D]);
+    }
+    for (const name of session.inputs) {
+      const over = resolved.tensors.get(name);
+      const data = over ? this.graphData(name, over) : this.weights.get(name)!;
+      feeds[name] = this.feedTensor(data, graphShape(spec, name, this.shapes.get(name)!));
+    }
+
+    const out = await session.session.run(feeds);
+    for (let l = 0; l < spec.numLayers; l++) {
+      cache.append(l, out[`present.${l}.key`].data as Float32Array, out[`present.${l}.value`].data as Float32Array, S, counts);
+    }
+    cache.advance(counts);
+
+    const logits = out.logits.data as Float32Array;
+    const V = spec.vocabSize;
+    const result: Float32Array[][] = rows.map(() => []);
+    let k = 0;
+    for (let b = 0; b < B; b++) {
+      const n = counts[b];
+      const m = n === 0 ? 0 : opts.logits === 'all' ? n : 1;
+      for (let i = 0; i < m; i++, k++) result[b].push(logits.subarray(k * V, (k + 1) * V));
+    }
+    return result;
+  }
+
+  /** Logits of every position of `ids`, from an empty cache (the `sfn logits` computation). */
+  async logits(ids: number[], view?: View): Promise<Float32Array[]> {
+    const cache = this.newCache(1);
+    return (await this.forward(cache, [ids], { view, logits: 'all' }))[0];
+  }
+
+  async release(): Promise<void> {
+    await this.serving.session.release();
+    if (this.research) await (await this.research).session.release();
+  }
+}

@@ -1,0 +1,191 @@
+/**
+ * The decoder's forward graph, built from a ModelSpec at load time (no export step, no Python).
+ *
+ * Qwen2 and Llama share one shape: embeddings -> N x [RMSNorm -> attention (GQA, RoPE) -> residual ->
+ * RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> head. Every weight node is named with its Hugging Face
+ * parameter name. A weight is either a graph *input* (swappable per run, fed by a view) or an *initializer*
+ * (frozen, prepacked by onnxruntime); the caller chooses which.
+ *
+ * KV cache: the engine owns per-layer buffers and feeds them as inputs (wrapped, not copied); the graph
+ * attends over [past (masked beyond each row's length) | new rows] without concatenating them, and outputs
+ * only the new rows' keys and values, which the engine appends. Past keys are stored transposed
+ * ([batch, kv_heads, head_dim, capacity]) so that Q.K^T is a plain MatMul over the buffer.
+ *
+ * Inputs (B batch rows, S new tokens per row, C cache capacity, N selected positions):
+ *   input_ids [B,S] int64, position_ids [B,S] int64,
+ *   past_mask [B,1,1,C] f32 (0 = attend, -1e30 = masked), new_mask [B,1,S,S] f32 (causal + padding),
+ *   select [N] int64 (flat indices b*S+s of the positions whose logits are wanted),
+ *   layer_gate [L] f32 (1 = layer on, 0 = layer removed: its residual contributions are gated off),
+ *   past.{l}.key [B,kvH,D,C], past.{l}.value [B,kvH,C,D], and the swappable weights.
+ * Outputs: logits [N,V], present.{l}.key [B,kvH,D,S], present.{l}.value [B,kvH,S,D].
+ */
+import type { ModelSpec } from '../model/config.ts';
+import { ropeInvFreq } from '../model/config.ts';
+import { expectedParams, formatName, type ModuleKind } from '../model/names.ts';
+import { graphShape } from './layout.ts';
+import { GraphBuilder, type ExternalTensor } from './onnx.ts';
+
+export const MASKED = -1e30;
+
+export interface GraphOptions {
+  /** Parameters fed at run time, in graph layout. */
+  inputs: ReadonlySet<string>;
+  /** Graph-layout data of every other parameter, kept as (external) initializers. */
+  frozen: ReadonlyMap<string, Float32Array>;
+}
+
+export interface DecoderGraph {
+  bytes: Uint8Array;
+  external: ExternalTensor[];
+  weightInputs: string[];
+}
+
+export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderGraph {
+  const b = new GraphBuilder();
+  const { hiddenSize: H, numHeads: nh, numKvHeads: nkv, headDim: D, numLayers: L } = spec;
+  const G = nh / nkv;
+  const shapes = expectedParams(spec);
+  const weightInputs: string[] = [];
+
+  // ---- weights: an input when swappable, an initializer when frozen ----
+  const declared = new Set<string>();
+  const w = (layer: number | null, kind: ModuleKind, param: 'weight' | 'bias' = 'weight'): string => {
+    const name = formatName({ layer, kind, param });
+    if (declared.has(name)) return name;
+    declared.add(name);
+    const shape = graphShape(spec, name, shapes.get(name)!);
+    if (opts.inputs.has(name)) {
+      b.input(name, 'float32', shape);
+      weightInputs.push(name);
+    } else {
+      const data = opts.frozen.get(name);
+      if (!data) throw new Error(`no data for frozen weight ${name}`);
+      b.externalFloat(name, data, shape);
+    }
+    return name;
+  };
+
+  // ---- inputs ----
+  const ids = b.input('input_ids', 'int64', ['batch', 'seq']);
+  const pos = b.input('position_ids', 'int64', ['batch', 'seq']);
+  const pastMask = b.input('past_mask', 'float32', ['batch', 1, 1, 'capacity']);
+  const newMask = b.input('new_mask', 'float32', ['batch', 1, 'seq', 'seq']);
+  const select = b.input('select', 'int64', ['selected']);
+  const layerGate = b.input('layer_gate', 'float32', [L]);
+
+  // ---- shared constants ----
+  const axisLast = b.constInt64([-1], 'axes_last');
+  const eps = b.constFloat([spec.rmsNormEps], [], 'rms_eps');
+  const two = b.constFloat([2], [], 'two');
+  const scale = b.constFloat([1 / Math.sqrt(D)], [], 'attn_scale');
+
+  // ---- embeddings ----
+  let h: string;
+  const embed = w(null, 'embed_tokens');
+  if (spec.tieWordEmbeddings) {
+    // The tied embedding is held as [H, V] for the head; look tokens up as columns.
+    const cols = b.op('Gather', [embed, ids], { axis: 1 }, 'embed_tokens.gather'); // [H,B,S]
+    h = b.op('Transpose', [cols], { perm: [1, 2, 0] }, 'embed_tokens.out');
+  } else {
+    h = b.op('Gather', [embed, ids], { axis: 0 }, 'embed_tokens.out'); // [B,S,H]
+  }
+
+  // ---- rotary embedding: cos/sin [B,S,1,D/2], computed once for all layers ----
+  const invFreq = b.constFloat(ropeInvFreq(spec), [D / 2], 'rope.inv_freq');
+  const posF = b.op('Cast', [pos], { to: 1 }, 'rope.pos_f');
+  const freqs = b.op('Mul', [b.op('Unsqueeze', [posF, axisLast]), invFreq], {}, 'rope.freqs'); // [B,S,D/2]
+  const axis2 = b.constInt64([2], 'axes_2');
+  const cos = b.op('Unsqueeze', [b.op('Cos', [freqs]), axis2], {}, 'rope.cos');
+  const sin = b.op('Unsqueeze', [b.op('Sin', [freqs]), axis2], {}, 'rope.sin');
+
+  // rotate_half as in transformers: [x1, x2] -> [x1*cos - x2*sin, x2*cos + x1*sin]
+  const rope = (x: string, prefix: string): string => {
+    const [x1, x2] = b.opN('Split', [x], 2, { axis: -1 }, `${prefix}.rope_split`);
+    const r1 = b.op('Sub', [b.op('Mul', [x1, cos]), b.op('Mul', [x2, sin])]);
+    const r2 = b.op('Add', [b.op('Mul', [x2, cos]), b.op('Mul', [x1, sin])]);
+    return b.op('Concat', [r1, r2], { axis: -1 }, `${prefix}.rope`);
+  };
+
+  // The causal/padding mask of the new rows, tiled over the G query heads that share a kv head: [B,1,G*S,S].
+  const newMaskG = G === 1 ? newMask : b.op('Tile', [newMask, b.constInt64([1, 1, G, 1])], {}, 'new_mask_tiled');
+
+  // RMSNorm in the op pattern onnxruntime fuses into SimplifiedLayerNormalization.
+  const rmsNorm = (x: string, weight: string, prefix: string): string => {
+    const variance = b.op('ReduceMean', [b.op('Pow', [x, two])], { axes: [-1], keepdims: 1 });
+    const normed = b.op('Div', [x, b.op('Sqrt', [b.op('Add', [variance, eps])])]);
+    return b.op('Mul', [normed, weight], {}, `${prefix}.out`);
+  };
+
+  const linear = (x: string, layer: number | null, kind: ModuleKind, bias: boolean, prefix: string): string => {
+    const y = b.op('MatMul', [x, w(layer, kind)], {}, `${prefix}.${kind}`);
+    return bias ? b.op('Add', [y, w(layer, kind, 'bias')], {}, `${prefix}.${kind}.bias_add`) : y;
+  };
+
+  // ---- attention: grouped-query, over [past | new] without concatenation ----
+  const shapeQ = b.constInt64([0, 0, nh, D], 'shape_q');
+  const shapeKv = b.constInt64([0, 0, nkv, D], 'shape_kv');
+  const shapeGrouped = b.constInt64([0, nkv, -1, D], 'shape_grouped');
+  const shapeHeads = b.constInt64([0, nh, -1, D], 'shape_heads');
+  const shapeMerged = b.constInt64([0, 0, nh * D], 'shape_merged');
+
+  const attention = (x: string, l: number): string => {
+    const p = `model.layers.${l}.self_attn`;
+    let q = b.op('Reshape', [linear(x, l, 'q_proj', spec.qkvBias, p), shapeQ]); // [B,S,nh,D]
+    let k = b.op('Reshape', [linear(x, l, 'k_proj', spec.qkvBias, p), shapeKv]); // [B,S,nkv,D]
+    const v = b.op('Reshape', [linear(x, l, 'v_proj', spec.qkvBias, p), shapeKv]);
+    q = rope(q, `${p}.q`);
+    k = rope(k, `${p}.k`);
+    // Queries [B,nh,S,D] regrouped as [B,nkv,G*S,D]: head h = kv*G + g, as transformers' repeat_kv pairs them.
+    const qT = b.op('Mul', [b.op('Transpose', [q], { perm: [0, 2, 1, 3] }), scale]);
+    const qg = b.op('Reshape', [qT, shapeGrouped], {}, `${p}.q_grouped`);
+    const kNew = b.op('Transpose', [k], { perm: [0, 2, 3, 1] }, `present.${l}.key`); // [B,nkv,D,S]
+    const vNew = b.op('Transpose', [v], { perm: [0, 2, 1, 3] }, `present.${l}.value`); // [B,nkv,S,D]
+    b.output(kNew, 'float32', ['batch', nkv, D, 'seq']);
+    b.output(vNew, 'float32', ['batch', nkv, 'seq', D]);
+    const pastK = b.input(`past.${l}.key`, 'float32', ['batch', nkv, D, 'capacity']);
+    const pastV = b.input(`past.${l}.value`, 'float32', ['batch', nkv, 'capacity', D]);
+
+    // Scores against the cache and against the new rows; one softmax across both, done by hand.
+    const sPast = b.op('Add', [b.op('MatMul', [qg, pastK]), pastMask], {}, `${p}.scores_past`); // [B,nkv,G*S,C]
+    const sNew = b.op('Add', [b.op('MatMul', [qg, kNew]), newMaskG], {}, `${p}.scores_new`); // [B,nkv,G*S,S]
+    const m = b.op('Max', [
+      b.op('ReduceMax', [sPast], { axes: [-1], keepdims: 1 }),
+      b.op('ReduceMax', [sNew], { axes: [-1], keepdims: 1 }),
+    ]);
+    const ePast = b.op('Exp', [b.op('Sub', [sPast, m])]);
+    const eNew = b.op('Exp', [b.op('Sub', [sNew, m])]);
+    const den = b.op('Add', [b.op('ReduceSum', [ePast, axisLast], { keepdims: 1 }), b.op('ReduceSum', [eNew, axisLast], { keepdims: 1 })]);
+    const ctx = b.op('Div', [b.op('Add', [b.op('MatMul', [ePast, pastV]), b.op('MatMul', [eNew, vNew])]), den], {}, `${p}.context`);
+    const heads = b.op('Transpose', [b.op('Reshape', [ctx, shapeHeads])], { perm: [0, 2, 1, 3] }); // [B,S,nh,D]
+    return linear(b.op('Reshape', [heads, shapeMerged]), l, 'o_proj', spec.oBias, p);
+  };
+
+  // ---- SwiGLU MLP ----
+  const mlp = (x: string, l: number): string => {
+    const p = `model.layers.${l}.mlp`;
+    const gate = linear(x, l, 'gate_proj', spec.mlpBias, p);
+    const up = linear(x, l, 'up_proj', spec.mlpBias, p);
+    const act = b.op('Mul', [b.op('Mul', [gate, b.op('Sigmoid', [gate])]), up], {}, `${p}.act`);
+    return linear(act, l, 'down_proj', spec.mlpBias, p);
+  };
+
+  // ---- decoder layers ----
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}`;
+    const gate = b.op('Gather', [layerGate, b.constInt64([l])], { axis: 0 }, `${p}.gate`); // [1], broadcast
+    const a = attention(rmsNorm(h, w(l, 'input_layernorm'), `${p}.input_layernorm`), l);
+    h = b.op('Add', [h, b.op('Mul', [a, gate])], {}, `${p}.residual_attn`);
+    const f = mlp(rmsNorm(h, w(l, 'post_attention_layernorm'), `${p}.post_attention_layernorm`), l);
+    h = b.op('Add', [h, b.op('Mul', [f, gate])], {}, `${p}.residual_mlp`);
+  }
+
+  // ---- final norm and head, on the selected positions only ----
+  h = rmsNorm(h, w(null, 'norm'), 'model.norm');
+  const flat = b.op('Reshape', [h, b.constInt64([-1, H], 'shape_flat')]);
+  const picked = b.op('Gather', [flat, select], { axis: 0 }, 'select_positions'); // [N,H]
+  const head = spec.tieWordEmbeddings ? embed : w(null, 'lm_head');
+  b.op('MatMul', [picked, head], {}, 'logits');
+  b.output('logits', 'float32', ['selected', spec.vocabSize]);
+
+  return { bytes: b.build(`sfn-${spec.arch}`), external: b.external, weightInputs };
+}

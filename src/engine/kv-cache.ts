@@ -1,0 +1,109 @@
+/**
+ * The KV cache, owned by the engine in JS memory and fed to every run as graph inputs (wrapped, not
+ * copied). Each run returns only the new rows' keys and values, which are appended here, so a generated
+ * token costs O(new rows), never a copy of the whole cache. Capacity grows in steps; only a growth copies.
+ *
+ * Layout per layer: keys [B, kvH, D, C] (transposed, so Q.K^T is a plain MatMul), values [B, kvH, C, D].
+ */
+import type { ModelSpec } from '../model/config.ts';
+import { MASKED } from './graph.ts';
+
+export class KvCache {
+  readonly keys: Float32Array[] = [];
+  readonly values: Float32Array[] = [];
+  /** Tokens held per batch row. */
+  readonly lengths: number[];
+  capacity: number;
+  private readonly kvH: number;
+  private readonly D: number;
+
+  constructor(
+    spec: ModelSpec,
+    readonly batch = 1,
+    initialCapacity = 64,
+    readonly step = 256,
+  ) {
+    this.kvH = spec.numKvHeads;
+    this.D = spec.headDim;
+    this.lengths = new Array(batch).fill(0);
+    this.capacity = Math.max(1, initialCapacity);
+    for (let l = 0; l < spec.numLayers; l++) {
+      this.keys.push(new Float32Array(batch * this.kvH * this.D * this.capacity));
+      this.values.push(new Float32Array(batch * this.kvH * this.D * this.capacity));
+    }
+  }
+
+  get maxLength(): number {
+    return Math.max(...this.lengths);
+  }
+
+  /** Grows every layer's buffers so that `extra` more tokens fit in every row. */
+  reserve(extra: number): void {
+    const need = this.maxLength + extra;
+    if (need <= this.capacity) return;
+    const cap = Math.ceil(need / this.step) * this.step;
+    const { batch: B, kvH, D, capacity: old } = this;
+    for (let l = 0; l < this.keys.length; l++) {
+      const k = new Float32Array(B * kvH * D * cap);
+      const ok = this.keys[l];
+      for (let r = 0; r < B * kvH * D; r++) k.set(ok.subarray(r * old, r * old + old), r * cap);
+      this.keys[l] = k;
+      const v = new Float32Array(B * kvH * cap * D);
+      const ov = this.values[l];
+      for (let r = 0; r < B * kvH; r++) v.set(ov.subarray(r * old * D, (r + 1) * old * D), r * cap * D);
+      this.values[l] = v;
+    }
+    this.capacity = cap;
+  }
+
+  /**
+   * Appends the first counts[b] of S new rows of each batch row, for one layer. keyNew is [B,kvH,D,S],
+   * valueNew [B,kvH,S,D], as the graph outputs them. Call `advance` once all layers are appended.
+   */
+  append(layer: number, keyNew: Float32Array, valueNew: Float32Array, S: number, counts: number[]): void {
+    const { kvH, D, capacity: C } = this;
+    const K = this.keys[layer];
+    const V = this.values[layer];
+    for (let b = 0; b < this.batch; b++) {
+      const n = counts[b];
+      if (n === 0) continue;
+      const t = this.lengths[b];
+      if (t + n > C) throw new Error('KV cache overflow: reserve() before running');
+      for (let h = 0; h < kvH; h++) {
+        const bh = b * kvH + h;
+        for (let d = 0; d < D; d++) {
+          const src = (bh * D + d) * S;
+          const dst = (bh * D + d) * C + t;
+          for (let s = 0; s < n; s++) K[dst + s] = keyNew[src + s];
+        }
+        V.set(valueNew.subarray(bh * S * D, (bh * S + n) * D), (bh * C + t) * D);
+      }
+    }
+  }
+
+  advance(counts: number[]): void {
+    for (let b = 0; b < this.batch; b++) this.lengths[b] += counts[b];
+  }
+
+  /** Additive mask over the cache: 0 for held positions, MASKED beyond each row's length. [B,1,1,C]. */
+  pastMask(): Float32Array {
+    const m = new Float32Array(this.batch * this.capacity).fill(MASKED);
+    for (let b = 0; b < this.batch; b++) m.fill(0, b * this.capacity, b * this.capacity + this.lengths[b]);
+    return m;
+  }
+
+  /** Forgets a row's tokens (the buffers are reused by the next sequence in that row). */
+  reset(row: number): void {
+    this.lengths[row] = 0;
+  }
+
+  /** Drops the last `n` tokens of a row (e.g. to re-run a prompt's final token). */
+  truncate(row: number, length: number): void {
+    if (length < 0 || length > this.lengths[row]) throw new RangeError(`cannot truncate row ${row} of ${this.lengths[row]} tokens to ${length}`);
+    this.lengths[row] = length;
+  }
+
+  get bytes(): number {
+    return this.keys.reduce((a, k) => a + k.byteLength, 0) * 2;
+  }
+}

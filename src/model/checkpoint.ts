@@ -1,0 +1,103 @@
+/**
+ * Reads a Hugging Face model directory: `config.json` plus `model.safetensors` or a sharded
+ * `model.safetensors.index.json`. Shards are opened one at a time and tensors read one at a time and
+ * converted to float32 straight away, so peak memory is the model in f32 plus one tensor.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve, sep } from 'node:path';
+import { readSpec, type ModelSpec } from './config.ts';
+import { FLOAT_DTYPES, toFloat32 } from './dtype.ts';
+import { expectedParams } from './names.ts';
+import { SafetensorsFile } from './safetensors.ts';
+
+export interface LoadedTensor {
+  name: string;
+  shape: number[];
+  data: Float32Array;
+}
+
+export class CheckpointError extends Error {
+  override name = 'CheckpointError';
+}
+
+/** Names a checkpoint may carry that the forward pass does not use. */
+const IGNORED = /\.rotary_emb\.inv_freq$/;
+
+/** The safetensors files of a model directory and which tensor lives in which. */
+export function checkpointFiles(dir: string): { files: string[]; weightMap: Map<string, string> | null } {
+  const single = join(dir, 'model.safetensors');
+  const index = join(dir, 'model.safetensors.index.json');
+  if (existsSync(index)) {
+    let parsed: { weight_map?: Record<string, string> };
+    try {
+      parsed = JSON.parse(readFileSync(index, 'utf8'));
+    } catch (e) {
+      throw new CheckpointError(`${index}: ${(e as Error).message}`);
+    }
+    if (!parsed.weight_map || typeof parsed.weight_map !== 'object') throw new CheckpointError(`${index}: no weight_map`);
+    const weightMap = new Map(Object.entries(parsed.weight_map));
+    const root = resolve(dir);
+    const files = [...new Set(weightMap.values())].map((f) => {
+      const p = resolve(dir, f);
+      if (!p.startsWith(root + sep)) throw new CheckpointError(`${index}: shard "${f}" lies outside the model directory`);
+      return p;
+    });
+    return { files, weightMap };
+  }
+  if (existsSync(single)) return { files: [single], weightMap: null };
+  throw new CheckpointError(`${dir}: neither model.safetensors nor model.safetensors.index.json`);
+}
+
+/**
+ * Yields every parameter of the model as float32, in file order, after checking that the checkpoint has
+ * exactly the parameters the config implies, each with the right shape and a float dtype.
+ */
+export function* iterateCheckpoint(dir: string, spec: ModelSpec): Generator<LoadedTensor> {
+  const expected = expectedParams(spec);
+  const { files, weightMap } = checkpointFiles(dir);
+  const seen = new Set<string>();
+  // Check every header before reading any data, so a bad checkpoint fails fast and cheaply.
+  for (const path of files) {
+    const f = SafetensorsFile.open(path);
+    try {
+      for (const name of f.names) {
+        if (weightMap && weightMap.get(name) !== undefined && resolve(dir, weightMap.get(name)!) !== path) {
+          throw new CheckpointError(`${path}: "${name}" is listed under another shard in the index`);
+        }
+        const info = f.info(name);
+        if (IGNORED.test(name) || (spec.tieWordEmbeddings && name === 'lm_head.weight')) continue;
+        const shape = expected.get(name);
+        if (!shape) throw new CheckpointError(`${path}: unexpected tensor "${name}" for a ${spec.arch} model with this config`);
+        if (seen.has(name)) throw new CheckpointError(`${path}: "${name}" appears in more than one shard`);
+        seen.add(name);
+        if (!(FLOAT_DTYPES as readonly string[]).includes(info.dtype)) throw new CheckpointError(`${path}: "${name}" has dtype ${info.dtype}; expected F32, F16 or BF16`);
+        if (info.shape.join(',') !== shape.join(',')) throw new CheckpointError(`${path}: "${name}" has shape [${info.shape}], expected [${shape}]`);
+      }
+    } finally {
+      f.close();
+    }
+  }
+  const missing = [...expected.keys()].filter((n) => !seen.has(n));
+  if (missing.length) throw new CheckpointError(`${dir}: missing ${missing.length} tensor(s), first "${missing[0]}"`);
+
+  for (const path of files) {
+    const f = SafetensorsFile.open(path);
+    try {
+      for (const name of f.names) {
+        if (!expected.has(name)) continue;
+        const info = f.info(name);
+        yield { name, shape: info.shape, data: toFloat32(f.readBytes(name), info.dtype) };
+      }
+    } finally {
+      f.close();
+    }
+  }
+}
+
+/** Loads a whole checkpoint into memory (HF layout). For tools and tests; the engine streams instead. */
+export function loadCheckpoint(dir: string): { spec: ModelSpec; tensors: Map<string, LoadedTensor> } {
+  const { spec } = readSpec(dir);
+  const tensors = new Map<string, LoadedTensor>();
+  for (const t of iterateCheckpoint(dir, spec)) tensors.set(t.name, t);
+  return { spec, tensors };
+}

@@ -1,0 +1,85 @@
+/**
+ * Float conversions between checkpoint dtypes and the float32 the engine computes in. onnxruntime's CPU
+ * MatMul has no bf16 kernel and the Node binding has no bfloat16 tensor type, so everything becomes f32 here.
+ */
+import type { Dtype } from './safetensors.ts';
+
+export type FloatDtype = 'F32' | 'F16' | 'BF16';
+export const FLOAT_DTYPES: readonly FloatDtype[] = ['F32', 'F16', 'BF16'];
+
+/** Converts raw little-endian bytes (from a fresh, aligned buffer) to float32. F32 input is reused, not copied. */
+export function toFloat32(bytes: Uint8Array, dtype: Dtype): Float32Array {
+  switch (dtype) {
+    case 'F32':
+      if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+      return new Float32Array(bytes.slice().buffer);
+    case 'BF16': {
+      const src = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+      const out = new Uint32Array(src.length);
+      for (let i = 0; i < src.length; i++) out[i] = src[i] << 16;
+      return new Float32Array(out.buffer);
+    }
+    case 'F16': {
+      const src = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+      const out = new Float32Array(src.length);
+      for (let i = 0; i < src.length; i++) out[i] = halfToFloat(src[i]);
+      return out;
+    }
+    default:
+      throw new Error(`dtype ${dtype} is not a floating-point weight type (F32, F16, BF16)`);
+  }
+}
+
+/** Converts float32 values to the bytes of a checkpoint dtype (round to nearest even for the 16-bit ones). */
+export function fromFloat32(data: Float32Array, dtype: FloatDtype): Uint8Array {
+  if (dtype === 'F32') return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const out = new Uint16Array(data.length);
+  if (dtype === 'BF16') {
+    const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+    for (let i = 0; i < data.length; i++) {
+      const b = bits[i];
+      if ((b & 0x7fffffff) > 0x7f800000) out[i] = (b >>> 16) | 0x40; // keep NaN a NaN
+      else out[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+    }
+  } else {
+    for (let i = 0; i < data.length; i++) out[i] = floatToHalf(data[i]);
+  }
+  return new Uint8Array(out.buffer);
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+export function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+export function floatToHalf(x: number): number {
+  f32[0] = x;
+  const b = u32[0];
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff;
+  const mant = b & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const e = exp - 127 + 15;
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    const m = (mant | 0x800000) >>> 0;
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    let r = m >>> shift;
+    const rest = m & ((1 << shift) - 1);
+    if (rest > half || (rest === half && r & 1)) r++;
+    return sign | r;
+  }
+  let r = (e << 10) | (mant >>> 13);
+  const rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && r & 1)) r++;
+  return sign | r;
+}
