@@ -23,6 +23,10 @@ export interface EngineOptions {
   threads?: number;
   /** Make every weight an input in the serving session too (slower; for tests of the research path). */
   allInputs?: boolean;
+  /** Let idle onnxruntime threads spin-wait (off by default). */
+  spin?: boolean;
+  /** Write onnxruntime's per-op profile (chrome trace JSON) with this file prefix. */
+  profilePrefix?: string;
 }
 
 export type SessionKind = 'serving' | 'research';
@@ -127,6 +131,10 @@ export class Engine {
       graphOptimizationLevel: 'all',
       intraOpNumThreads: this.options.threads ?? availableParallelism(),
       executionMode: 'sequential',
+      // Idle intra-op threads spin by default, taking cores from everything else in the process (the HTTP
+      // server, other sessions); decode runs back to back gain nothing measurable from it.
+      extra: { session: { intra_op: { allow_spinning: this.options.spin ? '1' : '0' } } },
+      ...(this.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${this.options.profilePrefix}-${kind}` } : {}),
     });
     return { kind, session, inputs };
   }
@@ -253,6 +261,12 @@ export class Engine {
   async logits(ids: number[], view?: View): Promise<Float32Array[]> {
     const cache = this.newCache(1);
     return (await this.forward(cache, [ids], { view, logits: 'all' }))[0];
+  }
+
+  /** Ends onnxruntime profiling (when enabled) and returns the trace files written. */
+  async endProfiling(): Promise<void> {
+    this.serving.session.endProfiling();
+    if (this.research) (await this.research).session.endProfiling();
   }
 
   async release(): Promise<void> {

@@ -1,0 +1,153 @@
+/**
+ * Engine benchmark: decode and prefill speed on a Qwen2.5-0.5B-shaped random checkpoint against the
+ * memory-bandwidth roofline measured in the same process. Prints one JSON object.
+ *
+ *   npm run bench:engine [-- --preset qwen2.5-0.5b --tokens 16 --threads N]
+ *
+ * Decoding one token reads every weight once, so tokens/s cannot beat bandwidth / weight bytes. The
+ * roofline is an onnxruntime MatMul streaming ~1 GiB of weights at M=1, the same kernel decode uses.
+ */
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+import * as ort from 'onnxruntime-node';
+import { Engine } from '../src/engine/engine.ts';
+import { GraphBuilder } from '../src/engine/onnx.ts';
+import { Rng } from '../src/engine/random.ts';
+import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
+import { expectedParams } from '../src/model/names.ts';
+
+const { values } = parseArgs({
+  options: {
+    preset: { type: 'string', default: 'qwen2.5-0.5b' },
+    tokens: { type: 'string', default: '24' },
+    threads: { type: 'string' },
+  },
+});
+const preset = values.preset as Preset;
+if (!(preset in PRESETS)) throw new Error(`--preset must be one of ${Object.keys(PRESETS)}`);
+const threads = values.threads ? Number(values.threads) : availableParallelism();
+const decodeTokens = Number(values.tokens);
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
+
+/**
+ * An M=1 MatMul over a ~1 GiB f32 initializer (prepacked, as the frozen decode weights are): the practical
+ * bandwidth roofline. Returns a function that times one run.
+ */
+async function roofline(): Promise<{ bytes: number; time: () => Promise<number>; release: () => Promise<void> }> {
+  const K = 4096;
+  const N = 65536;
+  const w = new Float32Array(K * N);
+  const rng = new Rng(1);
+  for (let i = 0; i < w.length; i += 1024) w[i] = rng.normal();
+  const b = new GraphBuilder();
+  b.input('x', 'float32', [1, K]);
+  b.externalFloat('w', w, [K, N]);
+  b.op('MatMul', ['x', 'w'], {}, 'y');
+  b.output('y', 'float32', [1, N]);
+  const s = await ort.InferenceSession.create(b.build('roofline'), {
+    externalData: b.external,
+    intraOpNumThreads: threads,
+    graphOptimizationLevel: 'all',
+    extra: { session: { intra_op: { allow_spinning: '0' } } },
+  });
+  const x = new ort.Tensor('float32', new Float32Array(K).fill(1), [1, K]);
+  return {
+    bytes: w.byteLength,
+    time: async () => {
+      const t0 = performance.now();
+      await s.run({ x });
+      return performance.now() - t0;
+    },
+    release: () => s.release(),
+  };
+}
+
+async function main() {
+  const t0 = performance.now();
+  const { dir, made } = cachedModel(preset, 0);
+  log(`${made ? 'made' : 'using cached'} ${preset} checkpoint at ${dir} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+
+  const roof = await roofline();
+  const tl = performance.now();
+  const engine = await Engine.load(dir, { threads });
+  const loadS = (performance.now() - tl) / 1000;
+  const spec = engine.spec;
+  // Bytes one decode step must read: every weight once, except an untied embedding (only a row is gathered).
+  let weightBytes = 0;
+  for (const [name, shape] of expectedParams(spec)) {
+    if (name === 'model.embed_tokens.weight' && !spec.tieWordEmbeddings) continue;
+    weightBytes += shape.reduce((a, b) => a * b, 1) * 4;
+  }
+  
+  // Prefill: 512 tokens in one run, from an empty cache.
+  const rng = new Rng(7);
+  const prompt = Array.from({ length: 512 }, () => rng.nextUint32() % 150000);
+  const prefillTimes: number[] = [];
+  for (let i = 0; i < 2; i++) {
+    const cache = engine.newCache(1);
+    const t = performance.now();
+    await engine.forward(cache, [prompt]);
+    prefillTimes.push(performance.now() - t);
+  }
+  const prefillTps = 512 / (Math.min(...prefillTimes) / 1000);
+  log(`prefill ${prefillTps.toFixed(1)} tok/s`);
+
+  // Decode at contexts 128 and 2048: caches filled with random keys/values (decode time does not depend on
+  // their values), then one token per run. Roofline, ctx-128 and ctx-2048 steps are interleaved so that the
+  // machine's bandwidth drift (large on shared VMs) hits all three alike; medians are reported.
+  const contexts = [128, 2048];
+  const caches = contexts.map((context) => {
+    const cache = engine.newCache(1);
+    cache.reserve(context + decodeTokens + 3);
+    for (const buf of [...cache.keys, ...cache.values]) for (let i = 0; i < buf.length; i++) buf[i] = (rng.next() - 0.5) * 0.1;
+    cache.advance([context]);
+    return cache;
+  });
+  const roofTimes: number[] = [];
+  const decodeTimes: number[][] = contexts.map(() => []);
+  const ids = contexts.map(() => 1000);
+  const order = [-1, ...contexts.keys()];
+  for (let i = 0; i < decodeTokens + 2; i++) {
+    // A different order each round, so no measurement always follows the same one.
+    for (let j = order.length - 1; j > 0; j--) {
+      const k = rng.nextUint32() % (j + 1);
+      [order[j], order[k]] = [order[k], order[j]];
+    }
+    for (const c of order) {
+      if (c < 0) {
+        const r = await roof.time();
+        if (i >= 2) roofTimes.push(r);
+        continue;
+      }
+      const t = performance.now();
+      const [[logits]] = await engine.forward(caches[c], [[ids[c]]]);
+      if (i >= 2) decodeTimes[c].push(performance.now() - t);
+      ids[c] = 1000 + (logits.indexOf(Math.max(...logits.subarray(1000, 2000))) % 1000);
+    }
+  }
+  await roof.release();
+  await engine.release();
+  const gbps = roof.bytes / (median(roofTimes) / 1000) / 1e9;
+  const rooflineTps = (gbps * 1e9) / weightBytes;
+  const [d128, d2048] = decodeTimes.map((t) => 1000 / median(t));
+  log(`roofline ${gbps.toFixed(1)} GB/s = ${rooflineTps.toFixed(2)} tok/s; decode ${d128.toFixed(2)} / ${d2048.toFixed(2)} tok/s`);
+
+  const out = {
+    bench: 'engine',
+    preset,
+    threads,
+    weight_bytes_per_token: weightBytes,
+    load_s: +loadS.toFixed(2),
+    roofline: { matmul_bytes: roof.bytes, ms: +median(roofTimes).toFixed(2), gb_per_s: +gbps.toFixed(2), tokens_per_s: +rooflineTps.toFixed(2) },
+    decode_tokens_per_s: { ctx128: +d128.toFixed(2), ctx2048: +d2048.toFixed(2) },
+    decode_vs_roofline: { ctx128: +(d128 / rooflineTps).toFixed(3), ctx2048: +(d2048 / rooflineTps).toFixed(3), target: 0.9 },
+    slowdown_2048_vs_128: { ratio: +(d128 / d2048 - 1).toFixed(3), target_max: 0.1 },
+    prefill_tokens_per_s: { tokens: 512, value: +prefillTps.toFixed(1) },
+    peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
+  };
+  process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+}
+
+await main();

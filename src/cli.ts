@@ -1,0 +1,182 @@
+#!/usr/bin/env node
+/**
+ * `sfn`: the command line. `make-model`, `generate` and `logits` work on any HF-layout model directory;
+ * with no `--model` (and no SFN_MODEL) they use the built-in tiny model, made once and cached.
+ */
+import { parseArgs } from 'node:util';
+import { Engine } from './engine/engine.ts';
+import { generate } from './engine/generate.ts';
+import { argmax } from './engine/sampler.ts';
+import { ModelTokenizer } from './engine/tokenizer.ts';
+import { cachedModel, makeModel, PRESETS, type Preset } from './model/make-model.ts';
+import type { FloatDtype } from './model/dtype.ts';
+
+const USAGE = `usage: sfn <command> [options]
+
+commands:
+  make-model DIR             write a random, seeded HF-layout checkpoint with the Qwen tokenizer
+      --preset tiny|qwen2.5-0.5b|qwen2.5-1.5b   (default tiny)
+      --seed N  --dtype bf16|f16|f32  --shard-mb N
+  generate                   stream a completion to stdout
+      --model DIR --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-p P]
+      [--top-k K] [--seed N] [--stop S]...
+  logits                     print {"ids","logits","greedy"} JSON, computed as the server computes it
+      --model DIR --ids 1,2,3 [--greedy N]
+
+With no --model and no SFN_MODEL, the built-in tiny model is used (random weights, random text).`;
+
+export class UsageError extends Error {}
+
+/** The model directory to use: --model, then SFN_MODEL, then the built-in tiny model (with a notice). */
+export function resolveModelDir(flag: string | undefined, log: (s: string) => void = (s) => process.stderr.write(s + '\n')): string {
+  const dir = flag ?? process.env.SFN_MODEL;
+  if (dir) return dir;
+  const { dir: tiny, made } = cachedModel('tiny', 0);
+  log(
+    `sfn: no model configured (--model or SFN_MODEL); using the built-in tiny model at ${tiny}` +
+      `${made ? ' (just made)' : ''}. Its weights are random, so its text is random too.`,
+  );
+  return tiny;
+}
+
+function int(v: string | undefined, name: string, dflt?: number): number | undefined {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got "${v}"`);
+  return n;
+}
+
+function num(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got "${v}"`);
+  return n;
+}
+
+async function cmdMakeModel(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { preset: { type: 'string', default: 'tiny' }, seed: { type: 'string' }, dtype: { type: 'string', default: 'bf16' }, 'shard-mb': { type: 'string' } },
+  });
+  const dir = positionals[0];
+  if (!dir || positionals.length > 1) throw new UsageError('make-model takes one directory');
+  if (!(values.preset! in PRESETS)) throw new UsageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}`);
+  const dtype = values.dtype!.toUpperCase();
+  if (!['BF16', 'F16', 'F32'].includes(dtype)) throw new UsageError('--dtype must be bf16, f16 or f32');
+  const shardMb = int(values['shard-mb'], 'shard-mb');
+  const spec = makeModel(dir, {
+    preset: values.preset as Preset,
+    seed: int(values.seed, 'seed', 0),
+    dtype: dtype as FloatDtype,
+    shardBytes: shardMb ? shardMb * 1024 * 1024 : undefined,
+  });
+  process.stderr.write(`sfn: wrote a random ${values.preset} checkpoint (${spec.numLayers} layers, hidden ${spec.hiddenSize}) to ${dir}\n`);
+}
+
+async function cmdLogits(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' } } });
+  if (!values.ids) throw new UsageError('logits needs --ids 1,2,3');
+  const ids = values.ids.split(',').map((s) => {
+    const n = Number(s.trim());
+    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--ids: "${s}" is not a token id`);
+    return n;
+  });
+  const greedyN = int(values.greedy, 'greedy', 0)!;
+  const engine = await Engine.load(resolveModelDir(values.model), { threads: int(values.threads, 'threads') });
+  // All positions' logits from one prefill, then greedy decoding on the same cache (ignoring EOS).
+  const cache = engine.newCache(1);
+  const [all] = await engine.forward(cache, [ids], { logits: 'all' });
+  const greedy: number[] = [];
+  let last = all[all.length - 1];
+  for (let i = 0; i < greedyN; i++) {
+    const id = argmax(last);
+    greedy.push(id);
+    if (i + 1 < greedyN) [[last]] = await engine.forward(cache, [[id]]);
+  }
+  const rows = all.map((r) => `[${Array.from(r).join(',')}]`);
+  process.stdout.write(`{"ids":${JSON.stringify(ids)},"logits":[${rows.join(',')}],"greedy":${JSON.stringify(greedy)}}\n`);
+  await engine.release();
+}
+
+async function cmdGenerate(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string' },
+      prompt: { type: 'string' },
+      chat: { type: 'boolean', default: false },
+      'max-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-p': { type: 'string' },
+      'top-k': { type: 'string' },
+      seed: { type: 'string' },
+      stop: { type: 'string', multiple: true },
+      threads: { type: 'string' },
+    },
+  });
+  if (values.prompt === undefined) throw new UsageError('generate needs --prompt TEXT');
+  const dir = resolveModelDir(values.model);
+  const tokenizer = ModelTokenizer.fromDir(dir);
+  const engine = await Engine.load(dir, { threads: int(values.threads, 'threads') });
+  const text = values.chat ? tokenizer.applyChatTemplate([{ role: 'user', content: values.prompt }]) : values.prompt;
+  const ids = tokenizer.encode(text);
+  const controller = new AbortController();
+  process.once('SIGINT', () => controller.abort());
+  const it = generate(engine, tokenizer, ids, {
+    maxTokens: int(values['max-tokens'], 'max-tokens', 128)!,
+    temperature: num(values.temperature, 'temperature') ?? 0,
+    topP: num(values['top-p'], 'top-p'),
+    topK: int(values['top-k'], 'top-k'),
+    seed: int(values.seed, 'seed'),
+    stop: values.stop,
+    signal: controller.signal,
+  });
+  let r = await it.next();
+  while (!r.done) {
+    process.stdout.write(r.value.text);
+    r = await it.next();
+  }
+  process.stdout.write('\n');
+  process.stderr.write(`sfn: finished (${r.value.reason}) after ${r.value.tokens} tokens\n`);
+  await engine.release();
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case 'make-model':
+        await cmdMakeModel(rest);
+        return 0;
+      case 'logits':
+        await cmdLogits(rest);
+        return 0;
+      case 'generate':
+        await cmdGenerate(rest);
+        return 0;
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        process.stdout.write(USAGE + '\n');
+        return cmd === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command "${cmd}"`);
+    }
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (e instanceof UsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`sfn: ${err.message}\n\n${USAGE}\n`);
+      return 2;
+    }
+    process.stderr.write(`sfn: ${err.message}\n`);
+    return 1;
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('/cli.ts')) {
+  main(process.argv.slice(2)).then((code) => {
+    if (code !== 0) process.exitCode = code;
+  });
+}

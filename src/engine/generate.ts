@@ -1,0 +1,202 @@
+/**
+ * Generation: a `Sequence` turns logits into tokens and text (sampling, stop ids, stop strings, max tokens,
+ * incremental detokenization) and `generate` drives one through the engine as an async iterator. The
+ * batching scheduler drives many Sequences through one forward per step; both share this logic.
+ */
+import type { Engine } from './engine.ts';
+import type { KvCache } from './kv-cache.ts';
+import { Rng, randomSeed } from './random.ts';
+import { logprobs, sample, type SamplingParams, type TokenLogprob } from './sampler.ts';
+import type { ModelTokenizer } from './tokenizer.ts';
+import type { View } from '../views/view.ts';
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface GenerateParams extends Partial<SamplingParams> {
+  maxTokens: number;
+  seed?: number;
+  /** Strings that end generation; they are not part of the output. */
+  stop?: string[];
+  /** Token ids that end generation, besides the tokenizer's EOS ids. */
+  stopIds?: number[];
+  /** Keep going past EOS (benchmarks, oracle checks). */
+  ignoreEos?: boolean;
+  /** Also report the log-probability of each chosen token and of this many alternatives. */
+  logprobs?: number;
+  signal?: AbortSignal;
+  view?: View;
+  /** Edits logits in place before sampling (reasoning budget forcing suppresses tokens through this). */
+  logitsProcessor?: (logits: Float32Array, generated: readonly number[]) => void;
+}
+
+export interface GeneratedToken {
+  id: number;
+  /** Text released by this token (may be empty while a multi-byte character or a stop string is pending). */
+  text: string;
+  logprob?: number;
+  top?: TokenLogprob[];
+}
+
+export interface Finish {
+  reason: FinishReason;
+  /** The stop string or id that ended generation, if one did. */
+  matched?: string | number;
+  tokens: number;
+}
+
+/**
+ * Incremental detokenization as vLLM does it: decode a short window of recent ids and release only the
+ * text past what the window already produced, holding back an incomplete UTF-8 character.
+ */
+export class Detokenizer {
+  private ids: number[] = [];
+  private prefixOffset = 0;
+  private readOffset = 0;
+
+  constructor(private readonly tok: ModelTokenizer) {}
+
+  push(id: number): string {
+    this.ids.push(id);
+    const prefix = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = this.tok.decode(this.ids.slice(this.prefixOffset));
+    if (full.length > prefix.length && !full.endsWith('\uFFFD')) {
+      this.prefixOffset = this.readOffset;
+      this.readOffset = this.ids.length;
+      return full.slice(prefix.length);
+    }
+    return '';
+  }
+}
+
+/** One sequence's sampling and stopping state. */
+export class Sequence {
+  readonly generated: number[] = [];
+  readonly rng: Rng;
+  private readonly sampling: SamplingParams;
+  private readonly detok: Detokenizer | null;
+  private readonly stopIds: Set<number>;
+  /** Text released so far, and text held back because it may begin a stop string. */
+  text = '';
+  private pending = '';
+  finish: Finish | null = null;
+
+  constructor(
+    readonly params: GenerateParams,
+    tokenizer: ModelTokenizer | null,
+  ) {
+    this.rng = new Rng(params.seed ?? randomSeed());
+    this.sampling = { temperature: params.temperature ?? 1, topP: params.topP ?? 1, topK: params.topK ?? 0 };
+    this.detok = tokenizer ? new Detokenizer(tokenizer) : null;
+    this.stopIds = new Set([...(params.stopIds ?? []), ...(params.ignoreEos || !tokenizer ? [] : tokenizer.eosIds)]);
+    if (params.maxTokens <= 0) this.finish = { reason: 'length', tokens: 0 };
+  }
+
+  /** Chooses the next token from the model's logits; sets `finish` when generation ends. */
+  accept(logits: Float32Array): GeneratedToken {
+    if (this.finish) throw new Error('sequence already finished');
+    const raw = this.params.logprobs !== undefined ? logits.slice() : logits;
+    if (this.params.logitsProcessor) this.params.logitsProcessor(logits, this.generated);
+    const id = sample(logits, this.sampling, this.rng);
+    return this.acceptId(id, raw);
+  }
+
+  /** Takes a chosen token (from `accept`, or forced by the caller). */
+  acceptId(id: number, rawLogits?: Float32Array): GeneratedToken {
+    this.generated.push(id);
+    const out: GeneratedToken = { id, text: '' };
+    if (rawLogits && this.params.logprobs !== undefined) Object.assign(out, logprobs(rawLogits, id, this.params.logprobs));
+    if (this.stopIds.has(id)) {
+      out.text = this.flush();
+      this.finish = { reason: 'stop', matched: id, tokens: this.generated.length };
+      return out;
+    }
+    out.text = this.release(this.detok ? this.detok.push(id) : '');
+    if (!this.finish && this.generated.length >= this.params.maxTokens) {
+      out.text += this.flush();
+      this.finish = { reason: 'length', tokens: this.generated.length };
+    }
+    return out;
+  }
+
+  abort(): void {
+    this.finish ??= { reason: 'abort', tokens: this.generated.length };
+  }
+
+  private flush(): string {
+    const t = this.pending;
+    this.pending = '';
+    this.text += t;
+    return t;
+  }
+
+  /** Adds new text, cutting at a stop string and holding back a suffix that may begin one. */
+  private release(delta: string): string {
+    const stops = this.params.stop ?? [];
+    const buf = this.pending + delta;
+    if (stops.length === 0) {
+      this.pending = '';
+      this.text += buf;
+      return buf;
+    }
+    // A stop string may start inside text already released only up to its length - 1 chars back, which
+    // were held in `pending`; search the buffer.
+    let cut = -1;
+    let matched = '';
+    for (const s of stops) {
+      if (!s) continue;
+      const i = buf.indexOf(s);
+      if (i >= 0 && (cut < 0 || i < cut)) (cut = i), (matched = s);
+    }
+    if (cut >= 0) {
+      const out = buf.slice(0, cut);
+      this.pending = '';
+      this.text += out;
+      this.finish = { reason: 'stop', matched, tokens: this.generated.length };
+      return out;
+    }
+    let hold = 0;
+    for (const s of stops) {
+      for (let k = Math.min(s.length - 1, buf.length); k > hold; k--) {
+        if (buf.endsWith(s.slice(0, k))) {
+          hold = k;
+          break;
+        }
+      }
+    }
+    const out = buf.slice(0, buf.length - hold);
+    this.pending = buf.slice(buf.length - hold);
+    this.text += out;
+    return out;
+  }
+}
+
+/**
+ * Generates from prompt ids, yielding each token as it is chosen; returns how it finished. The prompt is
+ * prefilled in one run (only the last position's logits come back), then one token per run.
+ */
+export async function* generate(
+  engine: Engine,
+  tokenizer: ModelTokenizer | null,
+  promptIds: number[],
+  params: GenerateParams,
+  cache: KvCache = engine.newCache(1),
+): AsyncGenerator<GeneratedToken, Finish> {
+  if (promptIds.length === 0) throw new RangeError('the prompt must have at least one token');
+  const seq = new Sequence(params, tokenizer);
+  let next = promptIds;
+  while (!seq.finish) {
+    if (params.signal?.aborted) {
+      seq.abort();
+      break;
+    }
+    const [[logits]] = await engine.forward(cache, [next], { view: params.view });
+    if (params.signal?.aborted) {
+      seq.abort();
+      break;
+    }
+    const tok = seq.accept(logits);
+    yield tok;
+    next = [tok.id];
+  }
+  return seq.finish!;
+}

@@ -1,0 +1,96 @@
+/**
+ * Next-token choice from logits: greedy (temperature 0), or sampling with temperature, top-k and top-p from
+ * a seeded generator. Also log-probabilities as the OpenAI API reports them (of the model's raw distribution,
+ * as vLLM does).
+ */
+import type { Rng } from './random.ts';
+
+export interface SamplingParams {
+  /** 0 = greedy. */
+  temperature: number;
+  /** Nucleus mass in (0, 1]; 1 = off. */
+  topP: number;
+  /** Keep the k most likely tokens; 0 = off. */
+  topK: number;
+}
+
+export const GREEDY: SamplingParams = { temperature: 0, topP: 1, topK: 0 };
+
+/** Index of the largest logit; the first one on ties, as torch.argmax. */
+export function argmax(logits: ArrayLike<number>): number {
+  let best = 0;
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) (max = logits[i]), (best = i);
+  return best;
+}
+
+export function sample(logits: Float32Array, p: SamplingParams, rng: Rng): number {
+  if (p.temperature === 0) return argmax(logits);
+  const V = logits.length;
+  const inv = 1 / p.temperature;
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) if (logits[i] > max) max = logits[i];
+  const probs = new Float64Array(V);
+  let sum = 0;
+  for (let i = 0; i < V; i++) sum += probs[i] = Math.exp((logits[i] - max) * inv);
+  for (let i = 0; i < V; i++) probs[i] /= sum;
+
+  // Candidates in descending probability. Tokens under 1e-7 are left out of the sort when the rest already
+  // hold enough mass for top-p and top-k, which is exact: every excluded token ranks below every candidate.
+  let cand: number[] = [];
+  let candMass = 0;
+  for (let i = 0; i < V; i++) if (probs[i] > 1e-7) cand.push(i), (candMass += probs[i]);
+  if (candMass < p.topP || (p.topK > 0 && cand.length < p.topK)) cand = Array.from({ length: V }, (_, i) => i);
+  cand.sort((a, b) => probs[b] - probs[a] || a - b);
+  if (p.topK > 0 && cand.length > p.topK) cand = cand.slice(0, p.topK);
+  if (p.topK > 0) {
+    // top-k renormalises before top-p looks at the mass, as transformers' warpers chain them.
+    const m = cand.reduce((a, i) => a + probs[i], 0);
+    for (const i of cand) probs[i] /= m;
+  }
+  if (p.topP < 1) {
+    let cum = 0;
+    let keep = 0;
+    while (keep < cand.length) {
+      cum += probs[cand[keep++]];
+      if (cum >= p.topP) break;
+    }
+    cand = cand.slice(0, keep);
+  }
+  let total = 0;
+  for (const i of cand) total += probs[i];
+  let r = rng.next() * total;
+  for (const i of cand) {
+    r -= probs[i];
+    if (r < 0) return i;
+  }
+  return cand[cand.length - 1];
+}
+
+export interface TokenLogprob {
+  id: number;
+  logprob: number;
+}
+
+/** log softmax of one token, and optionally the `top` most likely tokens with theirs. */
+export function logprobs(logits: Float32Array, id: number, top = 0): { logprob: number; top: TokenLogprob[] } {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  const lse = max + Math.log(sum);
+  const best: TokenLogprob[] = [];
+  if (top > 0) {
+    // A bounded insertion list: top is small (<= 20), the vocabulary is not.
+    for (let i = 0; i < logits.length; i++) {
+      const v = logits[i];
+      if (best.length === top && v <= best[top - 1].logprob) continue;
+      let j = best.length < top ? best.length : top - 1;
+      if (best.length < top) best.push({ id: i, logprob: v });
+      while (j > 0 && best[j - 1].logprob < v) (best[j] = best[j - 1]), j--;
+      best[j] = { id: i, logprob: v };
+    }
+    for (const b of best) b.logprob -= lse;
+  }
+  return { logprob: logits[id] - lse, top: best };
+}

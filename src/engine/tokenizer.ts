@@ -1,0 +1,110 @@
+/**
+ * Tokenizer and chat template from a model directory's `tokenizer.json` / `tokenizer_config.json`
+ * (@huggingface/tokenizers, @huggingface/jinja), with stop ids from `generation_config.json` and `config.json`,
+ * as transformers' `generate` collects them.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Template } from '@huggingface/jinja';
+import { Tokenizer } from '@huggingface/tokenizers';
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+  [key: string]: unknown;
+}
+
+export class ChatTemplateError extends Error {
+  override name = 'ChatTemplateError';
+}
+
+export class ModelTokenizer {
+  private readonly tok: Tokenizer;
+  private readonly template: Template | null;
+  readonly eosIds: number[];
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  private readonly specialIds: Set<number>;
+
+  constructor(tokenizerJson: object, tokenizerConfig: Record<string, unknown>, eosIds: number[]) {
+    this.tok = new Tokenizer(tokenizerJson, tokenizerConfig);
+    const tpl = tokenizerConfig.chat_template;
+    const source = typeof tpl === 'string' ? tpl : Array.isArray(tpl) ? (tpl.find((t) => t?.name === 'default')?.template as string | undefined) : undefined;
+    this.template = source ? new Template(source) : null;
+    this.bosToken = tokenText(tokenizerConfig.bos_token);
+    this.eosToken = tokenText(tokenizerConfig.eos_token);
+    const ids = new Set(eosIds);
+    if (this.eosToken) {
+      const id = this.tok.token_to_id(this.eosToken);
+      if (id !== undefined) ids.add(id);
+    }
+    this.eosIds = [...ids];
+    this.specialIds = new Set([...this.tok.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
+  }
+
+  static fromDir(dir: string): ModelTokenizer {
+    const json = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8'));
+    const cfgPath = join(dir, 'tokenizer_config.json');
+    const cfg = existsSync(cfgPath) ? JSON.parse(readFileSync(cfgPath, 'utf8')) : {};
+    return new ModelTokenizer(json, cfg, stopIds(dir));
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.template !== null;
+  }
+
+  encode(text: string, addSpecialTokens = false): number[] {
+    return this.tok.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  decode(ids: number[], skipSpecialTokens = true): string {
+    if (ids.length === 0) return ''; // the library throws on an empty list
+    return this.tok.decode(ids, { skip_special_tokens: skipSpecialTokens });
+  }
+
+  tokenId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+
+  idToken(id: number): string | undefined {
+    return this.tok.id_to_token(id);
+  }
+
+  isSpecial(id: number): boolean {
+    return this.specialIds.has(id);
+  }
+
+  /** Renders the chat template (`add_generation_prompt` as transformers' apply_chat_template). */
+  applyChatTemplate(messages: ChatMessage[], options: { addGenerationPrompt?: boolean; extra?: Record<string, unknown> } = {}): string {
+    if (!this.template) throw new ChatTemplateError('this model has no chat_template in tokenizer_config.json');
+    try {
+      return this.template.render({
+        messages,
+        add_generation_prompt: options.addGenerationPrompt ?? true,
+        bos_token: this.bosToken ?? '',
+        eos_token: this.eosToken ?? '',
+        ...options.extra,
+      });
+    } catch (e) {
+      throw new ChatTemplateError(`chat template failed: ${(e as Error).message}`);
+    }
+  }
+}
+
+function tokenText(t: unknown): string | null {
+  if (typeof t === 'string') return t;
+  if (t && typeof t === 'object' && typeof (t as { content?: unknown }).content === 'string') return (t as { content: string }).content;
+  return null;
+}
+
+/** EOS ids: generation_config.json's eos_token_id (int or list), else config.json's. */
+export function stopIds(dir: string): number[] {
+  for (const f of ['generation_config.json', 'config.json']) {
+    const p = join(dir, f);
+    if (!existsSync(p)) continue;
+    const eos = JSON.parse(readFileSync(p, 'utf8')).eos_token_id;
+    if (typeof eos === 'number') return [eos];
+    if (Array.isArray(eos)) return eos.filter((x) => typeof x === 'number');
+  }
+  return [];
+}

