@@ -14,6 +14,7 @@ import type { FloatDtype } from './model/dtype.ts';
 const USAGE = `usage: sfn <command> [options]
 
 commands:
+  serve                      run the OpenAI-compatible server (flags and variables: see README)
   make-model DIR             write a random, seeded HF-layout checkpoint with the Qwen tokenizer
       --preset tiny|qwen2.5-0.5b|qwen2.5-1.5b   (default tiny)
       --seed N  --dtype bf16|f16|f32  --shard-mb N
@@ -155,6 +156,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'generate':
         await cmdGenerate(rest);
         return 0;
+      case 'serve': {
+        const { serveCommand } = await import('./server/serve.ts');
+        await serveCommand(rest);
+        return 0;
+      }
       case undefined:
       case '-h':
       case '--help':

@@ -45,6 +45,8 @@ export interface ForwardOptions {
   view?: View;
   /** 'last' (default): logits of each row's last new token; 'all': of every new token. */
   logits?: 'last' | 'all';
+  /** The cache row that rows[0] goes to; rows cover [firstRow, firstRow + rows.length). */
+  firstRow?: number;
 }
 
 export class Engine {
@@ -181,8 +183,9 @@ export class Engine {
    */
   async forward(cache: KvCache, rows: number[][], opts: ForwardOptions = {}): Promise<Float32Array[][]> {
     const { spec } = this;
-    const B = cache.batch;
-    if (rows.length !== B) throw new RangeError(`${rows.length} rows for a cache of batch ${B}`);
+    const B = rows.length;
+    const first = opts.firstRow ?? 0;
+    if (first < 0 || first + B > cache.batch) throw new RangeError(`rows ${first}..${first + B - 1} outside a cache of batch ${cache.batch}`);
     const counts = rows.map((r) => r.length);
     const S = Math.max(...counts);
     if (S === 0) return rows.map(() => []);
@@ -204,7 +207,7 @@ export class Engine {
       const n = counts[b];
       for (let i = 0; i < S; i++) {
         ids[b * S + i] = BigInt(i < n ? rows[b][i] : 0);
-        pos[b * S + i] = BigInt(cache.lengths[b] + i);
+        pos[b * S + i] = BigInt(cache.lengths[first + b] + i);
         const rowBase = (b * S + i) * S;
         if (i < n) newMask.fill(0, rowBase, rowBase + i + 1);
         else newMask[rowBase + i] = 0;
@@ -224,14 +227,15 @@ export class Engine {
     const feeds: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor('int64', ids, [B, S]),
       position_ids: new ort.Tensor('int64', pos, [B, S]),
-      past_mask: new ort.Tensor('float32', cache.pastMask(), [B, 1, 1, C]),
+      past_mask: new ort.Tensor('float32', cache.pastMask(first, B), [B, 1, 1, C]),
       new_mask: new ort.Tensor('float32', newMask, [B, 1, S, S]),
       select: new ort.Tensor('int64', BigInt64Array.from(select, BigInt), [select.length]),
       layer_gate: new ort.Tensor('float32', gates, [spec.numLayers]),
     };
     for (let l = 0; l < spec.numLayers; l++) {
-      feeds[`past.${l}.key`] = new ort.Tensor('float32', cache.keys[l], [B, kvH, D, C]);
-      feeds[`past.${l}.value`] = new ort.Tensor('float32', cache.values[l], [B, kvH, C, D]);
+      const r = cache.rows(l, first, B);
+      feeds[`past.${l}.key`] = new ort.Tensor('float32', r.keys, [B, kvH, D, C]);
+      feeds[`past.${l}.value`] = new ort.Tensor('float32', r.values, [B, kvH, C, D]);
     }
     for (const name of session.inputs) {
       const over = resolved.tensors.get(name);
@@ -241,9 +245,9 @@ export class Engine {
 
     const out = await session.session.run(feeds);
     for (let l = 0; l < spec.numLayers; l++) {
-      cache.append(l, out[`present.${l}.key`].data as Float32Array, out[`present.${l}.value`].data as Float32Array, S, counts);
+      cache.append(l, out[`present.${l}.key`].data as Float32Array, out[`present.${l}.value`].data as Float32Array, S, counts, first);
     }
-    cache.advance(counts);
+    cache.advance(counts, first);
 
     const logits = out.logits.data as Float32Array;
     const V = spec.vocabSize;

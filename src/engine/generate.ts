@@ -25,12 +25,33 @@ export interface GenerateParams extends Partial<SamplingParams> {
   logprobs?: number;
   signal?: AbortSignal;
   view?: View;
-  /** Edits logits in place before sampling (reasoning budget forcing suppresses tokens through this). */
+  /** Edits logits in place before sampling. */
   logitsProcessor?: (logits: Float32Array, generated: readonly number[]) => void;
+  /** Reasoning generation with budget forcing (s1): the sequence starts inside a thinking block. */
+  reasoning?: ReasoningParams;
 }
+
+/**
+ * Budget forcing as in s1 (Muennighoff et al., 2025). While fewer than `minTokens` thinking tokens exist,
+ * an attempt to end thinking (the end-of-thinking token or EOS) is replaced by `waitIds` ("Wait"), at most
+ * `wait` times, and suppressed after that; at `maxTokens` thinking tokens the block is closed by force.
+ */
+export interface ReasoningParams {
+  endId: number;
+  waitIds: number[];
+  minTokens: number;
+  maxTokens: number | null;
+  wait: number;
+}
+
+export type Channel = 'reasoning' | 'content';
 
 export interface GeneratedToken {
   id: number;
+  /** Which part of the reply the token belongs to (reasoning mode), else 'content'. */
+  channel: Channel;
+  /** Set when budget forcing put this token in place of the model's choice. */
+  forced?: boolean;
   /** Text released by this token (may be empty while a multi-byte character or a stop string is pending). */
   text: string;
   logprob?: number;
@@ -73,12 +94,18 @@ export class Sequence {
   readonly generated: number[] = [];
   readonly rng: Rng;
   private readonly sampling: SamplingParams;
-  private readonly detok: Detokenizer | null;
+  private readonly tokenizer: ModelTokenizer | null;
   private readonly stopIds: Set<number>;
   /** Text released so far, and text held back because it may begin a stop string. */
   text = '';
+  reasoningText = '';
   private pending = '';
   finish: Finish | null = null;
+  phase: Channel;
+  thinkingTokens = 0;
+  waitsUsed = 0;
+  private forced: number[] = [];
+  private detok: Detokenizer | null;
 
   constructor(
     readonly params: GenerateParams,
@@ -86,7 +113,9 @@ export class Sequence {
   ) {
     this.rng = new Rng(params.seed ?? randomSeed());
     this.sampling = { temperature: params.temperature ?? 1, topP: params.topP ?? 1, topK: params.topK ?? 0 };
+    this.tokenizer = tokenizer;
     this.detok = tokenizer ? new Detokenizer(tokenizer) : null;
+    this.phase = params.reasoning ? 'reasoning' : 'content';
     this.stopIds = new Set([...(params.stopIds ?? []), ...(params.ignoreEos || !tokenizer ? [] : tokenizer.eosIds)]);
     if (params.maxTokens <= 0) this.finish = { reason: 'length', tokens: 0 };
   }
@@ -95,16 +124,48 @@ export class Sequence {
   accept(logits: Float32Array): GeneratedToken {
     if (this.finish) throw new Error('sequence already finished');
     const raw = this.params.logprobs !== undefined ? logits.slice() : logits;
+    if (this.forced.length) return this.acceptId(this.forced.shift()!, raw, true);
     if (this.params.logitsProcessor) this.params.logitsProcessor(logits, this.generated);
-    const id = sample(logits, this.sampling, this.rng);
+    let id = sample(logits, this.sampling, this.rng);
+    const r = this.params.reasoning;
+    if (r && this.phase === 'reasoning') {
+      const ending = id === r.endId || this.stopIds.has(id);
+      if (r.maxTokens !== null && this.thinkingTokens >= r.maxTokens) return this.acceptId(r.endId, raw, true);
+      if (ending && this.thinkingTokens < r.minTokens) {
+        if (this.waitsUsed < r.wait && r.waitIds.length) {
+          this.waitsUsed++;
+          this.forced.push(...r.waitIds);
+          return this.acceptId(this.forced.shift()!, raw, true);
+        }
+        logits[r.endId] = -Infinity;
+        for (const s of this.stopIds) logits[s] = -Infinity;
+        id = sample(logits, this.sampling, this.rng);
+      }
+    }
     return this.acceptId(id, raw);
   }
 
   /** Takes a chosen token (from `accept`, or forced by the caller). */
-  acceptId(id: number, rawLogits?: Float32Array): GeneratedToken {
+  acceptId(id: number, rawLogits?: Float32Array, forced = false): GeneratedToken {
     this.generated.push(id);
-    const out: GeneratedToken = { id, text: '' };
+    const out: GeneratedToken = { id, text: '', channel: this.phase };
+    if (forced) out.forced = true;
     if (rawLogits && this.params.logprobs !== undefined) Object.assign(out, logprobs(rawLogits, id, this.params.logprobs));
+    if (this.phase === 'reasoning') {
+      if (id === this.params.reasoning!.endId) {
+        // Thinking ends here; the answer is detokenized afresh so that no text straddles the two.
+        this.phase = 'content';
+        this.detok = this.tokenizer ? new Detokenizer(this.tokenizer) : null;
+      } else if (!this.stopIds.has(id)) {
+        this.thinkingTokens++;
+        out.text = this.detok ? this.detok.push(id) : '';
+        this.reasoningText += out.text;
+      }
+      if (!this.stopIds.has(id)) {
+        if (this.generated.length >= this.params.maxTokens) this.finish = { reason: 'length', tokens: this.generated.length };
+        return out;
+      }
+    }
     if (this.stopIds.has(id)) {
       out.text = this.flush();
       this.finish = { reason: 'stop', matched: id, tokens: this.generated.length };

@@ -60,36 +60,58 @@ export class KvCache {
    * Appends the first counts[b] of S new rows of each batch row, for one layer. keyNew is [B,kvH,D,S],
    * valueNew [B,kvH,S,D], as the graph outputs them. Call `advance` once all layers are appended.
    */
-  append(layer: number, keyNew: Float32Array, valueNew: Float32Array, S: number, counts: number[]): void {
+  append(layer: number, keyNew: Float32Array, valueNew: Float32Array, S: number, counts: number[], first = 0): void {
     const { kvH, D, capacity: C } = this;
     const K = this.keys[layer];
     const V = this.values[layer];
-    for (let b = 0; b < this.batch; b++) {
-      const n = counts[b];
+    for (let i = 0; i < counts.length; i++) {
+      const n = counts[i];
+      const b = first + i;
+      const bh0 = i * kvH; // row in the run's outputs
       if (n === 0) continue;
       const t = this.lengths[b];
       if (t + n > C) throw new Error('KV cache overflow: reserve() before running');
       for (let h = 0; h < kvH; h++) {
         const bh = b * kvH + h;
+        const oh = bh0 + h;
         for (let d = 0; d < D; d++) {
-          const src = (bh * D + d) * S;
+          const src = (oh * D + d) * S;
           const dst = (bh * D + d) * C + t;
           for (let s = 0; s < n; s++) K[dst + s] = keyNew[src + s];
         }
-        V.set(valueNew.subarray(bh * S * D, (bh * S + n) * D), (bh * C + t) * D);
+        V.set(valueNew.subarray(oh * S * D, (oh * S + n) * D), (bh * C + t) * D);
       }
     }
   }
 
-  advance(counts: number[]): void {
-    for (let b = 0; b < this.batch; b++) this.lengths[b] += counts[b];
+  advance(counts: number[], first = 0): void {
+    for (let i = 0; i < counts.length; i++) this.lengths[first + i] += counts[i];
   }
 
-  /** Additive mask over the cache: 0 for held positions, MASKED beyond each row's length. [B,1,1,C]. */
-  pastMask(): Float32Array {
-    const m = new Float32Array(this.batch * this.capacity).fill(MASKED);
-    for (let b = 0; b < this.batch; b++) m.fill(0, b * this.capacity, b * this.capacity + this.lengths[b]);
+  /** Additive mask over the cache for rows [first, first+count): 0 for held positions, MASKED beyond. [n,1,1,C]. */
+  pastMask(first = 0, count = this.batch): Float32Array {
+    const C = this.capacity;
+    const m = new Float32Array(count * C).fill(MASKED);
+    for (let i = 0; i < count; i++) m.fill(0, i * C, i * C + this.lengths[first + i]);
     return m;
+  }
+
+  /** Rows [first, first+count) of a layer's buffers, without a copy (rows are contiguous). */
+  rows(layer: number, first: number, count: number): { keys: Float32Array; values: Float32Array } {
+    const per = this.kvH * this.D * this.capacity;
+    return { keys: this.keys[layer].subarray(first * per, (first + count) * per), values: this.values[layer].subarray(first * per, (first + count) * per) };
+  }
+
+  /** Moves a row's tokens into another row (keeps a batch's live rows contiguous when one finishes). */
+  moveRow(from: number, to: number): void {
+    if (from === to) return;
+    const per = this.kvH * this.D * this.capacity;
+    for (let l = 0; l < this.keys.length; l++) {
+      this.keys[l].copyWithin(to * per, from * per, (from + 1) * per);
+      this.values[l].copyWithin(to * per, from * per, (from + 1) * per);
+    }
+    this.lengths[to] = this.lengths[from];
+    this.lengths[from] = 0;
   }
 
   /** Forgets a row's tokens (the buffers are reused by the next sequence in that row). */

@@ -66,6 +66,22 @@ describe('engine on fixture A', () => {
     assert.ok(maxAbsDiff(e2, (await A.logits([...p2, p1[7], 6]))[5]) < TOL);
   });
 
+  it('runs a contiguous subset of cache rows, and keeps a row intact when it is moved', async () => {
+    const p1 = o.ids.slice(0, 9);
+    const p2 = o.ids.slice(4, 10);
+    const cache = A.newCache(3);
+    const [[l1]] = await A.forward(cache, [p1], { firstRow: 1 });
+    const [[l2]] = await A.forward(cache, [p2], { firstRow: 2 });
+    assert.deepEqual(cache.lengths, [0, 9, 6]);
+    assert.ok(maxAbsDiff(l1, (await A.logits(p1))[8]) < TOL);
+    assert.ok(maxAbsDiff(l2, (await A.logits(p2))[5]) < TOL);
+    cache.moveRow(2, 0);
+    assert.deepEqual(cache.lengths, [6, 9, 0]);
+    const [[d0], [d1]] = await A.forward(cache, [[7], [8]], { firstRow: 0 });
+    assert.ok(maxAbsDiff(d0, (await A.logits([...p2, 7]))[6]) < TOL);
+    assert.ok(maxAbsDiff(d1, (await A.logits([...p1, 8]))[9]) < TOL);
+  });
+
   it('A with B\'s o_proj through an overlay gives M1\'s oracle logits', async () => {
     const m1 = oracle('M1_o_proj');
     const view = A.baseView.with(tensorOverlay(pick(b.tensors, (n) => n.includes('o_proj'))));

@@ -1,0 +1,46 @@
+/** Messages between the HTTP thread (the host) and the engine's worker thread. */
+import type { ModelSpec } from '../model/config.ts';
+import type { OverlaySpec, OverlayStats } from '../views/overlays.ts';
+import type { EngineOptions } from './engine.ts';
+import type { Finish, GeneratedToken, GenerateParams } from './generate.ts';
+import type { PromptLogprob, SchedulerOptions, SchedulerStats } from './scheduler.ts';
+
+export interface WorkerInit {
+  modelDir: string;
+  engine: EngineOptions;
+  /** maxContext is capped at the model's max_position_embeddings once the config is read. */
+  scheduler: SchedulerOptions;
+  overlayCacheBytes: number;
+}
+
+/** The context limit actually served: the configured one, capped by the model. */
+export function servedContext(configured: number, spec: ModelSpec): number {
+  return Math.min(configured, spec.maxPositionEmbeddings);
+}
+
+/** What a request runs on: the backbone plus overlays, described so that the worker can load them. */
+export interface ViewSpec {
+  overlays: OverlaySpec[];
+}
+
+export type JobParams = Omit<GenerateParams, 'signal' | 'view' | 'logitsProcessor'>;
+
+export type HostToWorker =
+  | { type: 'submit'; id: string; promptIds: number[]; params: JobParams; view: ViewSpec; promptLogprobs?: number }
+  | { type: 'cancel'; id: string }
+  | { type: 'stats'; reqId: number };
+
+export interface WorkerStats extends SchedulerStats {
+  views: { running: string[]; waiting: string[] };
+  overlays: OverlayStats;
+}
+
+export type WorkerToHost =
+  | { type: 'ready'; spec: ModelSpec; fingerprint: string }
+  | { type: 'fatal'; message: string }
+  | { type: 'token'; id: string; token: GeneratedToken }
+  | { type: 'prompt_logprobs'; id: string; logprobs: PromptLogprob[] }
+  | { type: 'done'; id: string; finish: Finish }
+  | { type: 'error'; id: string; message: string }
+  | { type: 'rejected'; id: string; reason: 'queue_full' | 'invalid'; message: string }
+  | { type: 'stats'; reqId: number; stats: WorkerStats };

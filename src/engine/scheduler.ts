@@ -1,0 +1,265 @@
+/**
+ * Continuous batching. Requests are grouped into lanes by view fingerprint (a run feeds one set of
+ * weights to all its rows); each lane owns a batched KV cache whose live rows are kept contiguous, so a
+ * decode step is one forward over rows [0, n) of that lane. New requests join between steps: their prompt
+ * is prefilled alone on their row, in chunks, alternating with decode steps so that neither starves.
+ * Lanes take turns round-robin. A cancelled request leaves at the next step.
+ */
+import type { View } from '../views/view.ts';
+import type { Engine } from './engine.ts';
+import { Sequence, type Finish, type GeneratedToken, type GenerateParams } from './generate.ts';
+import type { KvCache } from './kv-cache.ts';
+import { logprobs, type TokenLogprob } from './sampler.ts';
+import type { ModelTokenizer } from './tokenizer.ts';
+
+export interface PromptLogprob {
+  id: number;
+  /** null for the first prompt token, which has no context. */
+  logprob: number | null;
+  top: TokenLogprob[];
+}
+
+export interface Job {
+  id: string;
+  promptIds: number[];
+  params: Omit<GenerateParams, 'signal' | 'view'>;
+  view: View;
+  /** Report prompt tokens' log-probabilities (echo with logprobs); the number of alternatives. */
+  promptLogprobs?: number;
+  onPromptLogprobs?: (lp: PromptLogprob[]) => void;
+  onToken: (t: GeneratedToken) => void;
+  onDone: (f: Finish) => void;
+  onError: (e: Error) => void;
+}
+
+export interface SchedulerOptions {
+  /** Rows per lane (sequences decoded together). */
+  maxBatch: number;
+  /** Sequences admitted at once, over all lanes. */
+  maxRunning: number;
+  /** Requests allowed to wait; past it, submit throws QueueFullError. */
+  maxWaiting: number;
+  /** Prompt tokens per prefill run. */
+  prefillChunk: number;
+  /** Context limit (prompt + generated). */
+  maxContext: number;
+}
+
+export class QueueFullError extends Error {
+  override name = 'QueueFullError';
+}
+
+interface Running {
+  job: Job;
+  seq: Sequence;
+  lane: Lane;
+  /** Prompt tokens not yet prefilled. */
+  pending: number[];
+  /** Token to feed at the next decode step. */
+  next: number | null;
+  cancelled: boolean;
+  /** Failed with an error already reported: no onDone. */
+  failed: boolean;
+  promptLps: PromptLogprob[];
+}
+
+interface Lane {
+  view: View;
+  cache: KvCache;
+  rows: Running[];
+}
+
+export interface SchedulerStats {
+  running: number;
+  waiting: number;
+  lanes: { fingerprint: string; rows: number }[];
+  cacheBytes: number;
+  steps: number;
+}
+
+export class Scheduler {
+  private readonly waiting: Job[] = [];
+  private readonly lanes = new Map<string, Lane>();
+  private readonly byId = new Map<string, Running>();
+  private readonly cancelledWaiting = new Set<string>();
+  private looping = false;
+  private laneTurn = 0;
+  private preferPrefill = true;
+  steps = 0;
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly tokenizer: ModelTokenizer | null,
+    readonly options: SchedulerOptions,
+  ) {}
+
+  submit(job: Job): void {
+    if (this.waiting.length >= this.options.maxWaiting) throw new QueueFullError(`${this.waiting.length} requests are already waiting`);
+    if (job.promptIds.length === 0) throw new RangeError('the prompt must have at least one token');
+    if (job.promptIds.length >= this.options.maxContext) {
+      throw new RangeError(`the prompt has ${job.promptIds.length} tokens; the context limit is ${this.options.maxContext}`);
+    }
+    this.waiting.push(job);
+    this.kick();
+  }
+
+  cancel(id: string): void {
+    const r = this.byId.get(id);
+    if (r) r.cancelled = true;
+    else if (this.waiting.some((j) => j.id === id)) this.cancelledWaiting.add(id);
+  }
+
+  stats(): SchedulerStats {
+    let cacheBytes = 0;
+    for (const l of this.lanes.values()) cacheBytes += l.cache.bytes;
+    return {
+      running: this.byId.size,
+      waiting: this.waiting.length,
+      lanes: [...this.lanes.entries()].map(([fingerprint, l]) => ({ fingerprint, rows: l.rows.length })),
+      cacheBytes,
+      steps: this.steps,
+    };
+  }
+
+  /** Fingerprints of the views of running and waiting requests. */
+  views(): { running: string[]; waiting: string[] } {
+    return { running: [...this.lanes.keys()], waiting: [...new Set(this.waiting.map((j) => j.view.fingerprint))] };
+  }
+
+  private kick(): void {
+    if (this.looping) return;
+    this.looping = true;
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (this.waiting.length || this.byId.size) {
+        this.admit();
+        this.sweep();
+        const did = await this.step();
+        // Let messages in (new requests, cancellations) between steps.
+        await new Promise((r) => setImmediate(r));
+        if (!did && !this.waiting.length) break;
+      }
+    } finally {
+      this.looping = false;
+      if (this.waiting.length || this.byId.size) this.kick();
+    }
+  }
+
+  private admit(): void {
+    for (let i = 0; i < this.waiting.length && this.byId.size < this.options.maxRunning; ) {
+      const job = this.waiting[i];
+      if (this.cancelledWaiting.delete(job.id)) {
+        this.waiting.splice(i, 1);
+        job.onDone({ reason: 'abort', tokens: 0 });
+        continue;
+      }
+      const fp = job.view.fingerprint;
+      let lane = this.lanes.get(fp);
+      if (lane && lane.rows.length >= this.options.maxBatch) {
+        i++;
+        continue;
+      }
+      if (!lane) {
+        lane = { view: job.view, cache: this.engine.newCache(this.options.maxBatch), rows: [] };
+        this.lanes.set(fp, lane);
+      }
+      this.waiting.splice(i, 1);
+      const row = lane.rows.length;
+      lane.cache.reset(row);
+      const r: Running = { job, seq: new Sequence(job.params, this.tokenizer), lane, pending: job.promptIds.slice(), next: null, cancelled: false, failed: false, promptLps: [] };
+      lane.rows.push(r);
+      this.byId.set(job.id, r);
+    }
+  }
+
+  /** Removes finished and cancelled sequences, moving the lane's last row into each hole. */
+  private sweep(): void {
+    for (const [fp, lane] of this.lanes) {
+      for (let i = 0; i < lane.rows.length; ) {
+        const r = lane.rows[i];
+        if (!r.cancelled && !r.seq.finish) {
+          i++;
+          continue;
+        }
+        if (r.cancelled) r.seq.abort();
+        const last = lane.rows.length - 1;
+        if (i !== last) {
+          lane.cache.moveRow(last, i);
+          lane.rows[i] = lane.rows[last];
+        }
+        lane.rows.pop();
+        lane.cache.reset(last);
+        this.byId.delete(r.job.id);
+        if (!r.failed) r.job.onDone(r.seq.finish!);
+      }
+      if (lane.rows.length === 0) this.lanes.delete(fp);
+    }
+  }
+
+  /** One forward: a prefill chunk or a decode step, alternating when both are due. */
+  private async step(): Promise<boolean> {
+    const prefill = [...this.lanes.values()].flatMap((l) => l.rows).find((r) => r.pending.length > 0 && !r.cancelled);
+    const decodeLanes = [...this.lanes.values()].filter((l) => l.rows.some((r) => r.next !== null && !r.cancelled && !r.seq.finish));
+    if (!prefill && decodeLanes.length === 0) return false;
+    const doPrefill = prefill && (this.preferPrefill || decodeLanes.length === 0);
+    this.preferPrefill = !doPrefill;
+    this.steps++;
+    try {
+      if (doPrefill) await this.prefill(prefill);
+      else await this.decode(decodeLanes[this.laneTurn++ % decodeLanes.length]);
+    } catch (e) {
+      // A failed run fails the requests that took part in it, never the scheduler.
+      const lanes = doPrefill ? [prefill.lane] : decodeLanes;
+      for (const lane of lanes) for (const r of lane.rows) if (doPrefill ? r === prefill : true) this.fail(r, e as Error);
+    }
+    return true;
+  }
+
+  private fail(r: Running, e: Error): void {
+    r.cancelled = true;
+    r.failed = true;
+    r.seq.abort();
+    r.job.onError(e);
+  }
+
+  private async prefill(r: Running): Promise<void> {
+    const row = r.lane.rows.indexOf(r);
+    const chunk = r.pending.splice(0, this.options.prefillChunk);
+    const wantAll = r.job.promptLogprobs !== undefined;
+    const [out] = await this.engine.forward(r.lane.cache, [chunk], { view: r.lane.view, firstRow: row, logits: wantAll ? 'all' : 'last' });
+    if (wantAll) {
+      // Position t's logits score prompt token t+1; the first prompt token has no score.
+      const done = r.job.promptIds.length - r.pending.length - chunk.length;
+      if (done === 0) r.promptLps.push({ id: chunk[0], logprob: null, top: [] });
+      for (let i = 0; i < out.length; i++) {
+        const t = done + i + 1;
+        if (t < r.job.promptIds.length) {
+          const id = r.job.promptIds[t];
+          r.promptLps.push({ id, ...logprobs(out[i], id, r.job.promptLogprobs!) });
+        }
+      }
+      if (r.pending.length === 0) r.job.onPromptLogprobs?.(r.promptLps);
+    }
+    // max_tokens 0 (prompt scoring) finishes before its first token.
+    if (r.pending.length === 0 && !r.seq.finish) this.emit(r, out[out.length - 1]);
+  }
+
+  private async decode(lane: Lane): Promise<void> {
+    const rows = lane.rows.map((r) => (r.next !== null && !r.cancelled && !r.seq.finish ? [r.next] : []));
+    const out = await this.engine.forward(lane.cache, rows, { view: lane.view, firstRow: 0 });
+    lane.rows.forEach((r, i) => {
+      if (rows[i].length) this.emit(r, out[i][0]);
+    });
+  }
+
+  private emit(r: Running, logits: Float32Array): void {
+    const tok = r.seq.accept(logits);
+    r.next = tok.id;
+    const length = r.lane.cache.lengths[r.lane.rows.indexOf(r)];
+    if (!r.seq.finish && length + 1 >= this.options.maxContext) r.seq.finish = { reason: 'length', tokens: r.seq.generated.length };
+    r.job.onToken(tok);
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * The engine's thread. onnxruntime-node's `session.run` blocks the event loop for the whole run, so the
+ * engine, its scheduler and the overlay tensors live here, and the HTTP server stays responsive. Messages
+ * are defined in `protocol.ts`; weights are loaded once, in this thread only.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { Engine } from './engine.ts';
+import { QueueFullError, Scheduler } from './scheduler.ts';
+import { ModelTokenizer } from './tokenizer.ts';
+import { OverlayLoader } from '../views/overlays.ts';
+import { servedContext, type HostToWorker, type WorkerInit, type WorkerToHost } from './protocol.ts';
+
+const port = parentPort!;
+const post = (m: WorkerToHost) => port.postMessage(m);
+const init = workerData as WorkerInit;
+
+async function main() {
+  let engine: Engine;
+  let tokenizer: ModelTokenizer;
+  try {
+    engine = await Engine.load(init.modelDir, init.engine);
+    tokenizer = ModelTokenizer.fromDir(init.modelDir);
+  } catch (e) {
+    post({ type: 'fatal', message: (e as Error).message });
+    return;
+  }
+  const overlays = new OverlayLoader(engine, init.overlayCacheBytes);
+  const scheduler = new Scheduler(engine, tokenizer, { ...init.scheduler, maxContext: servedContext(init.scheduler.maxContext, engine.spec) });
+  post({ type: 'ready', spec: engine.spec, fingerprint: engine.fingerprint });
+
+  port.on('message', (m: HostToWorker) => {
+    switch (m.type) {
+      case 'submit': {
+        const id = m.id;
+        try {
+          const view = overlays.view(m.view);
+          scheduler.submit({
+            id,
+            promptIds: m.promptIds,
+            params: m.params,
+            view,
+            promptLogprobs: m.promptLogprobs,
+            onPromptLogprobs: (lps) => post({ type: 'prompt_logprobs', id, logprobs: lps }),
+            onToken: (token) => post({ type: 'token', id, token }),
+            onDone: (finish) => post({ type: 'done', id, finish }),
+            onError: (e) => post({ type: 'error', id, message: e.message }),
+          });
+        } catch (e) {
+          const err = e as Error;
+          post({ type: 'rejected', id, reason: e instanceof QueueFullError ? 'queue_full' : 'invalid', message: err.message });
+        }
+        break;
+      }
+      case 'cancel':
+        scheduler.cancel(m.id);
+        break;
+      case 'stats':
+        post({ type: 'stats', reqId: m.reqId, stats: { ...scheduler.stats(), views: scheduler.views(), overlays: overlays.stats() } });
+        break;
+    }
+  });
+}
+
+void main();

@@ -1,0 +1,78 @@
+/**
+ * The HTTP application: one OpenAPIHono app with the OpenAI routes, health, readiness, metrics and the
+ * OpenAPI document, and the error handling that turns every failure into OpenAI's error body.
+ */
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { bodyLimit } from 'hono/body-limit';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { ApiError, errorResponse, fromZod, tooLarge } from './errors.ts';
+import type { Metrics } from './metrics.ts';
+import { openaiRoutes, type ServingContext } from './routes/openai.ts';
+import type { AuthConfig } from './auth.ts';
+
+export interface AppDeps {
+  serving: ServingContext;
+  auth: AuthConfig;
+  metrics: Metrics;
+  maxBodyBytes: number;
+  /** 'loading' | 'ready' | 'failed' | 'closed', for /ready. */
+  state: () => string;
+  version: string;
+}
+
+export const OPENAPI_INFO = {
+  openapi: '3.1.0',
+  info: {
+    title: 'sfn',
+    version: '0.1.0',
+    description:
+      'OpenAI-compatible serving of decoder LLMs with per-request module views (plugins, merges, destruction). Errors use OpenAI\'s body: {"error": {"message", "type", "param", "code"}}.',
+  },
+};
+
+export function createApp(deps: AppDeps): OpenAPIHono {
+  const app = new OpenAPIHono({
+    // A request that fails its schema is a 400 naming the field, in OpenAI's error body.
+    defaultHook: (result, c) => {
+      if (!result.success) return errorResponse(c, fromZod(result.error));
+    },
+  });
+
+  app.use('*', async (c, next) => {
+    await next();
+    deps.metrics.httpRequests.inc({ route: c.req.routePath, status: String(c.res.status) });
+  });
+  app.use('/v1/*', bodyLimit({ maxSize: deps.maxBodyBytes, onError: (c) => errorResponse(c, tooLarge(`The request body exceeds ${deps.maxBodyBytes} bytes.`)) }));
+
+  openaiRoutes(app, deps.serving, deps.auth);
+
+  app.get('/health', (c) => c.json({ status: 'ok' }));
+  app.get('/ready', (c) => {
+    const state = deps.state();
+    return c.json({ status: state }, state === 'ready' ? 200 : 503);
+  });
+  app.get('/metrics', async (c) => {
+    c.header('Content-Type', deps.metrics.registry.contentType);
+    return c.body(await deps.metrics.registry.metrics());
+  });
+  app.doc31('/openapi.json', OPENAPI_INFO);
+
+  app.notFound((c) => errorResponse(c, new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'invalid_request_error', 'not_found')));
+  app.onError((err, c) => {
+    if (err instanceof ApiError) return errorResponse(c, err);
+    if (err instanceof HTTPException) {
+      const status = err.status as ContentfulStatusCode;
+      const message = status === 400 && /JSON/i.test(err.message) ? `Malformed JSON body: ${err.message}` : err.message;
+      return errorResponse(c, new ApiError(status, message, status >= 500 ? 'server_error' : 'invalid_request_error'));
+    }
+    console.error('sfn: unhandled error', err);
+    return errorResponse(c, new ApiError(500, 'Internal server error.', 'server_error'));
+  });
+  return app;
+}
+
+/** The OpenAPI document as the running server serves it (also written to openapi/openapi.json). */
+export function openapiDocument(app: OpenAPIHono): unknown {
+  return app.getOpenAPI31Document(OPENAPI_INFO);
+}

@@ -1,0 +1,79 @@
+/**
+ * Server settings from flags and environment variables (flags win). Every setting is listed in the README's
+ * configuration reference with its variable.
+ */
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+
+const csv = (s: string | undefined) => (s ? s.split(',').map((x) => x.trim()).filter(Boolean) : []);
+
+export const ServerConfig = z.object({
+  host: z.string().min(1),
+  port: z.number().int().min(0).max(65535),
+  model: z.string().optional(),
+  servedModelName: z.string().regex(/^[A-Za-z0-9._\-/]+$/, 'letters, digits, . _ - / only').optional(),
+  apiKeys: z.array(z.string().min(8, 'API keys need at least 8 characters')),
+  adminKeys: z.array(z.string().min(8, 'API keys need at least 8 characters')),
+  threads: z.number().int().min(1).optional(),
+  maxBatch: z.number().int().min(1).max(64),
+  maxRunning: z.number().int().min(1).max(256),
+  maxWaiting: z.number().int().min(0),
+  maxContext: z.number().int().min(16),
+  prefillChunk: z.number().int().min(1),
+  maxBodyBytes: z.number().int().min(1024),
+  dataDir: z.string().min(1),
+  pluginCacheBytes: z.number().int().min(1),
+  shutdownGraceSeconds: z.number().min(0),
+});
+export type ServerConfig = z.infer<typeof ServerConfig>;
+
+const num = (v: string | undefined) => (v === undefined || v === '' ? undefined : Number(v));
+
+/** Parses `sfn serve` flags over the environment. Throws with the offending setting named. */
+export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  const { values } = parseArgs({
+    args,
+    options: {
+      host: { type: 'string' },
+      port: { type: 'string' },
+      model: { type: 'string' },
+      'served-model-name': { type: 'string' },
+      'api-key': { type: 'string', multiple: true },
+      'admin-key': { type: 'string', multiple: true },
+      threads: { type: 'string' },
+      'max-batch': { type: 'string' },
+      'max-running': { type: 'string' },
+      'max-waiting': { type: 'string' },
+      'max-context': { type: 'string' },
+      'prefill-chunk': { type: 'string' },
+      'max-body-bytes': { type: 'string' },
+      'data-dir': { type: 'string' },
+      'plugin-cache-mb': { type: 'string' },
+      'shutdown-grace-s': { type: 'string' },
+    },
+  });
+  const raw = {
+    host: values.host ?? env.SFN_HOST ?? '127.0.0.1',
+    port: num(values.port ?? env.SFN_PORT) ?? 8000,
+    model: values.model ?? (env.SFN_MODEL || undefined),
+    servedModelName: values['served-model-name'] ?? (env.SFN_SERVED_MODEL_NAME || undefined),
+    apiKeys: values['api-key'] ?? csv(env.SFN_API_KEYS),
+    adminKeys: values['admin-key'] ?? csv(env.SFN_ADMIN_KEYS),
+    threads: num(values.threads ?? env.SFN_THREADS),
+    maxBatch: num(values['max-batch'] ?? env.SFN_MAX_BATCH) ?? 8,
+    maxRunning: num(values['max-running'] ?? env.SFN_MAX_RUNNING) ?? 16,
+    maxWaiting: num(values['max-waiting'] ?? env.SFN_MAX_WAITING) ?? 64,
+    maxContext: num(values['max-context'] ?? env.SFN_MAX_CONTEXT) ?? 4096,
+    prefillChunk: num(values['prefill-chunk'] ?? env.SFN_PREFILL_CHUNK) ?? 512,
+    maxBodyBytes: num(values['max-body-bytes'] ?? env.SFN_MAX_BODY_BYTES) ?? 4 * 1024 * 1024,
+    dataDir: values['data-dir'] ?? env.SFN_DATA_DIR ?? './data',
+    pluginCacheBytes: (num(values['plugin-cache-mb'] ?? env.SFN_PLUGIN_CACHE_MB) ?? 1024) * 1024 * 1024,
+    shutdownGraceSeconds: num(values['shutdown-grace-s'] ?? env.SFN_SHUTDOWN_GRACE_S) ?? 30,
+  };
+  const parsed = ServerConfig.safeParse(raw);
+  if (!parsed.success) {
+    const i = parsed.error.issues[0];
+    throw new Error(`invalid setting ${i.path.join('.')}: ${i.message}`);
+  }
+  return parsed.data;
+}

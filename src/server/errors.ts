@@ -1,0 +1,49 @@
+/**
+ * OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with the right HTTP status. Every
+ * failure the server reports goes through `ApiError`, so clients written for OpenAI read them unchanged.
+ */
+import type { Context } from 'hono';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import type { z } from 'zod';
+
+export interface ErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: ContentfulStatusCode,
+    message: string,
+    readonly type: string,
+    readonly code: string | null = null,
+    readonly param: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+
+  body(): ErrorBody {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+export const badRequest = (message: string, param: string | null = null, code: string | null = null) => new ApiError(400, message, 'invalid_request_error', code, param);
+export const notFound = (message: string, code = 'not_found') => new ApiError(404, message, 'invalid_request_error', code);
+export const modelNotFound = (model: string) => new ApiError(404, `The model \`${model}\` does not exist.`, 'invalid_request_error', 'model_not_found', 'model');
+export const unauthorized = (message: string) => new ApiError(401, message, 'authentication_error', 'invalid_api_key');
+export const forbidden = (message: string) => new ApiError(403, message, 'permission_error', 'insufficient_scope');
+export const tooMany = (message: string, retryAfter: number) => new ApiError(429, message, 'rate_limit_error', 'queue_full', null, { 'Retry-After': String(retryAfter) });
+export const unavailable = (message: string, retryAfter = 5) => new ApiError(503, message, 'service_unavailable', 'model_loading', null, { 'Retry-After': String(retryAfter) });
+export const tooLarge = (message: string) => new ApiError(413, message, 'invalid_request_error', 'payload_too_large');
+
+export function errorResponse(c: Context, e: ApiError): Response {
+  for (const [k, v] of Object.entries(e.headers)) c.header(k, v);
+  return c.json(e.body(), e.status);
+}
+
+/** A zod failure as a 400 naming the first offending field by its path (e.g. `messages.0.role`). */
+export function fromZod(error: z.ZodError): ApiError {
+  const issue = error.issues[0];
+  const path = issue.path.map(String).join('.');
+  return badRequest(path ? `${path}: ${issue.message}` : issue.message, path || null);
+}

@@ -1,0 +1,91 @@
+/**
+ * Prometheus metrics (prom-client). Serving metrics use vLLM's names (`vllm:*`, with a `model_name`
+ * label) so that vLLM dashboards and the Gateway API Inference Extension's endpoint picker read sfn as
+ * they read vLLM; plugins in use are published as vLLM publishes LoRA adapters (`vllm:lora_requests_info`).
+ * sfn's own metrics are `sfn_*`. The README lists the mapping.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { WorkerStats } from '../engine/protocol.ts';
+
+export interface MetricsSource {
+  modelName: () => string;
+  /** Worker stats, or null while the engine is loading. */
+  stats: () => Promise<WorkerStats | null>;
+  /** Plugin ids (names users call) of views running and waiting. */
+  pluginsInUse: (stats: WorkerStats) => { running: string[]; waiting: string[] };
+  maxRunning: number;
+  maxPlugins: number;
+}
+
+const LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160];
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly ttft: Histogram<'model_name'>;
+  readonly tpot: Histogram<'model_name'>;
+  readonly e2e: Histogram<'model_name'>;
+  readonly promptTokens: Counter<'model_name'>;
+  readonly generationTokens: Counter<'model_name'>;
+  readonly success: Counter<'model_name' | 'finished_reason'>;
+  readonly httpRequests: Counter<'route' | 'status'>;
+
+  constructor(src: MetricsSource) {
+    const r = this.registry;
+    collectDefaultMetrics({ register: r, prefix: 'sfn_' });
+    const labelNames = ['model_name'] as const;
+    let last: WorkerStats | null = null;
+    // One worker round trip per scrape, shared by all gauges below.
+    const refresh = async () => {
+      last = await src.stats();
+    };
+    new Gauge({
+      name: 'vllm:num_requests_running', help: 'Requests in decode or prefill (running batch rows).', labelNames, registers: [r],
+      async collect() {
+        await refresh();
+        this.set({ model_name: src.modelName() }, last?.running ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'vllm:num_requests_waiting', help: 'Requests queued for a batch row.', labelNames, registers: [r],
+      collect() {
+        this.set({ model_name: src.modelName() }, last?.waiting ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'vllm:gpu_cache_usage_perc', help: 'KV-cache occupancy as a fraction: running rows / maximum running rows (sfn runs on CPU; the name is vLLM\'s).', labelNames, registers: [r],
+      collect() {
+        this.set({ model_name: src.modelName() }, (last?.running ?? 0) / src.maxRunning);
+      },
+    });
+    new Gauge({
+      name: 'sfn_kv_cache_bytes', help: 'Bytes held by KV caches of active lanes.', registers: [r],
+      collect() {
+        this.set(last?.cacheBytes ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'vllm:lora_requests_info', help: 'Plugins (served as vLLM serves LoRA adapters) in running and waiting requests.',
+      labelNames: ['running_lora_adapters', 'waiting_lora_adapters', 'max_lora'], registers: [r],
+      collect() {
+        this.reset();
+        const p = last ? src.pluginsInUse(last) : { running: [], waiting: [] };
+        this.set({ running_lora_adapters: p.running.join(','), waiting_lora_adapters: p.waiting.join(','), max_lora: String(src.maxPlugins) }, Date.now() / 1000);
+      },
+    });
+    const overlay = (name: string, help: string, pick: (s: WorkerStats) => number) =>
+      new Gauge({ name, help, registers: [r], collect() { this.set(last ? pick(last) : 0); } });
+    overlay('sfn_plugin_cache_hits', 'Plugin tensor cache hits since start.', (s) => s.overlays.hits);
+    overlay('sfn_plugin_cache_misses', 'Plugin tensor cache misses (loads from disk) since start.', (s) => s.overlays.misses);
+    overlay('sfn_plugin_cache_evictions', 'Plugins evicted from the tensor cache since start.', (s) => s.overlays.evictions);
+    overlay('sfn_plugin_cache_bytes', 'Bytes of plugin tensors held by the cache.', (s) => s.overlays.bytes);
+    overlay('sfn_engine_steps', 'Forward runs (prefill chunks and decode steps) since start.', (s) => s.steps);
+
+    this.ttft = new Histogram({ name: 'vllm:time_to_first_token_seconds', help: 'Time to first token.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
+    this.tpot = new Histogram({ name: 'vllm:time_per_output_token_seconds', help: 'Time per output token after the first.', labelNames, buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5], registers: [r] });
+    this.e2e = new Histogram({ name: 'vllm:e2e_request_latency_seconds', help: 'End-to-end request latency.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
+    this.promptTokens = new Counter({ name: 'vllm:prompt_tokens_total', help: 'Prompt tokens processed.', labelNames, registers: [r] });
+    this.generationTokens = new Counter({ name: 'vllm:generation_tokens_total', help: 'Tokens generated.', labelNames, registers: [r] });
+    this.success = new Counter({ name: 'vllm:request_success_total', help: 'Finished requests by finish reason.', labelNames: ['model_name', 'finished_reason'], registers: [r] });
+    this.httpRequests = new Counter({ name: 'sfn_http_requests_total', help: 'HTTP requests by route and status.', labelNames: ['route', 'status'], registers: [r] });
+  }
+}

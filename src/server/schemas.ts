@@ -1,0 +1,139 @@
+/**
+ * Request and response schemas of the OpenAI-compatible API. The same zod objects validate requests and
+ * generate the OpenAPI document (@hono/zod-openapi), so the two cannot drift apart.
+ */
+import { z } from '@hono/zod-openapi';
+
+const Stop = z
+  .union([z.string(), z.array(z.string()).max(16)])
+  .nullish()
+  .openapi({ description: 'Up to 16 strings that end generation; they are not returned.' });
+
+const common = {
+  model: z.string().min(1).openapi({ description: 'The backbone\'s name, or `backbone:plugin-id`.', example: 'sfn-tiny' }),
+  temperature: z.number().min(0).max(2).nullish().openapi({ description: 'Sampling temperature; 0 is greedy. Default 1.' }),
+  top_p: z.number().gt(0).max(1).nullish().openapi({ description: 'Nucleus sampling mass. Default 1.' }),
+  top_k: z.number().int().min(-1).nullish().openapi({ description: 'vLLM extension: keep the k most likely tokens (-1 or 0: off).' }),
+  n: z.number().int().min(1).max(16).nullish().openapi({ description: 'Choices per prompt. Default 1.' }),
+  stream: z.boolean().nullish(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
+  stop: Stop,
+  seed: z.number().int().min(0).max(2 ** 32 - 1).nullish().openapi({ description: 'Sampling seed; the same seed gives the same output.' }),
+  ignore_eos: z.boolean().nullish().openapi({ description: 'vLLM extension: keep generating past EOS.' }),
+  presence_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
+  frequency_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
+  user: z.string().nullish(),
+};
+
+export const CompletionRequest = z
+  .object({
+    ...common,
+    prompt: z
+      .union([z.string(), z.array(z.string()).min(1), z.array(z.number().int().min(0)).min(1), z.array(z.array(z.number().int().min(0)).min(1)).min(1)])
+      .openapi({ description: 'A string, a list of strings, a list of token ids, or a list of lists of token ids.' }),
+    max_tokens: z.number().int().min(0).nullish().openapi({ description: 'Default 16. 0 with echo and logprobs scores the prompt.' }),
+    logprobs: z.number().int().min(0).max(20).nullish().openapi({ description: 'Return log-probabilities of the chosen tokens and this many alternatives.' }),
+    echo: z.boolean().nullish().openapi({ description: 'Return the prompt before the completion (with its logprobs when asked).' }),
+    suffix: z.null().optional().openapi({ description: 'Not supported.' }),
+    best_of: z.number().int().min(1).max(1).nullish().openapi({ description: 'Only 1 is supported.' }),
+  })
+  .openapi('CompletionRequest');
+export type CompletionRequest = z.infer<typeof CompletionRequest>;
+
+const ContentPart = z.object({ type: z.literal('text'), text: z.string() });
+const Message = z.object({
+  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+  content: z.union([z.string(), z.array(ContentPart)]).nullable(),
+  name: z.string().optional(),
+  reasoning_content: z.string().nullish(),
+});
+
+export const ChatCompletionRequest = z
+  .object({
+    ...common,
+    messages: z.array(Message).min(1),
+    max_tokens: z.number().int().min(1).nullish().openapi({ description: 'Deprecated alias of max_completion_tokens.' }),
+    max_completion_tokens: z.number().int().min(1).nullish().openapi({ description: 'Tokens to generate, thinking included. Default: up to the context limit.' }),
+    logprobs: z.boolean().nullish(),
+    top_logprobs: z.number().int().min(0).max(20).nullish(),
+    mode: z
+      .enum(['chat', 'reasoning'])
+      .nullish()
+      .openapi({
+        description:
+          'sfn extension. `reasoning` opens a thinking block (`<think>`) and applies budget forcing (s1): the thinking comes back as `reasoning_content`. Default `chat`.',
+      }),
+    min_thinking_tokens: z.number().int().min(0).nullish().openapi({
+      description: 'Reasoning mode: until this many thinking tokens exist, the end-of-thinking token and EOS are suppressed; each early attempt to end appends "Wait" (at most `wait` times).',
+    }),
+    max_thinking_tokens: z.number().int().min(1).nullish().openapi({ description: 'Reasoning mode: thinking is closed by force at this many tokens.' }),
+    wait: z.number().int().min(0).max(64).nullish().openapi({ description: 'Reasoning mode: how many times "Wait" may be appended. Default 1.' }),
+  })
+  .openapi('ChatCompletionRequest');
+export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
+
+const Usage = z.object({ prompt_tokens: z.number().int(), completion_tokens: z.number().int(), total_tokens: z.number().int() }).openapi('Usage');
+
+const CompletionLogprobs = z.object({
+  tokens: z.array(z.string()),
+  token_logprobs: z.array(z.number().nullable()),
+  top_logprobs: z.array(z.record(z.string(), z.number()).nullable()),
+  text_offset: z.array(z.number().int()),
+});
+
+export const CompletionResponse = z
+  .object({
+    id: z.string(),
+    object: z.literal('text_completion'),
+    created: z.number().int(),
+    model: z.string(),
+    choices: z.array(z.object({ index: z.number().int(), text: z.string(), logprobs: CompletionLogprobs.nullable(), finish_reason: z.enum(['stop', 'length']).nullable() })),
+    usage: Usage,
+  })
+  .openapi('CompletionResponse');
+
+const TopLogprob = z.object({ token: z.string(), logprob: z.number(), bytes: z.array(z.number().int()) });
+const ChatLogprobs = z.object({ content: z.array(TopLogprob.extend({ top_logprobs: z.array(TopLogprob) })) });
+
+export const ChatCompletionResponse = z
+  .object({
+    id: z.string(),
+    object: z.literal('chat.completion'),
+    created: z.number().int(),
+    model: z.string(),
+    choices: z.array(
+      z.object({
+        index: z.number().int(),
+        message: z.object({ role: z.literal('assistant'), content: z.string().nullable(), reasoning_content: z.string().nullable().optional() }),
+        logprobs: ChatLogprobs.nullable(),
+        finish_reason: z.enum(['stop', 'length']).nullable(),
+      }),
+    ),
+    usage: Usage,
+  })
+  .openapi('ChatCompletionResponse');
+
+export const ModelList = z
+  .object({
+    object: z.literal('list'),
+    data: z.array(z.object({ id: z.string(), object: z.literal('model'), created: z.number().int(), owned_by: z.string(), root: z.string().optional(), parent: z.string().nullable().optional() })),
+  })
+  .openapi('ModelList');
+
+export const ErrorResponse = z
+  .object({ error: z.object({ message: z.string(), type: z.string(), param: z.string().nullable(), code: z.string().nullable() }) })
+  .openapi('Error');
+
+export const errorResponses = (...codes: number[]) =>
+  Object.fromEntries(codes.map((c) => [c, { description: ERROR_TEXT[c] ?? 'Error', content: { 'application/json': { schema: ErrorResponse } } }]));
+
+const ERROR_TEXT: Record<number, string> = {
+  400: 'Invalid request (the message names the field).',
+  401: 'Missing or wrong API key.',
+  403: 'The key lacks the admin scope.',
+  404: 'Unknown model or resource.',
+  409: 'Conflict.',
+  413: 'Body too large.',
+  429: 'Queue full; retry after the Retry-After header.',
+  503: 'The model is still loading.',
+};

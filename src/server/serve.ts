@@ -1,0 +1,101 @@
+/**
+ * `sfn serve`: loads the backbone in a worker thread, serves HTTP at once (/health answers, /ready says
+ * "loading" until the weights are in), and shuts down gracefully on SIGTERM: stop accepting, let requests in
+ * flight finish (up to the grace period), then exit.
+ */
+import { serve, type ServerType } from '@hono/node-server';
+import { basename } from 'node:path';
+import { resolveModelDir } from '../cli.ts';
+import { EngineHost } from '../engine/host.ts';
+import { servedContext } from '../engine/protocol.ts';
+import { ModelTokenizer } from '../engine/tokenizer.ts';
+import { authEnabled } from './auth.ts';
+import { createApp } from './app.ts';
+import { parseServerConfig, type ServerConfig } from './config.ts';
+import { modelNotFound } from './errors.ts';
+import { JobRunner } from './jobs.ts';
+import { Metrics } from './metrics.ts';
+import type { ModelEntry } from './routes/openai.ts';
+
+export interface RunningServer {
+  url: string;
+  host: EngineHost;
+  modelName: string;
+  /** Stops accepting, waits for requests in flight (up to the grace period), stops the engine. */
+  close: () => Promise<void>;
+}
+
+export async function startServer(config: ServerConfig, log: (s: string) => void = (s) => console.log(s)): Promise<RunningServer> {
+  const builtin = !config.model;
+  const modelDir = resolveModelDir(config.model, log);
+  const modelName = config.servedModelName ?? (builtin ? 'sfn-tiny' : basename(modelDir.replace(/\/+$/, '')));
+  const host = new EngineHost({
+    modelDir,
+    engine: { threads: config.threads },
+    scheduler: { maxBatch: config.maxBatch, maxRunning: config.maxRunning, maxWaiting: config.maxWaiting, prefillChunk: config.prefillChunk, maxContext: config.maxContext },
+    overlayCacheBytes: config.pluginCacheBytes,
+  });
+  const tokenizer = ModelTokenizer.fromDir(modelDir);
+  const created = Math.floor(Date.now() / 1000);
+  const metrics = new Metrics({
+    modelName: () => modelName,
+    stats: async () => (host.state === 'ready' ? host.stats() : null),
+    pluginsInUse: () => ({ running: [], waiting: [] }),
+    maxRunning: config.maxRunning,
+    maxPlugins: 0,
+  });
+  const runner = new JobRunner(host, metrics, () => modelName, { maxRunning: config.maxRunning, maxWaiting: config.maxWaiting });
+  const app = createApp({
+    serving: {
+      runner,
+      tokenizer: () => (host.state === 'ready' ? tokenizer : null),
+      vocabSize: () => host.spec!.vocabSize,
+      maxContext: () => servedContext(config.maxContext, host.spec!),
+      resolveView: (model) => {
+        if (model === modelName) return { overlays: [] };
+        throw modelNotFound(model);
+      },
+      models: (): ModelEntry[] => [{ id: modelName, created, parent: null }],
+    },
+    auth: { apiKeys: config.apiKeys, adminKeys: config.adminKeys },
+    metrics,
+    maxBodyBytes: config.maxBodyBytes,
+    state: () => host.state,
+    version: '0.1.0',
+  });
+  if (!authEnabled(config)) log('sfn: WARNING: no API keys configured (--api-key / SFN_API_KEYS); the server is open to anyone who can reach it.');
+
+  const server: ServerType = await new Promise((resolve) => {
+    const s = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, () => resolve(s));
+  });
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : config.port;
+  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  log(`sfn: listening on ${url}, serving "${modelName}" from ${modelDir} (loading...)`);
+  host.ready.then(
+    () => log(`sfn: model loaded; ready (${host.spec!.numLayers} layers, hidden ${host.spec!.hiddenSize}, context ${servedContext(config.maxContext, host.spec!)})`),
+    (e) => log(`sfn: ERROR: the model failed to load: ${(e as Error).message}`),
+  );
+
+  let closing: Promise<void> | null = null;
+  const close = () =>
+    (closing ??= (async () => {
+      await new Promise<void>((r) => server.close(() => r()));
+      const deadline = Date.now() + config.shutdownGraceSeconds * 1000;
+      while (host.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      await host.close();
+    })());
+  return { url, host, modelName, close };
+}
+
+export async function serveCommand(args: string[]): Promise<void> {
+  const config = parseServerConfig(args);
+  const running = await startServer(config);
+  const stop = (signal: string) => {
+    console.log(`sfn: ${signal}: draining ${running.host.inFlight} request(s) in flight, then exiting`);
+    running.close().then(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+  await new Promise(() => {});
+}
