@@ -25,6 +25,8 @@ export interface GenerateParams extends Partial<SamplingParams> {
   logprobs?: number;
   signal?: AbortSignal;
   view?: View;
+  /** Added to the logits before sampling (OpenAI's logit_bias), by token id. */
+  logitBias?: Record<number, number>;
   /** Edits logits in place before sampling. */
   logitsProcessor?: (logits: Float32Array, generated: readonly number[]) => void;
   /** Reasoning generation with budget forcing (s1): the sequence starts inside a thinking block. */
@@ -52,6 +54,8 @@ export interface GeneratedToken {
   channel: Channel;
   /** Set when budget forcing put this token in place of the model's choice. */
   forced?: boolean;
+  /** The end-of-thinking token: it closes the reasoning part and belongs to neither text. */
+  closesReasoning?: boolean;
   /** Text released by this token (may be empty while a multi-byte character or a stop string is pending). */
   text: string;
   logprob?: number;
@@ -125,6 +129,7 @@ export class Sequence {
     if (this.finish) throw new Error('sequence already finished');
     const raw = this.params.logprobs !== undefined ? logits.slice() : logits;
     if (this.forced.length) return this.acceptId(this.forced.shift()!, raw, true);
+    if (this.params.logitBias) for (const [id, b] of Object.entries(this.params.logitBias)) logits[Number(id)] += b;
     if (this.params.logitsProcessor) this.params.logitsProcessor(logits, this.generated);
     let id = sample(logits, this.sampling, this.rng);
     const r = this.params.reasoning;
@@ -155,6 +160,7 @@ export class Sequence {
       if (id === this.params.reasoning!.endId) {
         // Thinking ends here; the answer is detokenized afresh so that no text straddles the two.
         this.phase = 'content';
+        out.closesReasoning = true;
         this.detok = this.tokenizer ? new Detokenizer(this.tokenizer) : null;
       } else if (!this.stopIds.has(id)) {
         this.thinkingTokens++;

@@ -180,7 +180,9 @@ export class Scheduler {
     for (const [fp, lane] of this.lanes) {
       for (let i = 0; i < lane.rows.length; ) {
         const r = lane.rows[i];
-        if (!r.cancelled && !r.seq.finish) {
+        // A sequence finished before its first token (max_tokens 0) still owes its prompt's logprobs.
+        const owesPrompt = r.pending.length > 0 && r.job.promptLogprobs !== undefined;
+        if (!r.cancelled && (!r.seq.finish || owesPrompt)) {
           i++;
           continue;
         }

@@ -23,6 +23,11 @@ const common = {
   presence_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
   frequency_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
   user: z.string().nullish(),
+  logit_bias: z
+    .record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100))
+    .nullish()
+    .openapi({ description: 'Added to the logits of these token ids before sampling (-100 bans, 100 forces).' }),
+  return_tokens_as_token_ids: z.boolean().nullish().openapi({ description: 'vLLM extension: logprob tokens as "token_id:N" instead of text.' }),
 };
 
 export const CompletionRequest = z
@@ -72,7 +77,14 @@ export const ChatCompletionRequest = z
   .openapi('ChatCompletionRequest');
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
 
-const Usage = z.object({ prompt_tokens: z.number().int(), completion_tokens: z.number().int(), total_tokens: z.number().int() }).openapi('Usage');
+const Usage = z
+  .object({
+    prompt_tokens: z.number().int(),
+    completion_tokens: z.number().int(),
+    total_tokens: z.number().int(),
+    completion_tokens_details: z.object({ reasoning_tokens: z.number().int() }).optional(),
+  })
+  .openapi('Usage');
 
 const CompletionLogprobs = z.object({
   tokens: z.array(z.string()),

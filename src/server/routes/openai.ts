@@ -66,7 +66,19 @@ function sharedParams(body: CompletionRequest | ChatCompletionRequest, choice: n
     seed: body.seed != null ? (body.seed + choice) >>> 0 : undefined,
     stop: body.stop == null ? undefined : typeof body.stop === 'string' ? [body.stop] : body.stop,
     ignoreEos: body.ignore_eos ?? false,
+    logitBias: body.logit_bias ? Object.fromEntries(Object.entries(body.logit_bias).map(([k, v]) => [Number(k), v])) : undefined,
   };
+}
+
+/** Checks request token ids (logit_bias keys) against the vocabulary. */
+function checkBias(ctx: ServingContext, body: CompletionRequest | ChatCompletionRequest): void {
+  const V = ctx.vocabSize();
+  for (const k of Object.keys(body.logit_bias ?? {})) if (Number(k) >= V) throw badRequest(`logit_bias: token id ${k} is outside the vocabulary (0..${V - 1})`, 'logit_bias');
+}
+
+/** How a token is named in logprobs: its text, or "token_id:N" (vLLM's return_tokens_as_token_ids). */
+function tokenName(tok: ModelTokenizer, id: number, asIds: boolean | null | undefined): string {
+  return asIds ? `token_id:${id}` : tok.decode([id], false);
 }
 
 /** Runs every choice's job; calls `onEvent` as events arrive (in any order across choices). */
@@ -83,10 +95,14 @@ function finishReason(reason: string): 'stop' | 'length' | null {
   return reason === 'stop' || reason === 'length' ? reason : null;
 }
 
-function usage(choices: Choice[], promptsCounted: number[][]) {
+function usage(choices: Choice[], promptsCounted: number[][], reasoning = false) {
   const prompt = promptsCounted.reduce((a, p) => a + p.length, 0);
   const completion = choices.reduce((a, c) => a + c.tokens.length, 0);
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+  const out = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+  if (!reasoning) return out;
+  // Thinking tokens, forced "Wait"s included, the closing </think> not.
+  const reasoningTokens = choices.reduce((a, c) => a + c.tokens.filter((t) => t.channel === 'reasoning' && !t.closesReasoning).length, 0);
+  return { ...out, completion_tokens_details: { reasoning_tokens: reasoningTokens } };
 }
 
 function checkContext(ctx: ServingContext, promptLen: number, maxTokens: number, param: string): void {
@@ -118,16 +134,16 @@ function completionPrompts(ctx: ServingContext, tok: ModelTokenizer, prompt: Com
 }
 
 /** The `logprobs` object of a completion choice (OpenAI's legacy format), echo included. */
-function completionLogprobs(tok: ModelTokenizer, c: Choice, echo: boolean, k: number) {
+function completionLogprobs(tok: ModelTokenizer, c: Choice, echo: boolean, k: number, asIds?: boolean | null) {
   const tokens: string[] = [];
   const tokenLogprobs: (number | null)[] = [];
   const top: (Record<string, number> | null)[] = [];
   const offsets: number[] = [];
   let offset = 0;
   const add = (id: number, lp: number | null, alts: { id: number; logprob: number }[] | null, text: string) => {
-    tokens.push(tok.decode([id], false));
+    tokens.push(tokenName(tok, id, asIds));
     tokenLogprobs.push(lp);
-    top.push(alts === null ? null : Object.fromEntries(alts.slice(0, k).map((a) => [tok.decode([a.id], false), a.logprob])));
+    top.push(alts === null ? null : Object.fromEntries(alts.slice(0, k).map((a) => [tokenName(tok, a.id, asIds), a.logprob])));
     offsets.push(offset);
     offset += text.length;
   };
@@ -154,6 +170,7 @@ async function completions(ctx: ServingContext, c: Context, body: CompletionRequ
   const tok = ready(ctx);
   const view = ctx.resolveView(body.model);
   const prompts = completionPrompts(ctx, tok, body.prompt);
+  checkBias(ctx, body);
   const n = body.n ?? 1;
   const maxTokens = body.max_tokens ?? 16;
   const k = body.logprobs ?? undefined;
@@ -193,7 +210,7 @@ async function completions(ctx: ServingContext, c: Context, body: CompletionRequ
       choices: choices.map((ch) => ({
         index: ch.index,
         text: echoText(ch) + ch.tokens.map((t) => t.text).join(''),
-        logprobs: k === undefined ? null : completionLogprobs(tok, ch, echo, k),
+        logprobs: k === undefined ? null : completionLogprobs(tok, ch, echo, k, body.return_tokens_as_token_ids),
         finish_reason: ch.finish,
       })),
       usage: usage(choices, prompts.flatMap((p) => Array(n).fill(p))),
@@ -216,12 +233,12 @@ async function completions(ctx: ServingContext, c: Context, body: CompletionRequ
         ch.promptLogprobs = e.logprobs;
         if (echo && !echoed.has(i)) {
           echoed.add(i);
-          const lp = completionLogprobs(tok, { ...ch, tokens: [] }, true, k!);
+          const lp = completionLogprobs(tok, { ...ch, tokens: [] }, true, k!, body.return_tokens_as_token_ids);
           await chunk([{ index: ch.index, text: echoText(ch), logprobs: lp, finish_reason: null }]);
         }
       } else if (e.type === 'token') {
         ch.tokens.push(e.token);
-        const lp = k === undefined ? null : completionLogprobs(tok, { ...ch, tokens: [e.token], promptLogprobs: null }, false, k);
+        const lp = k === undefined ? null : completionLogprobs(tok, { ...ch, tokens: [e.token], promptLogprobs: null }, false, k, body.return_tokens_as_token_ids);
         if (e.token.text || lp) await chunk([{ index: ch.index, text: e.token.text, logprobs: lp, finish_reason: null }]);
       } else {
         ch.finish = finishReason(e.finish.reason);
@@ -248,10 +265,10 @@ const chatRoute = createRoute({
   },
 });
 
-function chatLogprobEntry(tok: ModelTokenizer, t: GeneratedToken) {
+function chatLogprobEntry(tok: ModelTokenizer, t: GeneratedToken, asIds?: boolean | null) {
   const entry = (id: number, logprob: number) => {
-    const token = tok.decode([id], false);
-    return { token, logprob, bytes: [...Buffer.from(token, 'utf8')] };
+    const text = tok.decode([id], false);
+    return { token: tokenName(tok, id, asIds), logprob, bytes: [...Buffer.from(text, 'utf8')] };
   };
   return { ...entry(t.id, t.logprob ?? 0), top_logprobs: (t.top ?? []).map((a) => entry(a.id, a.logprob)) };
 }
@@ -266,6 +283,7 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
   if (body.min_thinking_tokens != null && body.max_thinking_tokens != null && body.min_thinking_tokens > body.max_thinking_tokens) {
     throw badRequest('min_thinking_tokens must not exceed max_thinking_tokens', 'min_thinking_tokens');
   }
+  checkBias(ctx, body);
   if (!tok.hasChatTemplate) throw badRequest('This model has no chat template; use /v1/completions.', 'messages', 'no_chat_template');
   const messages = body.messages.map((m) => ({
     role: m.role === 'developer' ? 'system' : m.role,
@@ -320,11 +338,11 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
         return {
           index: ch.index,
           message: { role: 'assistant' as const, content, ...(reasoningMode ? { reasoning_content: reasoningContent } : {}) },
-          logprobs: k === undefined ? null : { content: ch.tokens.filter((t) => t.channel === 'content').map((t) => chatLogprobEntry(tok, t)) },
+          logprobs: k === undefined ? null : { content: ch.tokens.filter((t) => t.channel === 'content').map((t) => chatLogprobEntry(tok, t, body.return_tokens_as_token_ids)) },
           finish_reason: ch.finish,
         };
       }),
-      usage: usage(choices, prompts),
+      usage: usage(choices, prompts, reasoningMode),
     });
   }
 
@@ -340,14 +358,14 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
         const t = e.token;
         if (!t.text && k === undefined) return;
         const delta = t.channel === 'reasoning' ? { reasoning_content: t.text } : { content: t.text };
-        const lp = k !== undefined && t.channel === 'content' ? { content: [chatLogprobEntry(tok, t)] } : null;
+        const lp = k !== undefined && t.channel === 'content' ? { content: [chatLogprobEntry(tok, t, body.return_tokens_as_token_ids)] } : null;
         await chunk([{ index: ch.index, delta, logprobs: lp, finish_reason: null }]);
       } else if (e.type === 'done') {
         ch.finish = finishReason(e.finish.reason);
         if (ch.finish) await chunk([{ index: ch.index, delta: {}, logprobs: null, finish_reason: ch.finish }]);
       }
     });
-    if (includeUsage) await chunk([], { usage: usage(choices, prompts) });
+    if (includeUsage) await chunk([], { usage: usage(choices, prompts, reasoningMode) });
   });
 }
 

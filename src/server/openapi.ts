@@ -1,0 +1,31 @@
+/**
+ * The OpenAPI document, built from the route schemas without loading a model (the routes are registered
+ * against inert dependencies that are never called). `npm run openapi` writes it to openapi/openapi.json;
+ * a test fails when that file and the code disagree.
+ */
+import { writeFileSync } from 'node:fs';
+import { createApp, openapiDocument } from './app.ts';
+import type { JobRunner } from './jobs.ts';
+import { Metrics } from './metrics.ts';
+
+export function buildOpenApiDocument(): unknown {
+  const never = () => {
+    throw new Error('not serving: this app only describes the API');
+  };
+  const app = createApp({
+    serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never },
+    auth: { apiKeys: [], adminKeys: [] },
+    metrics: new Metrics({ modelName: never, stats: never, pluginsInUse: never, maxRunning: 1, maxPlugins: 0 }),
+    maxBodyBytes: 1,
+    state: never,
+    version: '0',
+  });
+  return openapiDocument(app);
+}
+
+export const OPENAPI_PATH = new URL('../../openapi/openapi.json', import.meta.url);
+
+if (process.argv[1]?.endsWith('openapi.ts')) {
+  writeFileSync(OPENAPI_PATH, JSON.stringify(buildOpenApiDocument(), null, 2) + '\n');
+  console.log(`wrote ${OPENAPI_PATH.pathname}`);
+}

@@ -1,0 +1,285 @@
+/**
+ * The server through its real interface: started on fixture A, driven over HTTP by the official `openai`
+ * client and by raw requests for every error case.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import OpenAI from 'openai';
+import { parseServerConfig } from '../../src/server/config.ts';
+import { buildOpenApiDocument, OPENAPI_PATH } from '../../src/server/openapi.ts';
+import { startServer, type RunningServer } from '../../src/server/serve.ts';
+import { fixtureDir, oracle, ROOT } from '../helpers/fixtures.ts';
+
+const USER = 'user-key-123456';
+const ADMIN = 'admin-key-123456';
+const quiet = () => {};
+
+function config(extra: string[] = []) {
+  return parseServerConfig(
+    ['--model', fixtureDir('A'), '--port', '0', '--api-key', USER, '--admin-key', ADMIN, '--max-batch', '4', '--max-running', '8', '--max-waiting', '4', '--max-context', '256', '--max-body-bytes', '65536', ...extra],
+    {},
+  );
+}
+
+/** log-softmax of one oracle row. */
+function logSoftmax(row: number[]): number[] {
+  const m = Math.max(...row);
+  const lse = m + Math.log(row.reduce((a, x) => a + Math.exp(x - m), 0));
+  return row.map((x) => x - lse);
+}
+
+describe('OpenAI-compatible server on fixture A', () => {
+  let srv: RunningServer;
+  let client: OpenAI;
+  const o = oracle('A');
+  const post = (path: string, body: unknown, key: string | null = USER, raw = false) =>
+    fetch(srv.url + path, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(key ? { authorization: `Bearer ${key}` } : {}) },
+      body: raw ? (body as string) : JSON.stringify(body),
+    });
+
+  before(async () => {
+    srv = await startServer(config(), quiet);
+    await srv.host.ready;
+    client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: USER, maxRetries: 0 });
+  });
+  after(() => srv.close());
+
+  it('lists the backbone', async () => {
+    const models = await client.models.list();
+    assert.deepEqual(models.data.map((m) => m.id), ['A']);
+  });
+
+  it('greedy completion equals `sfn logits --greedy` for the same ids', async () => {
+    const { stdout } = await promisify(execFile)(process.execPath, ['bin/sfn.js', 'logits', '--model', fixtureDir('A'), '--ids', o.ids.join(','), '--greedy', '8'], { cwd: ROOT, maxBuffer: 64 << 20 });
+    const cli = JSON.parse(stdout).greedy as number[];
+    const r = await client.completions.create({ model: 'A', prompt: o.ids, max_tokens: 8, temperature: 0, logprobs: 0, ignore_eos: true, return_tokens_as_token_ids: true } as never);
+    const ids = r.choices[0].logprobs!.tokens!.map((t) => Number(t.replace('token_id:', '')));
+    assert.deepEqual(ids, cli);
+    assert.deepEqual(ids, o.greedy);
+    assert.equal(r.choices[0].finish_reason, 'length');
+    assert.deepEqual(r.usage, { prompt_tokens: 16, completion_tokens: 8, total_tokens: 24 });
+  });
+
+  it('scores the prompt with echo + logprobs + max_tokens 0, as the oracle logits say', async () => {
+    const r = await client.completions.create({ model: 'A', prompt: o.ids, max_tokens: 0, echo: true, logprobs: 1 });
+    const lp = r.choices[0].logprobs!;
+    assert.equal(lp.token_logprobs![0], null);
+    for (let t = 1; t < o.ids.length; t++) {
+      const want = logSoftmax(o.logits[t - 1])[o.ids[t]];
+      assert.ok(Math.abs(lp.token_logprobs![t]! - want) < 1e-4, `token ${t}`);
+    }
+    assert.equal(r.usage!.completion_tokens, 0);
+  });
+
+  it('streams completions with the same text as without streaming, then usage and [DONE]', async () => {
+    const req = { model: 'A', prompt: 'Hello, world', max_tokens: 10, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming;
+    const full = await client.completions.create(req);
+    const stream = await client.completions.create({ ...req, stream: true, stream_options: { include_usage: true } });
+    let text = '';
+    let finish: string | null = null;
+    let usage: unknown = null;
+    for await (const ch of stream) {
+      if (ch.choices[0]) {
+        text += ch.choices[0].text;
+        finish = ch.choices[0].finish_reason ?? finish;
+      }
+      if (ch.usage) usage = ch.usage;
+    }
+    assert.equal(text, full.choices[0].text);
+    assert.equal(finish, 'length');
+    assert.deepEqual(usage, full.usage);
+    const raw = await (await post('/v1/completions', { ...req, stream: true })).text();
+    assert.ok(raw.trimEnd().endsWith('data: [DONE]'));
+  });
+
+  it('chats, with and without streaming, and returns logprobs with alternatives', async () => {
+    const req = { model: 'A', messages: [{ role: 'user' as const, content: 'Hi there' }], max_completion_tokens: 6, temperature: 0 };
+    const full = await client.chat.completions.create({ ...req, logprobs: true, top_logprobs: 3 });
+    const msg = full.choices[0].message;
+    assert.equal(msg.role, 'assistant');
+    const lps = full.choices[0].logprobs!.content!;
+    assert.ok(lps.length > 0);
+    for (const e of lps) {
+      assert.equal(e.top_logprobs.length, 3);
+      assert.ok(Math.abs(e.logprob - e.top_logprobs[0].logprob) < 1e-9, 'greedy picks the most likely token');
+    }
+    const stream = await client.chat.completions.create({ ...req, stream: true });
+    let content = '';
+    let role = '';
+    for await (const ch of stream) {
+      content += ch.choices[0]?.delta.content ?? '';
+      role ||= ch.choices[0]?.delta.role ?? '';
+    }
+    assert.equal(role, 'assistant');
+    assert.equal(content, msg.content);
+  });
+
+  it('honours stop strings, n, and seeds', async () => {
+    const base = { model: 'A', prompt: 'Hello', max_tokens: 12, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming;
+    const text = (await client.completions.create(base)).choices[0].text;
+    assert.ok(text.length > 4);
+    const stop = text.slice(2, 4);
+    const cut = await client.completions.create({ ...base, stop: [stop] });
+    assert.equal(cut.choices[0].text, text.slice(0, text.indexOf(stop)));
+    assert.equal(cut.choices[0].finish_reason, 'stop');
+    const sampled = { ...base, temperature: 1, n: 2, seed: 42 };
+    const a = await client.completions.create(sampled);
+    const b = await client.completions.create(sampled);
+    assert.deepEqual(a.choices.map((c) => c.index), [0, 1]);
+    assert.deepEqual(a.choices.map((c) => c.text), b.choices.map((c) => c.text));
+    assert.notEqual(a.choices[0].text, a.choices[1].text);
+  });
+
+  it('reasoning mode: min_thinking_tokens appends "Wait" where thinking would have ended', async () => {
+    // logit_bias makes the model try to close thinking (</think> = 280) at every step.
+    const r = (await client.chat.completions.create({
+      model: 'A', messages: [{ role: 'user', content: 'Think.' }], temperature: 0, max_completion_tokens: 24,
+      mode: 'reasoning', min_thinking_tokens: 10, wait: 2, logit_bias: { 280: 100 },
+    } as never)) as unknown as { choices: { message: { content: string; reasoning_content: string } }[]; usage: { completion_tokens_details: { reasoning_tokens: number } } };
+    const m = r.choices[0].message;
+    assert.ok(m.reasoning_content.startsWith('Wait'), JSON.stringify(m.reasoning_content));
+    assert.equal(m.reasoning_content.split('Wait').length - 1, 2);
+    assert.ok(r.usage.completion_tokens_details.reasoning_tokens >= 10);
+    assert.equal(r.usage.completion_tokens_details.reasoning_tokens, 10, 'thinking ends at the first try after the minimum');
+  });
+
+  it('reasoning mode: thinking is never shorter than min_thinking_tokens, and max_thinking_tokens closes it', async () => {
+    for (const min of [3, 7]) {
+      const r = (await client.chat.completions.create({
+        model: 'A', messages: [{ role: 'user', content: 'Think.' }], temperature: 0, max_completion_tokens: 30,
+        mode: 'reasoning', min_thinking_tokens: min, wait: 0, logit_bias: { 280: 100 },
+      } as never)) as unknown as { usage: { completion_tokens_details: { reasoning_tokens: number } } };
+      assert.equal(r.usage.completion_tokens_details.reasoning_tokens, min);
+    }
+    const stream = await client.chat.completions.create({
+      model: 'A', messages: [{ role: 'user', content: 'Think.' }], temperature: 0, max_completion_tokens: 12, stream: true,
+      mode: 'reasoning', max_thinking_tokens: 5, logit_bias: { 280: -100, 276: -100, 278: -100 }, ignore_eos: true,
+    } as never);
+    const order: string[] = [];
+    let reasoning = '';
+    for await (const ch of stream as unknown as AsyncIterable<{ choices: { delta: { content?: string; reasoning_content?: string } }[] }>) {
+      const d = ch.choices[0]?.delta;
+      if (d?.reasoning_content) (reasoning += d.reasoning_content), order.push('r');
+      if (d?.content) order.push('c');
+    }
+    assert.ok(reasoning.length > 0);
+    assert.ok(order.includes('c'), 'the answer follows the forced close');
+    assert.ok(order.lastIndexOf('r') < order.indexOf('c'), 'no thinking after the close');
+  });
+
+  it('batches concurrent requests into shared decode steps with the same results', async () => {
+    const prompts = ['Hello', 'world!', 'abc', 'The quick'];
+    const req = (p: string) => client.completions.create({ model: 'A', prompt: p, max_tokens: 16, temperature: 0, ignore_eos: true } as never) as Promise<OpenAI.Completion>;
+    const alone: string[] = [];
+    for (const p of prompts) alone.push((await req(p)).choices[0].text);
+    const before = (await srv.host.stats()).steps;
+    const together = await Promise.all(prompts.map(req));
+    const steps = (await srv.host.stats()).steps - before;
+    assert.deepEqual(together.map((r) => r.choices[0].text), alone);
+    // Alone: 4 x (1 prefill + 15 decodes) = 64 runs. Together they share decode steps.
+    assert.ok(steps < 40, `${steps} engine steps for 4 concurrent requests`);
+  });
+
+  it('stops generating when a streaming client disconnects', async () => {
+    const ac = new AbortController();
+    const res = await fetch(`${srv.url}/v1/completions`, {
+      method: 'POST', signal: ac.signal,
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${USER}` },
+      body: JSON.stringify({ model: 'A', prompt: 'Hello', max_tokens: 200, temperature: 0, ignore_eos: true, stream: true }),
+    });
+    const reader = res.body!.getReader();
+    await reader.read();
+    await reader.read();
+    assert.equal(srv.host.inFlight, 1);
+    ac.abort();
+    const t0 = Date.now();
+    while (srv.host.inFlight > 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(srv.host.inFlight, 0);
+    const stats = await srv.host.stats();
+    assert.equal(stats.running, 0);
+  });
+
+  describe('errors in OpenAI\'s format', () => {
+    async function expectError(res: Response, status: number, code: string | null, param?: string) {
+      assert.equal(res.status, status);
+      const body = (await res.json()) as { error: { message: string; type: string; param: string | null; code: string | null } };
+      assert.equal(typeof body.error.message, 'string');
+      assert.equal(typeof body.error.type, 'string');
+      if (code !== null) assert.equal(body.error.code, code);
+      if (param !== undefined) assert.equal(body.error.param, param);
+      return body;
+    }
+    it('400 names the offending field by its path', async () => {
+      await expectError(await post('/v1/chat/completions', { model: 'A', messages: [{ role: 'bogus', content: 'x' }] }), 400, null, 'messages.0.role');
+      await expectError(await post('/v1/completions', { model: 'A', prompt: 'x', temperature: 3 }), 400, null, 'temperature');
+      await expectError(await post('/v1/completions', { model: 'A' }), 400, null, 'prompt');
+      await expectError(await post('/v1/completions', { model: 'A', prompt: [1, 999999] }), 400, null, 'prompt');
+      await expectError(await post('/v1/completions', { model: 'A', prompt: 'x', logit_bias: { '99999': 1 } }), 400, null, 'logit_bias');
+      await expectError(await post('/v1/chat/completions', { model: 'A', messages: [{ role: 'user', content: 'x' }], wait: 2 }), 400, null, 'wait');
+    });
+    it('400 for malformed JSON', async () => {
+      await expectError(await post('/v1/completions', '{"model":', USER, true), 400, null);
+    });
+    it('400 context_length_exceeded', async () => {
+      await expectError(await post('/v1/completions', { model: 'A', prompt: 'x', max_tokens: 10000 }), 400, 'context_length_exceeded', 'max_tokens');
+    });
+    it('401 without a key or with a wrong one', async () => {
+      await expectError(await post('/v1/completions', { model: 'A', prompt: 'x' }, null), 401, 'invalid_api_key');
+      await expectError(await post('/v1/completions', { model: 'A', prompt: 'x' }, 'wrong-key-123456'), 401, 'invalid_api_key');
+    });
+    it('404 for an unknown model or route', async () => {
+      await expectError(await post('/v1/completions', { model: 'nope', prompt: 'x' }), 404, 'model_not_found', 'model');
+      await expectError(await post('/v1/completions', { model: 'A:nope', prompt: 'x' }), 404, 'model_not_found', 'model');
+      await expectError(await fetch(`${srv.url}/v1/nothing`), 404, 'not_found');
+    });
+    it('413 for a body over the limit', async () => {
+      await expectError(await post('/v1/completions', { model: 'A', prompt: 'x'.repeat(100_000) }), 413, 'payload_too_large');
+    });
+    it('429 with Retry-After past the queue bound', async () => {
+      const res = await post('/v1/completions', { model: 'A', prompt: 'x', n: 16 });
+      assert.ok(Number(res.headers.get('retry-after')) >= 1);
+      await expectError(res, 429, 'queue_full');
+    });
+  });
+
+  it('exports vLLM-named metrics', async () => {
+    const text = await (await fetch(`${srv.url}/metrics`)).text();
+    for (const name of ['vllm:num_requests_running', 'vllm:num_requests_waiting', 'vllm:time_to_first_token_seconds_count', 'vllm:time_per_output_token_seconds_bucket', 'vllm:e2e_request_latency_seconds_sum', 'vllm:prompt_tokens_total', 'vllm:generation_tokens_total', 'vllm:lora_requests_info', 'sfn_kv_cache_bytes']) {
+      assert.ok(text.includes(name), name);
+    }
+    const ttft = /vllm:time_to_first_token_seconds_count\{model_name="A"\} (\d+)/.exec(text);
+    assert.ok(ttft && Number(ttft[1]) > 0);
+  });
+
+  it('serves health, readiness and the OpenAPI document that is checked in', async () => {
+    assert.equal((await fetch(`${srv.url}/health`)).status, 200);
+    assert.equal((await fetch(`${srv.url}/ready`)).status, 200);
+    const served = await (await fetch(`${srv.url}/openapi.json`)).json();
+    const file = JSON.parse(readFileSync(OPENAPI_PATH, 'utf8'));
+    assert.deepEqual(served, file, 'openapi/openapi.json is stale: run `npm run openapi`');
+    assert.deepEqual(buildOpenApiDocument(), file);
+  });
+});
+
+describe('server lifecycle', () => {
+  it('answers 503 while the model loads and when it failed to load', async () => {
+    const srv = await startServer(config(), quiet);
+    try {
+      assert.equal(srv.host.state, 'loading');
+      const res = await fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${USER}` }, body: JSON.stringify({ model: 'A', prompt: 'x' }) });
+      assert.equal(res.status, 503);
+      assert.ok(res.headers.get('retry-after'));
+      assert.equal((await fetch(`${srv.url}/ready`)).status, 503);
+      assert.equal((await fetch(`${srv.url}/health`)).status, 200);
+      await srv.host.ready;
+      assert.equal((await fetch(`${srv.url}/ready`)).status, 200);
+    } finally {
+      await srv.close();
+    }
+  });
+});
