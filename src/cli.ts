@@ -10,6 +10,9 @@ import { argmax } from './engine/sampler.ts';
 import { ModelTokenizer } from './engine/tokenizer.ts';
 import { cachedModel, makeModel, PRESETS, type Preset } from './model/make-model.ts';
 import type { FloatDtype } from './model/dtype.ts';
+import { readSpec } from './model/config.ts';
+import { extractPlugin, parseModuleSets } from './plugins/extract.ts';
+import { freezePlan, freezePlanTable } from './plugins/freeze-plan.ts';
 
 const USAGE = `usage: sfn <command> [options]
 
@@ -23,6 +26,11 @@ commands:
       [--top-k K] [--seed N] [--stop S]...
   logits                     print {"ids","logits","greedy"} JSON, computed as the server computes it
       --model DIR --ids 1,2,3 [--greedy N]
+
+  extract                    write a plugin from a fine-tune, with an audit of the modules left out
+      --base DIR --tuned DIR --out FILE [--modules o_proj,norms,embed,head] [--description TEXT]
+  freeze-plan                trainable parameters of the Freeze module sets
+      --model DIR [--json]
 
 With no --model and no SFN_MODEL, the built-in tiny model is used (random weights, random text).`;
 
@@ -143,6 +151,28 @@ async function cmdGenerate(args: string[]): Promise<void> {
   await engine.release();
 }
 
+async function cmdExtract(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { base: { type: 'string' }, tuned: { type: 'string' }, modules: { type: 'string', default: 'o_proj,norms,embed,head' }, out: { type: 'string' }, description: { type: 'string' } } });
+  if (!values.base || !values.tuned || !values.out) throw new UsageError('extract needs --base DIR --tuned DIR --out FILE');
+  let kinds;
+  try {
+    kinds = parseModuleSets(values.modules!);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const audit = await extractPlugin(values.base, values.tuned, kinds, values.out, values.description);
+  process.stderr.write(`sfn: wrote ${audit.tensors} tensors (${audit.extracted.join(', ')}) to ${values.out}; audit in ${values.out}.audit.json\n`);
+  for (const k of audit.not_extracted) process.stderr.write(`  ${k.kind.padEnd(26)} max |B-A| = ${k.max_abs_diff}\n`);
+  for (const n of audit.notes) process.stderr.write(`  note: ${n}\n`);
+  process.stdout.write(JSON.stringify(audit, null, 2) + '\n');
+}
+
+async function cmdFreezePlan(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { model: { type: 'string' }, json: { type: 'boolean', default: false } } });
+  const plan = freezePlan(readSpec(resolveModelDir(values.model)).spec);
+  process.stdout.write((values.json ? JSON.stringify(plan, null, 2) : freezePlanTable(plan)) + '\n');
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
@@ -155,6 +185,12 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case 'generate':
         await cmdGenerate(rest);
+        return 0;
+      case 'extract':
+        await cmdExtract(rest);
+        return 0;
+      case 'freeze-plan':
+        await cmdFreezePlan(rest);
         return 0;
       case 'serve': {
         const { serveCommand } = await import('./server/serve.ts');

@@ -7,10 +7,9 @@
  * - research: every weight is an input, so any module can be overridden (merges of q/k/v or the MLP,
  *   destruction of any kind). Built on first need and kept.
  */
-import { createHash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
-import { iterateCheckpoint } from '../model/checkpoint.ts';
+import { Fingerprinter, iterateCheckpoint } from '../model/checkpoint.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
 import { expectedParams, parseName, PLUGGABLE_KINDS } from '../model/names.ts';
 import { View, type Tensor } from '../views/view.ts';
@@ -74,27 +73,27 @@ export class Engine {
   /** Loads a Hugging Face model directory. */
   static async load(dir: string, options: EngineOptions = {}): Promise<Engine> {
     const { spec, raw } = readSpec(dir);
-    const hash = createHash('sha256').update(JSON.stringify(raw));
+    const fp = new Fingerprinter(raw);
     const weights = new Map<string, Float32Array>();
     for (const t of iterateCheckpoint(dir, spec)) {
-      hash.update(t.name).update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      fp.add(t.name, t.data);
       weights.set(t.name, toGraphLayout(spec, t.name, t.data, t.shape));
     }
-    return Engine.create(spec, weights, hash.digest('hex').slice(0, 32), options, dir);
+    return Engine.create(spec, weights, fp.digest(), options, dir);
   }
 
   /** An engine over tensors already in memory (HF layout), e.g. a materialised view. */
   static async fromTensors(spec: ModelSpec, tensors: ReadonlyMap<string, Tensor>, options: EngineOptions = {}): Promise<Engine> {
-    const hash = createHash('sha256').update(JSON.stringify(spec));
+    const fp = new Fingerprinter(spec);
     const weights = new Map<string, Float32Array>();
     for (const [name, shape] of expectedParams(spec)) {
       const t = tensors.get(name);
       if (!t) throw new ViewError(`missing tensor ${name}`);
       if (t.shape.join() !== shape.join()) throw new ViewError(`${name}: shape [${t.shape}], expected [${shape}]`);
-      hash.update(name).update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      fp.add(name, t.data);
       weights.set(name, toGraphLayout(spec, name, t.data, shape));
     }
-    return Engine.create(spec, weights, hash.digest('hex').slice(0, 32), options, null);
+    return Engine.create(spec, weights, fp.digest(), options, null);
   }
 
   private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null) {

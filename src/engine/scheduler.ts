@@ -121,9 +121,10 @@ export class Scheduler {
     };
   }
 
-  /** Fingerprints of the views of running and waiting requests. */
+  /** Overlay ids (plugin sha256s) of the views of running and waiting requests. */
   views(): { running: string[]; waiting: string[] } {
-    return { running: [...this.lanes.keys()], waiting: [...new Set(this.waiting.map((j) => j.view.fingerprint))] };
+    const ids = (views: View[]) => [...new Set(views.flatMap((v) => v.overlays.map((o) => o.id)))];
+    return { running: ids([...this.lanes.values()].map((l) => l.view)), waiting: ids(this.waiting.map((j) => j.view)) };
   }
 
   private kick(): void {

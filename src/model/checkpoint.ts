@@ -3,6 +3,7 @@
  * `model.safetensors.index.json`. Shards are opened one at a time and tensors read one at a time and
  * converted to float32 straight away, so peak memory is the model in f32 plus one tensor.
  */
+import { createHash, type Hash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve, sep } from 'node:path';
 import { readSpec, type ModelSpec } from './config.ts';
@@ -100,4 +101,24 @@ export function loadCheckpoint(dir: string): { spec: ModelSpec; tensors: Map<str
   const tensors = new Map<string, LoadedTensor>();
   for (const t of iterateCheckpoint(dir, spec)) tensors.set(t.name, t);
   return { spec, tensors };
+}
+
+/**
+ * A backbone's identity: sha256 over its config.json and every weight's float32 values, in checkpoint
+ * order. Plugins record it as their base; the same weights stored as BF16 or F32 hash alike.
+ */
+export class Fingerprinter {
+  private readonly hash: Hash;
+
+  constructor(rawConfig: unknown) {
+    this.hash = createHash('sha256').update(JSON.stringify(rawConfig));
+  }
+
+  add(name: string, data: Float32Array): void {
+    this.hash.update(name).update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  }
+
+  digest(): string {
+    return this.hash.digest('hex').slice(0, 32);
+  }
 }

@@ -9,10 +9,12 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ApiError, errorResponse, fromZod, tooLarge } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { openaiRoutes, type ServingContext } from './routes/openai.ts';
+import { pluginRoutes, type PluginDeps } from './routes/plugins.ts';
 import type { AuthConfig } from './auth.ts';
 
 export interface AppDeps {
   serving: ServingContext;
+  plugins: PluginDeps;
   auth: AuthConfig;
   metrics: Metrics;
   maxBodyBytes: number;
@@ -43,9 +45,12 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     await next();
     deps.metrics.httpRequests.inc({ route: c.req.routePath, status: String(c.res.status) });
   });
-  app.use('/v1/*', bodyLimit({ maxSize: deps.maxBodyBytes, onError: (c) => errorResponse(c, tooLarge(`The request body exceeds ${deps.maxBodyBytes} bytes.`)) }));
+  // JSON bodies are bounded here; plugin uploads stream to disk under their own limit.
+  const jsonLimit = bodyLimit({ maxSize: deps.maxBodyBytes, onError: (c) => errorResponse(c, tooLarge(`The request body exceeds ${deps.maxBodyBytes} bytes.`)) });
+  for (const path of ['/v1/completions', '/v1/chat/completions', '/v1/plugins/extract']) app.use(path, jsonLimit);
 
   openaiRoutes(app, deps.serving, deps.auth);
+  pluginRoutes(app, deps.plugins, deps.auth);
 
   app.get('/health', (c) => c.json({ status: 'ok' }));
   app.get('/ready', (c) => {

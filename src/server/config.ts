@@ -23,6 +23,8 @@ export const ServerConfig = z.object({
   maxBodyBytes: z.number().int().min(1024),
   dataDir: z.string().min(1),
   pluginCacheBytes: z.number().int().min(1),
+  maxPluginBytes: z.number().int().min(1024),
+  modelRoots: z.array(z.string().min(1)),
   shutdownGraceSeconds: z.number().min(0),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
@@ -49,6 +51,8 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
       'max-body-bytes': { type: 'string' },
       'data-dir': { type: 'string' },
       'plugin-cache-mb': { type: 'string' },
+      'max-plugin-mb': { type: 'string' },
+      'model-root': { type: 'string', multiple: true },
       'shutdown-grace-s': { type: 'string' },
     },
   });
@@ -68,6 +72,8 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
     maxBodyBytes: num(values['max-body-bytes'] ?? env.SFN_MAX_BODY_BYTES) ?? 4 * 1024 * 1024,
     dataDir: values['data-dir'] ?? env.SFN_DATA_DIR ?? './data',
     pluginCacheBytes: (num(values['plugin-cache-mb'] ?? env.SFN_PLUGIN_CACHE_MB) ?? 1024) * 1024 * 1024,
+    maxPluginBytes: (num(values['max-plugin-mb'] ?? env.SFN_MAX_PLUGIN_MB) ?? 4096) * 1024 * 1024,
+    modelRoots: values['model-root'] ?? csv(env.SFN_MODEL_ROOTS),
     shutdownGraceSeconds: num(values['shutdown-grace-s'] ?? env.SFN_SHUTDOWN_GRACE_S) ?? 30,
   };
   const parsed = ServerConfig.safeParse(raw);

@@ -16,6 +16,7 @@ import { modelNotFound } from './errors.ts';
 import { JobRunner } from './jobs.ts';
 import { Metrics } from './metrics.ts';
 import type { ModelEntry } from './routes/openai.ts';
+import { PluginStore } from '../plugins/store.ts';
 
 export interface RunningServer {
   url: string;
@@ -36,13 +37,17 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     overlayCacheBytes: config.pluginCacheBytes,
   });
   const tokenizer = ModelTokenizer.fromDir(modelDir);
+  const store = new PluginStore(config.dataDir, log);
+  const scan = await store.scan();
+  log(`sfn: plugin store at ${config.dataDir}: ${scan.loaded} plugin(s)${scan.quarantined.length ? `, ${scan.quarantined.length} entr(ies) quarantined` : ''}`);
+  const pluginNames = (shas: string[]) => shas.flatMap((sha) => store.bySha(sha).map((m) => `${modelName}:${m.id}`));
   const created = Math.floor(Date.now() / 1000);
   const metrics = new Metrics({
     modelName: () => modelName,
     stats: async () => (host.state === 'ready' ? host.stats() : null),
-    pluginsInUse: () => ({ running: [], waiting: [] }),
+    pluginsInUse: (s) => ({ running: pluginNames(s.views.running), waiting: pluginNames(s.views.waiting) }),
     maxRunning: config.maxRunning,
-    maxPlugins: 0,
+    maxPlugins: config.maxRunning,
   });
   const runner = new JobRunner(host, metrics, () => modelName, { maxRunning: config.maxRunning, maxWaiting: config.maxWaiting });
   const app = createApp({
@@ -53,9 +58,21 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
       maxContext: () => servedContext(config.maxContext, host.spec!),
       resolveView: (model) => {
         if (model === modelName) return { overlays: [] };
-        throw modelNotFound(model);
+        const m = model.startsWith(`${modelName}:`) ? store.get(model.slice(modelName.length + 1)) : undefined;
+        if (!m) throw modelNotFound(model);
+        return { overlays: [{ type: 'file', id: m.sha256, path: store.blobPath(m.sha256) }] };
       },
-      models: (): ModelEntry[] => [{ id: modelName, created, parent: null }],
+      models: (): ModelEntry[] => [
+        { id: modelName, created, parent: null },
+        ...store.list().map((m) => ({ id: `${modelName}:${m.id}`, created: m.created, parent: modelName })),
+      ],
+    },
+    plugins: {
+      store,
+      backbone: () => (host.state === 'ready' ? { spec: host.spec!, fingerprint: host.fingerprint! } : null),
+      backboneName: modelName,
+      maxPluginBytes: config.maxPluginBytes,
+      modelRoots: config.modelRoots,
     },
     auth: { apiKeys: config.apiKeys, adminKeys: config.adminKeys },
     metrics,
