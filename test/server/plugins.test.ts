@@ -1,0 +1,287 @@
+/**
+ * Plugins end to end over HTTP: extraction from fixture B against A, upload, serving `A:plugin` with the
+ * logits of A carrying B's modules, a corpus of malformed files that must leave no trace, and the store's
+ * consistency across SIGKILLs in the middle of uploads.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { loadCheckpoint } from '../../src/model/checkpoint.ts';
+import { fromFloat32 } from '../../src/model/dtype.ts';
+import { parseName } from '../../src/model/names.ts';
+import { writeSafetensors, type TensorToWrite } from '../../src/model/safetensors.ts';
+import { extractPlugin } from '../../src/plugins/extract.ts';
+import { parseServerConfig } from '../../src/server/config.ts';
+import { startServer, type RunningServer } from '../../src/server/serve.ts';
+import { fixtureDir, ORACLE_DIR, oracle, ROOT } from '../helpers/fixtures.ts';
+import { referenceLogits } from '../helpers/reference.ts';
+
+const ADMIN = 'admin-key-123456';
+const USER = 'user-key-123456';
+const tmp = mkdtempSync(join(tmpdir(), 'sfn-plugins-'));
+const A = loadCheckpoint(fixtureDir('A'));
+const B = loadCheckpoint(fixtureDir('B'));
+const o = oracle('A');
+
+function logSoftmax(row: ArrayLike<number>): number[] {
+  const xs = Array.from(row);
+  const m = Math.max(...xs);
+  const lse = m + Math.log(xs.reduce((a, x) => a + Math.exp(x - m), 0));
+  return xs.map((x) => x - lse);
+}
+
+/** Every file under a directory, with its size (a store's fingerprint for "left no trace"). */
+function listing(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const n of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, n.name);
+      if (n.isDirectory()) walk(p);
+      else out.push(`${p.slice(dir.length)}:${statSync(p).size}`);
+    }
+  };
+  walk(dir);
+  return out.sort();
+}
+
+/** A plugin file built from tensors, in F32. */
+function pluginFile(name: string, tensors: Map<string, { shape: number[]; data: Float32Array }>, metadata: Record<string, string> = {}): string {
+  const path = join(tmp, name);
+  const list: TensorToWrite[] = [...tensors].map(([n, t]) => ({ name: n, dtype: 'F32', shape: t.shape, data: fromFloat32(t.data, 'F32') }));
+  writeSafetensors(path, list, metadata);
+  return path;
+}
+
+describe('plugins over HTTP', () => {
+  let srv: RunningServer;
+  const dataDir = join(tmp, 'data');
+  const headers = (key = ADMIN) => ({ authorization: `Bearer ${key}` });
+  const upload = (id: string, bytes: Uint8Array, query = '', key = ADMIN) =>
+    fetch(`${srv.url}/v1/plugins?id=${encodeURIComponent(id)}${query}`, { method: 'POST', headers: { ...headers(key), 'content-type': 'application/octet-stream' }, body: bytes as Uint8Array<ArrayBuffer> });
+  const score = async (model: string) => {
+    const r = await fetch(`${srv.url}/v1/completions`, {
+      method: 'POST',
+      headers: { ...headers(USER), 'content-type': 'application/json' },
+      body: JSON.stringify({ model, prompt: o.ids, max_tokens: 0, echo: true, logprobs: 0 }),
+    });
+    assert.equal(r.status, 200, await r.clone().text());
+    return ((await r.json()) as { choices: { logprobs: { token_logprobs: (number | null)[] } }[] }).choices[0].logprobs.token_logprobs;
+  };
+  const expectScores = (got: (number | null)[], logits: ArrayLike<number>[]) => {
+    for (let t = 1; t < o.ids.length; t++) {
+      const want = logSoftmax(logits[t - 1])[o.ids[t]];
+      assert.ok(Math.abs(got[t]! - want) < 1e-4, `token ${t}: ${got[t]} vs ${want}`);
+    }
+  };
+
+  before(async () => {
+    const config = parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--api-key', USER, '--admin-key', ADMIN, '--data-dir', dataDir, '--model-root', ORACLE_DIR, '--max-plugin-mb', '1'], {});
+    srv = await startServer(config, () => {});
+    await srv.host.ready;
+  });
+  after(() => srv.close());
+
+  it('extracts a plugin from B against A, then serves A:plugin with exactly A + B\'s o_proj/norms/embed/head', async () => {
+    const r = await fetch(`${srv.url}/v1/plugins/extract`, {
+      method: 'POST',
+      headers: { ...headers(), 'content-type': 'application/json' },
+      body: JSON.stringify({ id: 'b-freeze', base: 'A', tuned: 'B', modules: ['o_proj', 'norms', 'embed', 'head'] }),
+    });
+    assert.equal(r.status, 201, await r.clone().text());
+    const { plugin, audit } = (await r.json()) as { plugin: { model: string; modules: string[] }; audit: { exact: boolean; not_extracted: { kind: string; max_abs_diff: number }[] } };
+    assert.equal(plugin.model, 'A:b-freeze');
+    assert.deepEqual(plugin.modules, ['embed_tokens', 'input_layernorm', 'lm_head', 'norm', 'o_proj', 'post_attention_layernorm']);
+    assert.equal(audit.exact, false, 'B also changed q/k/v and the MLP a little');
+    assert.ok(audit.not_extracted.find((k) => k.kind === 'q_proj')!.max_abs_diff > 0);
+    // The expectation, built from the fixtures: A with B's pluggable tensors, through the float64 reference.
+    const mixed = new Map(A.tensors);
+    for (const [n, t] of B.tensors) if (['o_proj', 'input_layernorm', 'post_attention_layernorm', 'norm', 'embed_tokens', 'lm_head'].includes(parseName(n)!.kind)) mixed.set(n, t);
+    expectScores(await score('A:b-freeze'), referenceLogits(A.spec, mixed, o.ids));
+    expectScores(await score('A'), o.logits);
+  });
+
+  it('serves M1\'s logits through an o_proj-only plugin made with `sfn extract` and uploaded', async () => {
+    const file = join(tmp, 'm1.safetensors');
+    const audit = await extractPlugin(fixtureDir('A'), fixtureDir('B'), ['o_proj'], file);
+    assert.equal(audit.tensors, 4);
+    const r = await upload('m1', readFileSync(file), '&description=M1');
+    assert.equal(r.status, 201, await r.clone().text());
+    expectScores(await score('A:m1'), oracle('M1_o_proj').logits);
+    const models = (await (await fetch(`${srv.url}/v1/models`, { headers: headers(USER) })).json()) as { data: { id: string; parent: string | null }[] };
+    assert.ok(models.data.some((m) => m.id === 'A:m1' && m.parent === 'A'));
+  });
+
+  it('is idempotent for identical bytes, 409 for different bytes, replaced with overwrite', async () => {
+    const file = join(tmp, 'm1.safetensors');
+    assert.equal((await upload('m1', readFileSync(file))).status, 200);
+    const zeros = new Map([['model.layers.1.self_attn.o_proj.weight', { shape: [64, 64], data: new Float32Array(4096) }], ['model.layers.2.self_attn.o_proj.weight', { shape: [64, 64], data: new Float32Array(4096) }]]);
+    const dz = readFileSync(pluginFile('dzero.safetensors', zeros));
+    const conflict = await upload('m1', dz);
+    assert.equal(conflict.status, 409);
+    assert.equal(((await conflict.json()) as { error: { code: string } }).error.code, 'plugin_exists');
+    expectScores(await score('A:m1'), oracle('M1_o_proj').logits);
+    assert.equal((await upload('m1', dz, '&overwrite=true')).status, 201);
+    expectScores(await score('A:m1'), oracle('D_zero_o_proj_1-2').logits);
+  });
+
+  it('lists, gets and deletes (admin), and a deleted plugin is a 404 model', async () => {
+    const list = (await (await fetch(`${srv.url}/v1/plugins`, { headers: headers(USER) })).json()) as { data: { id: string }[] };
+    assert.deepEqual(list.data.map((p) => p.id), ['b-freeze', 'm1']);
+    const one = (await (await fetch(`${srv.url}/v1/plugins/m1`, { headers: headers(USER) })).json()) as { sha256: string; size: number };
+    assert.match(one.sha256, /^[0-9a-f]{64}$/);
+    assert.equal((await fetch(`${srv.url}/v1/plugins/m1`, { method: 'DELETE', headers: headers(USER) })).status, 403);
+    assert.equal((await fetch(`${srv.url}/v1/plugins/m1`, { method: 'DELETE', headers: headers() })).status, 200);
+    assert.equal((await fetch(`${srv.url}/v1/plugins/m1`, { headers: headers() })).status, 404);
+    const r = await fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { ...headers(USER), 'content-type': 'application/json' }, body: JSON.stringify({ model: 'A:m1', prompt: 'x' }) });
+    assert.equal(r.status, 404);
+    assert.ok(!listing(dataDir).some((f) => f.includes(one.sha256)), 'the unused blob is gone');
+  });
+
+  it('gives the Freeze plan', async () => {
+    const r = (await (await fetch(`${srv.url}/v1/stethoscope/freeze-plan`, { headers: headers(USER) })).json()) as { total_parameters: number; sets: { name: string; trainable: number }[] };
+    assert.equal(r.total_parameters, [...A.tensors.values()].reduce((a, t) => a + t.data.length, 0));
+    assert.deepEqual(r.sets.map((s) => s.name), ['Emb+Head', 'Emb+Head+o_proj', 'Emb+Head+{q,k,v,o}_proj', 'All']);
+    assert.equal(r.sets[1].trainable - r.sets[0].trainable, 4 * 64 * 64);
+  });
+
+  describe('malformed and mismatched uploads get a 4xx and leave no trace', () => {
+    const oProj = (l: number) => `model.layers.${l}.self_attn.o_proj.weight`;
+    const good = () => new Map([[oProj(0), { shape: [64, 64], data: A.tensors.get(oProj(0))!.data.slice() }]]);
+    const raw = (header: unknown, data: number, lenOverride?: bigint) => {
+      const h = Buffer.from(typeof header === 'string' ? header : JSON.stringify(header));
+      const len = Buffer.alloc(8);
+      len.writeBigUInt64LE(lenOverride ?? BigInt(h.length));
+      return Buffer.concat([len, h, Buffer.alloc(data)]);
+    };
+    const file = (name: string, t: Map<string, { shape: number[]; data: Float32Array }>, meta?: Record<string, string>) => readFileSync(pluginFile(name, t, meta));
+    const withData = (f: (d: Float32Array) => void) => {
+      const t = good();
+      f(t.get(oProj(0))!.data);
+      return t;
+    };
+    const okBytes = () => file('good.safetensors', good());
+    const cases: [string, () => Uint8Array, number, RegExp][] = [
+      ['empty', () => new Uint8Array(0), 400, /safetensors\.too_small/],
+      ['not safetensors at all', () => Buffer.from('{"this": "is json, not safetensors"}'), 400, /safetensors/],
+      ['truncated', () => okBytes().subarray(0, 2000), 400, /safetensors\.truncated/],
+      ['oversized header length', () => raw({}, 0, 500_000_000n), 400, /header_too_large/],
+      ['header not an object', () => raw([1, 2], 0), 400, /header_object/],
+      ['overlapping offsets', () => raw({ [oProj(0)]: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, [oProj(1)]: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } }, 12), 400, /overlap/],
+      ['gapped offsets', () => raw({ [oProj(0)]: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, [oProj(1)]: { dtype: 'F32', shape: [1], data_offsets: [8, 12] } }, 12), 400, /gap/],
+      ['unknown dtype', () => raw({ [oProj(0)]: { dtype: 'Q4', shape: [1], data_offsets: [0, 4] } }, 4), 400, /dtype/],
+      ['duplicate names', () => raw(`{"${oProj(0)}":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"${oProj(0)}":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}`, 8), 400, /duplicate_name/],
+      ['integer dtype', () => raw({ [oProj(0)]: { dtype: 'I32', shape: [64, 64], data_offsets: [0, 16384] } }, 16384), 400, /invalid_plugin\.dtype/],
+      ['wrong shape', () => file('shape.safetensors', new Map([[oProj(0), { shape: [32, 128], data: new Float32Array(4096) }]])), 400, /invalid_plugin\.shape/],
+      ['unknown name', () => file('name.safetensors', new Map([['model.layers.0.self_attn.rotary.weight', { shape: [4], data: new Float32Array(4) }]])), 400, /unknown_name/],
+      ['layer the backbone lacks', () => file('layer.safetensors', new Map([[oProj(9), { shape: [64, 64], data: new Float32Array(4096) }]])), 400, /not_in_backbone/],
+      ['frozen-module name', () => file('frozen.safetensors', new Map([['model.layers.0.self_attn.q_proj.weight', { shape: [64, 64], data: new Float32Array(4096) }]])), 400, /frozen_module/],
+      ['NaN', () => file('nan.safetensors', withData((d) => (d[77] = NaN))), 400, /non_finite/],
+      ['Infinity', () => file('inf.safetensors', withData((d) => (d[5] = -Infinity))), 400, /non_finite/],
+      ['wrong base', () => file('base.safetensors', good(), { 'sfn.base_fingerprint': '0'.repeat(32) }), 400, /base_mismatch/],
+      ['no tensors', () => raw({ __metadata__: { a: 'b' } }, 0), 400, /invalid_plugin\.empty/],
+      ['over the size limit', () => Buffer.alloc(1024 * 1024 + 10, 1), 413, /payload_too_large/],
+    ];
+    for (const [name, make, status, code] of cases) {
+      it(name, async () => {
+        const before = listing(dataDir);
+        const r = await upload('corpus', make());
+        const body = (await r.json()) as { error: { code: string; message: string } };
+        assert.equal(r.status, status, JSON.stringify(body));
+        assert.match(`${body.error.code} ${body.error.message}`, code);
+        assert.deepEqual(listing(dataDir), before);
+      });
+    }
+    it('rejects ids with path tricks', async () => {
+      const before = listing(dataDir);
+      for (const id of ['../evil', 'a/b', '.hidden', '', 'x'.repeat(65), 'a..b']) {
+        const r = await upload(id, okBytes());
+        assert.equal(r.status, 400, id);
+      }
+      assert.deepEqual(listing(dataDir), before);
+    });
+    it('needs an admin key to upload', async () => {
+      assert.equal((await upload('x', okBytes(), '', USER)).status, 403);
+    });
+    it('refuses extraction outside the model roots', async () => {
+      const r = await fetch(`${srv.url}/v1/plugins/extract`, { method: 'POST', headers: { ...headers(), 'content-type': 'application/json' }, body: JSON.stringify({ id: 'x', base: '../../..', tuned: 'B' }) });
+      assert.equal(r.status, 400);
+    });
+  });
+});
+
+describe('the store survives SIGKILL in the middle of uploads', () => {
+  it('holds the old version or nothing, never a partial plugin, across kills', async () => {
+    const dataDir = mkdtempSync(join(tmp, 'kill-'));
+    // Versions: A's o_proj of layer 0 scaled by k; each ~16 KB, sent slowly in small chunks.
+    const versions = [1, 2, 3, 4, 5, 6].map((k) => {
+      const t = new Map([['model.layers.0.self_attn.o_proj.weight', { shape: [64, 64], data: A.tensors.get('model.layers.0.self_attn.o_proj.weight')!.data.map((x) => x * k) }]]);
+      return readFileSync(pluginFile(`v${k}.safetensors`, t));
+    });
+    const { createHash } = await import('node:crypto');
+    const shas = versions.map((v) => createHash('sha256').update(v).digest('hex'));
+    let lastCommitted: string | null = null;
+
+    async function start(): Promise<{ child: ChildProcess; url: string }> {
+      const child = spawn(process.execPath, ['bin/sfn.js', 'serve', '--model', fixtureDir('A'), '--port', '0', '--data-dir', dataDir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout!.on('data', (d) => (out += d));
+      child.stderr!.on('data', (d) => (out += d));
+      const t0 = Date.now();
+      while (!/model loaded/.test(out)) {
+        if (Date.now() - t0 > 30000) throw new Error(`server did not start: ${out}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      return { child, url: /listening on (http:\/\/\S+),/.exec(out)![1] };
+    }
+
+    for (let round = 0; round < versions.length; round++) {
+      const { child, url } = await start();
+      // The store as the restarted server sees it: nothing, or a version that was completely sent.
+      const r = await fetch(`${url}/v1/plugins/p`);
+      if (r.status === 200) {
+        const m = (await r.json()) as { sha256: string };
+        // A killed upload leaves the previous version in place; a completed one replaced it.
+        assert.equal(m.sha256, lastCommitted, `round ${round}`);
+        const gen = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'A:p', prompt: 'hi', max_tokens: 2 }) });
+        assert.equal(gen.status, 200);
+      } else {
+        assert.equal(r.status, 404);
+        assert.equal(lastCommitted, null, `round ${round}: the committed version vanished`);
+      }
+      // Upload the next version slowly and kill the server at a point that moves through the upload.
+      const bytes = versions[round];
+      const killAfterChunks = [2, 100, 1000, 6, 1000, 40][round];
+      const chunk = 512;
+      let sent = 0;
+      const body = new ReadableStream<Uint8Array>({
+        async pull(ctrl) {
+          if (sent >= bytes.length) return ctrl.close();
+          ctrl.enqueue(bytes.subarray(sent, sent + chunk));
+          sent += chunk;
+          if (sent / chunk === killAfterChunks) child.kill('SIGKILL');
+          await new Promise((res) => setTimeout(res, 2));
+        },
+      });
+      try {
+        const res = await fetch(`${url}/v1/plugins?id=p&overwrite=true`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body, duplex: 'half' } as RequestInit);
+        if (res.status === 201 || res.status === 200) lastCommitted = shas[round];
+      } catch {
+        /* the server died under us */
+      }
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((res) => child.once('exit', res));
+        child.kill('SIGKILL');
+        await exited;
+      }
+    }
+    // After the last round: one more start must find a consistent store, with leftovers quarantined.
+    const { child, url } = await start();
+    const list = (await (await fetch(`${url}/v1/plugins`)).json()) as { data: { sha256: string }[] };
+    for (const p of list.data) assert.ok(shas.includes(p.sha256));
+    assert.deepEqual(readdirSync(join(dataDir, 'tmp')), []);
+    child.kill('SIGKILL');
+  });
+});
