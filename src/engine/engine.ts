@@ -107,6 +107,12 @@ export class Engine {
     return this.serving.inputs;
   }
 
+  /** The same tensor in graph layout (held once: the HF-layout copy can be dropped). */
+  toGraph(name: string, t: Tensor): Tensor {
+    if (t.layout === 'graph') return t;
+    return { shape: t.shape, data: toGraphLayout(this.spec, name, t.data, t.shape), layout: 'graph' };
+  }
+
   /** A backbone parameter in HF layout (a copy when the graph layout differs). */
   parameter(name: string): Tensor {
     const shape = this.shapes.get(name);
@@ -168,6 +174,7 @@ export class Engine {
   }
 
   private graphData(name: string, t: Tensor): Float32Array {
+    if (t.layout === 'graph') return t.data;
     let g = this.layoutCache.get(t.data);
     if (!g) {
       g = toGraphLayout(this.spec, name, t.data, t.shape);

@@ -69,7 +69,7 @@ export class OverlayLoader {
     }
     this.counters.misses++;
     const t0 = performance.now();
-    const tensors = readTensorFile(spec.path);
+    const tensors = new Map([...readTensorFile(spec.path)].map(([n, t]) => [n, this.engine.toGraph(n, t)]));
     const o = tensorOverlay(tensors, spec.id);
     this.counters.loadSeconds += (performance.now() - t0) / 1000;
     this.counters.loadedBytes += [...tensors.values()].reduce((a, t) => a + t.data.byteLength, 0);

@@ -7,8 +7,14 @@
 import { createHash } from 'node:crypto';
 
 export interface Tensor {
+  /** The HF shape, whatever the layout of `data`. */
   shape: number[];
   data: Float32Array;
+  /**
+   * 'hf' (default): Hugging Face layout. 'graph': already in the engine's graph layout (the overlay loader
+   * converts once at load, so a cached plugin is held once, not in both layouts).
+   */
+  layout?: 'hf' | 'graph';
 }
 
 /** Replaces named parameters (a plugin, a merge, a Zero or ReInit destruction). */

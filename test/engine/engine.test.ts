@@ -104,7 +104,7 @@ describe('engine on fixture A', () => {
     const view = A.baseView.with(tensorOverlay(swap));
     assert.equal((await A.sessionFor(view)).kind, 'research');
     const got = await A.logits(o.ids, view);
-    const mixed = new Map([...a.tensors, ...swap]);
+    const mixed = new Map<string, Tensor>([...a.tensors, ...swap]);
     const ref = referenceLogits(a.spec, mixed, o.ids);
     got.forEach((l, i) => assert.ok(maxAbsDiff(l, ref[i]) < TOL, `position ${i}`));
     assert.ok(maxAbsDiff(got[15], o.logits[15]) > 1e-3, 'the override must change the logits');
