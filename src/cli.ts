@@ -3,7 +3,14 @@
  * `sfn`: the command line. `make-model`, `generate` and `logits` work on any HF-layout model directory;
  * with no `--model` (and no SFN_MODEL) they use the built-in tiny model, made once and cached.
  */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { DonorRef } from './stethoscope/build.ts';
+import { resolveDestroy, resolveMerge } from './stethoscope/resolve.ts';
+import { SpecError } from './stethoscope/spec.ts';
+import { OverlayLoader, type OverlaySpec } from './views/overlays.ts';
 import { Engine } from './engine/engine.ts';
 import { generate } from './engine/generate.ts';
 import { argmax } from './engine/sampler.ts';
@@ -25,7 +32,8 @@ commands:
       --model DIR --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-p P]
       [--top-k K] [--seed N] [--stop S]...
   logits                     print {"ids","logits","greedy"} JSON, computed as the server computes it
-      --model DIR --ids 1,2,3 [--greedy N]
+      --model DIR --ids 1,2,3 [--greedy N] [--merge JSON] [--destroy JSON]
+      (--merge/--destroy take the API's JSON; a merge's "from" is a plugin file or checkpoint dir)
 
   extract                    write a plugin from a fine-tune, with an audit of the modules left out
       --base DIR --tuned DIR --out FILE [--modules o_proj,norms,embed,head] [--description TEXT]
@@ -84,7 +92,10 @@ async function cmdMakeModel(args: string[]): Promise<void> {
 }
 
 async function cmdLogits(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' } } });
+  const { values } = parseArgs({
+    args,
+    options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' }, merge: { type: 'string' }, destroy: { type: 'string' } },
+  });
   if (!values.ids) throw new UsageError('logits needs --ids 1,2,3');
   const ids = values.ids.split(',').map((s) => {
     const n = Number(s.trim());
@@ -93,19 +104,47 @@ async function cmdLogits(args: string[]): Promise<void> {
   });
   const greedyN = int(values.greedy, 'greedy', 0)!;
   const engine = await Engine.load(resolveModelDir(values.model), { threads: int(values.threads, 'threads') });
+  const view = stethoscopeView(engine, values.merge, values.destroy);
   // All positions' logits from one prefill, then greedy decoding on the same cache (ignoring EOS).
   const cache = engine.newCache(1);
-  const [all] = await engine.forward(cache, [ids], { logits: 'all' });
+  const [all] = await engine.forward(cache, [ids], { logits: 'all', view });
   const greedy: number[] = [];
   let last = all[all.length - 1];
   for (let i = 0; i < greedyN; i++) {
     const id = argmax(last);
     greedy.push(id);
-    if (i + 1 < greedyN) [[last]] = await engine.forward(cache, [[id]]);
+    if (i + 1 < greedyN) [[last]] = await engine.forward(cache, [[id]], { view });
   }
   const rows = all.map((r) => `[${Array.from(r).join(',')}]`);
   process.stdout.write(`{"ids":${JSON.stringify(ids)},"logits":[${rows.join(',')}],"greedy":${JSON.stringify(greedy)}}\n`);
   await engine.release();
+}
+
+/** A donor for `--merge` on the command line: a safetensors file (a plugin) or a checkpoint directory. */
+function cliDonor(from: string, param: string): DonorRef {
+  if (!existsSync(from)) throw new UsageError(`${param}: "${from}" does not exist`);
+  if (statSync(from).isDirectory()) return { kind: 'dir', path: from, id: `dir:${resolvePath(from)}` };
+  return { kind: 'file', path: from, id: createHash('sha256').update(readFileSync(from)).digest('hex') };
+}
+
+/** The view `--merge` / `--destroy` describe (the same JSON the API takes), or the backbone. */
+function stethoscopeView(engine: Engine, merge?: string, destroy?: string) {
+  const json = (s: string, flag: string) => {
+    try {
+      return JSON.parse(s);
+    } catch (e) {
+      throw new UsageError(`${flag}: not JSON: ${(e as Error).message}`);
+    }
+  };
+  const overlays: OverlaySpec[] = [];
+  try {
+    if (merge) overlays.push(resolveMerge(engine.spec, json(merge, '--merge'), cliDonor));
+    if (destroy) overlays.push(resolveDestroy(engine.spec, json(destroy, '--destroy')));
+  } catch (e) {
+    if (e instanceof SpecError) throw new UsageError(e.message);
+    throw e;
+  }
+  return new OverlayLoader(engine, Number.MAX_SAFE_INTEGER).view({ overlays });
 }
 
 async function cmdGenerate(args: string[]): Promise<void> {

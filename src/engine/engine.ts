@@ -113,6 +113,13 @@ export class Engine {
     return { shape: t.shape, data: toGraphLayout(this.spec, name, t.data, t.shape), layout: 'graph' };
   }
 
+  /** A backbone parameter in graph layout (shared, not a copy: do not write to it). */
+  graphWeight(name: string): Float32Array {
+    const data = this.weights.get(name);
+    if (!data) throw new ViewError(`unknown parameter ${name}`);
+    return data;
+  }
+
   /** A backbone parameter in HF layout (a copy when the graph layout differs). */
   parameter(name: string): Tensor {
     const shape = this.shapes.get(name);
@@ -166,7 +173,8 @@ export class Engine {
 
   private feedTensor(data: Float32Array, dims: number[]): ort.Tensor {
     let t = this.tensorCache.get(data);
-    if (!t) {
+    // A shared buffer (the Zero overlay's) may serve tensors of other shapes with the same size.
+    if (!t || t.dims.join() !== dims.join()) {
       t = new ort.Tensor('float32', data, dims);
       this.tensorCache.set(data, t);
     }

@@ -3,6 +3,7 @@
  * generate the OpenAPI document (@hono/zod-openapi), so the two cannot drift apart.
  */
 import { z } from '@hono/zod-openapi';
+import { DestroySpec, MergeSpec } from '../stethoscope/spec.ts';
 
 const Stop = z
   .union([z.string(), z.array(z.string()).max(16)])
@@ -28,6 +29,14 @@ const common = {
     .nullish()
     .openapi({ description: 'Added to the logits of these token ids before sampling (-100 bans, 100 forces).' }),
   return_tokens_as_token_ids: z.boolean().nullish().openapi({ description: 'vLLM extension: logprob tokens as "token_id:N" instead of text.' }),
+  merge: MergeSpec.nullish().openapi({
+    description:
+      'sfn stethoscope: run on a merge of the backbone. A list of {modules: kinds or presets M1 (o_proj) / M2 (q,k,v) / M3 (MLP), layers: "0-27" | "all", from: plugin id or checkpoint directory under the model roots, alpha: (1-alpha)*A + alpha*B, default 1}.',
+  }),
+  destroy: DestroySpec.nullish().openapi({
+    description:
+      'sfn stethoscope: run on a destroyed view. A list of {method: zero | reinit (N(0, 0.02), seeded) | remove (skip whole layers), modules: kinds or presets (not for remove), layers: "5-30", seed}.',
+  }),
 };
 
 export const CompletionRequest = z

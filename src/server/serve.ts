@@ -12,7 +12,13 @@ import { ModelTokenizer } from '../engine/tokenizer.ts';
 import { authEnabled } from './auth.ts';
 import { createApp } from './app.ts';
 import { parseServerConfig, type ServerConfig } from './config.ts';
-import { modelNotFound } from './errors.ts';
+import { badRequest, modelNotFound } from './errors.ts';
+import { existsSync } from 'node:fs';
+import { join, resolve, sep } from 'node:path';
+import type { DonorRef } from '../stethoscope/build.ts';
+import { resolveDestroy, resolveMerge } from '../stethoscope/resolve.ts';
+import { SpecError } from '../stethoscope/spec.ts';
+import type { OverlaySpec } from '../views/overlays.ts';
 import { JobRunner } from './jobs.ts';
 import { Metrics } from './metrics.ts';
 import type { ModelEntry } from './routes/openai.ts';
@@ -40,6 +46,17 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const store = new PluginStore(config.dataDir, log);
   const scan = await store.scan();
   log(`sfn: plugin store at ${config.dataDir}: ${scan.loaded} plugin(s)${scan.quarantined.length ? `, ${scan.quarantined.length} entr(ies) quarantined` : ''}`);
+  /** A merge donor: a plugin id, else a checkpoint directory under the model roots. */
+  const donor = (from: string, param: string): DonorRef => {
+    const m = store.get(from);
+    if (m) return { kind: 'file', path: store.blobPath(m.sha256), id: m.sha256 };
+    for (const root of config.modelRoots) {
+      const r = resolve(root);
+      const full = resolve(r, from);
+      if ((full === r || full.startsWith(r + sep)) && existsSync(join(full, 'config.json'))) return { kind: 'dir', path: full, id: `dir:${full}` };
+    }
+    throw badRequest(`${param}: "${from}" is neither a plugin nor a checkpoint directory under the model roots`, param);
+  };
   const pluginNames = (shas: string[]) => shas.flatMap((sha) => store.bySha(sha).map((m) => `${modelName}:${m.id}`));
   const created = Math.floor(Date.now() / 1000);
   const metrics = new Metrics({
@@ -56,11 +73,21 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
       tokenizer: () => (host.state === 'ready' ? tokenizer : null),
       vocabSize: () => host.spec!.vocabSize,
       maxContext: () => servedContext(config.maxContext, host.spec!),
-      resolveView: (model) => {
-        if (model === modelName) return { overlays: [] };
-        const m = model.startsWith(`${modelName}:`) ? store.get(model.slice(modelName.length + 1)) : undefined;
-        if (!m) throw modelNotFound(model);
-        return { overlays: [{ type: 'file', id: m.sha256, path: store.blobPath(m.sha256) }] };
+      resolveView: (model, stethoscope = {}) => {
+        const overlays: OverlaySpec[] = [];
+        if (model !== modelName) {
+          const m = model.startsWith(`${modelName}:`) ? store.get(model.slice(modelName.length + 1)) : undefined;
+          if (!m) throw modelNotFound(model);
+          overlays.push({ type: 'file', id: m.sha256, path: store.blobPath(m.sha256) });
+        }
+        try {
+          if (stethoscope.merge != null) overlays.push(resolveMerge(host.spec!, stethoscope.merge, donor));
+          if (stethoscope.destroy != null) overlays.push(resolveDestroy(host.spec!, stethoscope.destroy));
+        } catch (e) {
+          if (e instanceof SpecError) throw badRequest(e.message, e.param);
+          throw e;
+        }
+        return { overlays };
       },
       models: (): ModelEntry[] => [
         { id: modelName, created, parent: null },

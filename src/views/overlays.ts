@@ -7,7 +7,8 @@ import { LRUCache } from 'lru-cache';
 import type { Engine } from '../engine/engine.ts';
 import { FLOAT_DTYPES, toFloat32 } from '../model/dtype.ts';
 import { SafetensorsFile } from '../model/safetensors.ts';
-import { tensorOverlay, type Tensor, type TensorOverlay, type View } from './view.ts';
+import { buildDestroy, buildMerge, type DestroyOverlaySpec, type MergeOverlaySpec } from '../stethoscope/build.ts';
+import { tensorOverlay, type Overlay, type Tensor, type View } from './view.ts';
 
 export interface FileOverlaySpec {
   type: 'file';
@@ -16,7 +17,7 @@ export interface FileOverlaySpec {
   path: string;
 }
 
-export type OverlaySpec = FileOverlaySpec;
+export type OverlaySpec = FileOverlaySpec | MergeOverlaySpec | DestroyOverlaySpec;
 
 export interface OverlayStats {
   hits: number;
@@ -45,41 +46,47 @@ export function readTensorFile(path: string): Map<string, Tensor> {
 }
 
 export class OverlayLoader {
-  private readonly cache: LRUCache<string, TensorOverlay>;
+  private readonly cache: LRUCache<string, Overlay[]>;
   private counters = { hits: 0, misses: 0, evictions: 0, loadSeconds: 0, loadedBytes: 0 };
 
   constructor(
     private readonly engine: Engine,
     maxBytes: number,
   ) {
-    this.cache = new LRUCache<string, TensorOverlay>({
+    this.cache = new LRUCache<string, Overlay[]>({
       maxSize: Math.max(1, maxBytes),
-      sizeCalculation: (o) => Math.max(1, [...o.tensors.values()].reduce((a, t) => a + t.data.byteLength, 0)),
+      sizeCalculation: (os) => Math.max(1, os.reduce((a, o) => a + (o.type === 'tensors' ? [...o.tensors.values()].reduce((b, t) => b + t.data.byteLength, 0) : 0), 0)),
       dispose: (_v, _k, reason) => {
         if (reason === 'evict') this.counters.evictions++;
       },
     });
   }
 
-  overlay(spec: OverlaySpec): TensorOverlay {
-    const hit = this.cache.get(spec.id);
+  /** The overlays a spec stands for, loaded or built on first use and cached by id. */
+  overlays(spec: OverlaySpec): Overlay[] {
+    const key = `${spec.type}:${spec.id}`;
+    const hit = this.cache.get(key);
     if (hit) {
       this.counters.hits++;
       return hit;
     }
     this.counters.misses++;
     const t0 = performance.now();
-    const tensors = new Map([...readTensorFile(spec.path)].map(([n, t]) => [n, this.engine.toGraph(n, t)]));
-    const o = tensorOverlay(tensors, spec.id);
+    let os: Overlay[];
+    if (spec.type === 'file') {
+      const tensors = new Map([...readTensorFile(spec.path)].map(([n, t]) => [n, this.engine.toGraph(n, t)]));
+      this.counters.loadedBytes += [...tensors.values()].reduce((a, t) => a + t.data.byteLength, 0);
+      os = [tensorOverlay(tensors, spec.id)];
+    } else if (spec.type === 'merge') os = [buildMerge(this.engine, spec)];
+    else os = buildDestroy(this.engine, spec);
     this.counters.loadSeconds += (performance.now() - t0) / 1000;
-    this.counters.loadedBytes += [...tensors.values()].reduce((a, t) => a + t.data.byteLength, 0);
-    this.cache.set(spec.id, o);
-    return o;
+    this.cache.set(key, os);
+    return os;
   }
 
   view(spec: { overlays: OverlaySpec[] }): View {
     let v = this.engine.baseView;
-    for (const o of spec.overlays) v = v.with(this.overlay(o));
+    for (const s of spec.overlays) for (const o of this.overlays(s)) v = v.with(o);
     return v;
   }
 

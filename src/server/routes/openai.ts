@@ -35,8 +35,8 @@ export interface ServingContext {
   tokenizer: () => ModelTokenizer | null;
   vocabSize: () => number;
   maxContext: () => number;
-  /** `backbone` or `backbone:plugin-id` -> the view to run (throws 404 model_not_found). */
-  resolveView: (model: string) => ViewSpec;
+  /** `backbone` or `backbone:plugin-id`, with optional merge/destroy specs -> the view to run (404 model_not_found, 400 bad spec). */
+  resolveView: (model: string, stethoscope?: { merge?: unknown; destroy?: unknown }) => ViewSpec;
   models: () => ModelEntry[];
 }
 
@@ -168,7 +168,7 @@ const completionsRoute = createRoute({
 
 async function completions(ctx: ServingContext, c: Context, body: CompletionRequest): Promise<Response> {
   const tok = ready(ctx);
-  const view = ctx.resolveView(body.model);
+  const view = ctx.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
   const prompts = completionPrompts(ctx, tok, body.prompt);
   checkBias(ctx, body);
   const n = body.n ?? 1;
@@ -275,7 +275,7 @@ function chatLogprobEntry(tok: ModelTokenizer, t: GeneratedToken, asIds?: boolea
 
 async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest): Promise<Response> {
   const tok = ready(ctx);
-  const view = ctx.resolveView(body.model);
+  const view = ctx.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
   const reasoningMode = body.mode === 'reasoning';
   for (const f of ['min_thinking_tokens', 'max_thinking_tokens', 'wait'] as const) {
     if (body[f] != null && !reasoningMode) throw badRequest(`${f} needs "mode": "reasoning"`, f);
