@@ -2,7 +2,7 @@
  * The HTTP application: one OpenAPIHono app with the OpenAI routes, health, readiness, metrics and the
  * OpenAPI document, and the error handling that turns every failure into OpenAI's error body.
  */
-import { OpenAPIHono } from '@hono/zod-openapi';
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
@@ -52,15 +52,29 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   openaiRoutes(app, deps.serving, deps.auth);
   pluginRoutes(app, deps.plugins, deps.auth);
 
-  app.get('/health', (c) => c.json({ status: 'ok' }));
-  app.get('/ready', (c) => {
-    const state = deps.state();
-    return c.json({ status: state }, state === 'ready' ? 200 : 503);
-  });
-  app.get('/metrics', async (c) => {
-    c.header('Content-Type', deps.metrics.registry.contentType);
-    return c.body(await deps.metrics.registry.metrics());
-  });
+  const Status = z.object({ status: z.string() });
+  app.openapi(createRoute({ method: 'get', path: '/health', summary: 'Liveness: 200 while the process runs.', responses: { 200: { description: 'Alive.', content: { 'application/json': { schema: Status } } } } }), (c) =>
+    c.json({ status: 'ok' }, 200),
+  );
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/ready',
+      summary: 'Readiness: 200 once the backbone is loaded.',
+      responses: { 200: { description: 'Ready.', content: { 'application/json': { schema: Status } } }, 503: { description: 'Loading (or failed).', content: { 'application/json': { schema: Status } } } },
+    }),
+    (c) => {
+      const state = deps.state();
+      return state === 'ready' ? c.json({ status: state }, 200) : c.json({ status: state }, 503);
+    },
+  );
+  app.openapi(
+    createRoute({ method: 'get', path: '/metrics', summary: 'Prometheus metrics (vLLM-compatible names; see the README).', responses: { 200: { description: 'Prometheus text format.', content: { 'text/plain': { schema: z.string() } } } } }),
+    async (c) => {
+      c.header('Content-Type', deps.metrics.registry.contentType);
+      return c.body(await deps.metrics.registry.metrics()) as never;
+    },
+  );
   app.doc31('/openapi.json', OPENAPI_INFO);
 
   app.notFound((c) => errorResponse(c, new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'invalid_request_error', 'not_found')));
