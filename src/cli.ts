@@ -20,6 +20,7 @@ import type { FloatDtype } from './model/dtype.ts';
 import { readSpec } from './model/config.ts';
 import { extractPlugin, parseModuleSets } from './plugins/extract.ts';
 import { freezePlan, freezePlanTable } from './plugins/freeze-plan.ts';
+import { exportView } from './stethoscope/export.ts';
 
 const USAGE = `usage: sfn <command> [options]
 
@@ -37,6 +38,8 @@ commands:
 
   extract                    write a plugin from a fine-tune, with an audit of the modules left out
       --base DIR --tuned DIR --out FILE [--modules o_proj,norms,embed,head] [--description TEXT]
+  export                     write a view (plugins, merge, destruction) as a full HF checkpoint
+      --model DIR --out DIR [--plugin FILE]... [--merge JSON] [--destroy JSON] [--dtype f32|bf16|f16] [--shard-mb N]
   freeze-plan                trainable parameters of the Freeze module sets
       --model DIR [--json]
 
@@ -128,7 +131,7 @@ function cliDonor(from: string, param: string): DonorRef {
 }
 
 /** The view `--merge` / `--destroy` describe (the same JSON the API takes), or the backbone. */
-function stethoscopeView(engine: Engine, merge?: string, destroy?: string) {
+function stethoscopeView(engine: Engine, merge?: string, destroy?: string, plugins: OverlaySpec[] = []) {
   const json = (s: string, flag: string) => {
     try {
       return JSON.parse(s);
@@ -136,7 +139,7 @@ function stethoscopeView(engine: Engine, merge?: string, destroy?: string) {
       throw new UsageError(`${flag}: not JSON: ${(e as Error).message}`);
     }
   };
-  const overlays: OverlaySpec[] = [];
+  const overlays: OverlaySpec[] = [...plugins];
   try {
     if (merge) overlays.push(resolveMerge(engine.spec, json(merge, '--merge'), cliDonor));
     if (destroy) overlays.push(resolveDestroy(engine.spec, json(destroy, '--destroy')));
@@ -206,6 +209,23 @@ async function cmdExtract(args: string[]): Promise<void> {
   process.stdout.write(JSON.stringify(audit, null, 2) + '\n');
 }
 
+async function cmdExport(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { model: { type: 'string' }, plugin: { type: 'string', multiple: true }, merge: { type: 'string' }, destroy: { type: 'string' }, out: { type: 'string' }, dtype: { type: 'string', default: 'f32' }, 'shard-mb': { type: 'string' } },
+  });
+  if (!values.out) throw new UsageError('export needs --out DIR');
+  const dtype = values.dtype!.toUpperCase();
+  if (!['BF16', 'F16', 'F32'].includes(dtype)) throw new UsageError('--dtype must be bf16, f16 or f32');
+  const engine = await Engine.load(resolveModelDir(values.model));
+  const plugins: OverlaySpec[] = (values.plugin ?? []).map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
+  const view = stethoscopeView(engine, values.merge, values.destroy, plugins);
+  const shardMb = int(values['shard-mb'], 'shard-mb');
+  const { tensors } = exportView(engine, view, values.out, { dtype: dtype as FloatDtype, shardBytes: shardMb ? shardMb * 1024 * 1024 : undefined });
+  process.stderr.write(`sfn: exported ${tensors} tensors of the view to ${values.out}\n`);
+  await engine.release();
+}
+
 async function cmdFreezePlan(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { model: { type: 'string' }, json: { type: 'boolean', default: false } } });
   const plan = freezePlan(readSpec(resolveModelDir(values.model)).spec);
@@ -227,6 +247,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case 'extract':
         await cmdExtract(rest);
+        return 0;
+      case 'export':
+        await cmdExport(rest);
         return 0;
       case 'freeze-plan':
         await cmdFreezePlan(rest);

@@ -113,6 +113,24 @@ export class Engine {
     return { shape: t.shape, data: toGraphLayout(this.spec, name, t.data, t.shape), layout: 'graph' };
   }
 
+  /**
+   * Every parameter of a view in HF layout, for export as a plain checkpoint. A layer gate g (Remove: 0)
+   * scales that layer's o_proj and down_proj (weights and biases): their outputs are the layer's residual
+   * contributions, so the exported model computes exactly what the gated view does.
+   */
+  *viewParameters(view: View): Generator<{ name: string; shape: number[]; data: Float32Array }> {
+    const { tensors, gates } = view.resolve();
+    this.sessionCheck(tensors);
+    for (const [name, shape] of this.shapes) {
+      const t = tensors.get(name);
+      let data = t ? (t.layout === 'graph' ? toHfLayout(this.spec, name, t.data, shape) : t.data) : toHfLayout(this.spec, name, this.weights.get(name)!, shape);
+      const p = parseName(name)!;
+      const g = p.layer === null ? undefined : gates.get(p.layer);
+      if (g !== undefined && (p.kind === 'o_proj' || p.kind === 'down_proj')) data = data.map((x) => x * g);
+      yield { name, shape, data };
+    }
+  }
+
   /** A backbone parameter in graph layout (shared, not a copy: do not write to it). */
   graphWeight(name: string): Float32Array {
     const data = this.weights.get(name);
@@ -161,14 +179,17 @@ export class Engine {
   /** Checks a view's tensors against the backbone and picks the session that can run it. */
   async sessionFor(view: View): Promise<DecoderSession> {
     const { tensors } = view.resolve();
-    let needsResearch = false;
+    this.sessionCheck(tensors);
+    const needsResearch = [...tensors.keys()].some((name) => !this.serving.inputs.has(name));
+    return needsResearch ? this.researchSession() : this.serving;
+  }
+
+  private sessionCheck(tensors: ReadonlyMap<string, Tensor>): void {
     for (const [name, t] of tensors) {
       const shape = this.shapes.get(name);
       if (!shape) throw new ViewError(`overlay names "${name}", which the backbone does not have`);
       if (t.shape.join() !== shape.join()) throw new ViewError(`overlay tensor "${name}" has shape [${t.shape}], the backbone's is [${shape}]`);
-      if (!this.serving.inputs.has(name)) needsResearch = true;
     }
-    return needsResearch ? this.researchSession() : this.serving;
   }
 
   private feedTensor(data: Float32Array, dims: number[]): ort.Tensor {

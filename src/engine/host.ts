@@ -4,6 +4,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import type { ModelSpec } from '../model/config.ts';
+import type { FloatDtype } from '../model/dtype.ts';
 import type { Finish, GeneratedToken } from './generate.ts';
 import type { HostToWorker, JobParams, ViewSpec, WorkerInit, WorkerStats, WorkerToHost } from './protocol.ts';
 import type { PromptLogprob } from './scheduler.ts';
@@ -37,6 +38,7 @@ export class EngineHost {
   private readonly jobs = new Map<string, JobHandlers>();
   private readonly statsWaiters = new Map<number, (s: WorkerStats) => void>();
   private statsSeq = 0;
+  private readonly exportWaiters = new Map<number, (m: { tensors?: number; error?: string }) => void>();
 
   constructor(init: WorkerInit) {
     const url = new URL('./worker.ts', import.meta.url).href;
@@ -70,6 +72,11 @@ export class EngineHost {
     if (m.type === 'stats') {
       this.statsWaiters.get(m.reqId)?.(m.stats);
       this.statsWaiters.delete(m.reqId);
+      return;
+    }
+    if (m.type === 'exported') {
+      this.exportWaiters.get(m.reqId)?.(m);
+      this.exportWaiters.delete(m.reqId);
       return;
     }
     if (!('id' in m)) return;
@@ -116,6 +123,15 @@ export class EngineHost {
     return new Promise((resolve) => {
       this.statsWaiters.set(reqId, resolve);
       this.send({ type: 'stats', reqId });
+    });
+  }
+
+  /** Writes a view as a full HF checkpoint directory (in the engine's thread, where the weights are). */
+  export(view: ViewSpec, out: string, dtype: FloatDtype, shardBytes?: number): Promise<{ tensors: number }> {
+    const reqId = ++this.statsSeq;
+    return new Promise((resolve, reject) => {
+      this.exportWaiters.set(reqId, (m) => (m.error ? reject(new Error(m.error)) : resolve({ tensors: m.tensors! })));
+      this.send({ type: 'export', reqId, view, out, dtype, shardBytes });
     });
   }
 

@@ -1,5 +1,6 @@
 /** Messages between the HTTP thread (the host) and the engine's worker thread. */
 import type { ModelSpec } from '../model/config.ts';
+import type { FloatDtype } from '../model/dtype.ts';
 import type { OverlaySpec, OverlayStats } from '../views/overlays.ts';
 import type { EngineOptions } from './engine.ts';
 import type { Finish, GeneratedToken, GenerateParams } from './generate.ts';
@@ -28,7 +29,8 @@ export type JobParams = Omit<GenerateParams, 'signal' | 'view' | 'logitsProcesso
 export type HostToWorker =
   | { type: 'submit'; id: string; promptIds: number[]; params: JobParams; view: ViewSpec; promptLogprobs?: number }
   | { type: 'cancel'; id: string }
-  | { type: 'stats'; reqId: number };
+  | { type: 'stats'; reqId: number }
+  | { type: 'export'; reqId: number; view: ViewSpec; out: string; dtype: FloatDtype; shardBytes?: number };
 
 export interface WorkerStats extends SchedulerStats {
   views: { running: string[]; waiting: string[] };
@@ -43,4 +45,5 @@ export type WorkerToHost =
   | { type: 'done'; id: string; finish: Finish }
   | { type: 'error'; id: string; message: string }
   | { type: 'rejected'; id: string; reason: 'queue_full' | 'invalid'; message: string }
-  | { type: 'stats'; reqId: number; stats: WorkerStats };
+  | { type: 'stats'; reqId: number; stats: WorkerStats }
+  | { type: 'exported'; reqId: number; tensors?: number; error?: string };

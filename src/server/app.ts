@@ -10,11 +10,13 @@ import { ApiError, errorResponse, fromZod, tooLarge } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { openaiRoutes, type ServingContext } from './routes/openai.ts';
 import { pluginRoutes, type PluginDeps } from './routes/plugins.ts';
+import { stethoscopeRoutes, type StethoscopeDeps } from './routes/stethoscope.ts';
 import type { AuthConfig } from './auth.ts';
 
 export interface AppDeps {
   serving: ServingContext;
   plugins: PluginDeps;
+  stethoscope: StethoscopeDeps;
   auth: AuthConfig;
   metrics: Metrics;
   maxBodyBytes: number;
@@ -47,10 +49,11 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   });
   // JSON bodies are bounded here; plugin uploads stream to disk under their own limit.
   const jsonLimit = bodyLimit({ maxSize: deps.maxBodyBytes, onError: (c) => errorResponse(c, tooLarge(`The request body exceeds ${deps.maxBodyBytes} bytes.`)) });
-  for (const path of ['/v1/completions', '/v1/chat/completions', '/v1/plugins/extract']) app.use(path, jsonLimit);
+  for (const path of ['/v1/completions', '/v1/chat/completions', '/v1/plugins/extract', '/v1/stethoscope/*']) app.use(path, jsonLimit);
 
   openaiRoutes(app, deps.serving, deps.auth);
   pluginRoutes(app, deps.plugins, deps.auth);
+  stethoscopeRoutes(app, deps.stethoscope, deps.auth);
 
   const Status = z.object({ status: z.string() });
   app.openapi(createRoute({ method: 'get', path: '/health', summary: 'Liveness: 200 while the process runs.', responses: { 200: { description: 'Alive.', content: { 'application/json': { schema: Status } } } } }), (c) =>

@@ -7,6 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { createApp, openapiDocument } from './app.ts';
 import type { JobRunner } from './jobs.ts';
 import type { PluginStore } from '../plugins/store.ts';
+import type { EngineHost } from '../engine/host.ts';
 import { Metrics } from './metrics.ts';
 
 export function buildOpenApiDocument(): unknown {
@@ -16,6 +17,7 @@ export function buildOpenApiDocument(): unknown {
   const app = createApp({
     serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never },
     plugins: { store: {} as PluginStore, backbone: never, backboneName: 'backbone', maxPluginBytes: 1, modelRoots: [] },
+    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never },
     auth: { apiKeys: [], adminKeys: [] },
     metrics: new Metrics({ modelName: never, stats: never, pluginsInUse: never, maxRunning: 1, maxPlugins: 0 }),
     maxBodyBytes: 1,

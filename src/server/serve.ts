@@ -19,6 +19,7 @@ import type { DonorRef } from '../stethoscope/build.ts';
 import { resolveDestroy, resolveMerge } from '../stethoscope/resolve.ts';
 import { SpecError } from '../stethoscope/spec.ts';
 import type { OverlaySpec } from '../views/overlays.ts';
+import type { ViewSpec } from '../engine/protocol.ts';
 import { JobRunner } from './jobs.ts';
 import { Metrics } from './metrics.ts';
 import type { ModelEntry } from './routes/openai.ts';
@@ -67,28 +68,30 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     maxPlugins: config.maxRunning,
   });
   const runner = new JobRunner(host, metrics, () => modelName, { maxRunning: config.maxRunning, maxWaiting: config.maxWaiting });
+  const resolveView = (model: string, stethoscope: { merge?: unknown; destroy?: unknown } = {}): ViewSpec => {
+    const overlays: OverlaySpec[] = [];
+    if (model !== modelName) {
+      const m = model.startsWith(`${modelName}:`) ? store.get(model.slice(modelName.length + 1)) : undefined;
+      if (!m) throw modelNotFound(model);
+      overlays.push({ type: 'file', id: m.sha256, path: store.blobPath(m.sha256) });
+    }
+    try {
+      if (stethoscope.merge != null) overlays.push(resolveMerge(host.spec!, stethoscope.merge, donor));
+      if (stethoscope.destroy != null) overlays.push(resolveDestroy(host.spec!, stethoscope.destroy));
+    } catch (e) {
+      if (e instanceof SpecError) throw badRequest(e.message, e.param);
+      throw e;
+    }
+    return { overlays };
+  };
   const app = createApp({
+    stethoscope: { host, dataDir: config.dataDir, resolveView },
     serving: {
       runner,
       tokenizer: () => (host.state === 'ready' ? tokenizer : null),
       vocabSize: () => host.spec!.vocabSize,
       maxContext: () => servedContext(config.maxContext, host.spec!),
-      resolveView: (model, stethoscope = {}) => {
-        const overlays: OverlaySpec[] = [];
-        if (model !== modelName) {
-          const m = model.startsWith(`${modelName}:`) ? store.get(model.slice(modelName.length + 1)) : undefined;
-          if (!m) throw modelNotFound(model);
-          overlays.push({ type: 'file', id: m.sha256, path: store.blobPath(m.sha256) });
-        }
-        try {
-          if (stethoscope.merge != null) overlays.push(resolveMerge(host.spec!, stethoscope.merge, donor));
-          if (stethoscope.destroy != null) overlays.push(resolveDestroy(host.spec!, stethoscope.destroy));
-        } catch (e) {
-          if (e instanceof SpecError) throw badRequest(e.message, e.param);
-          throw e;
-        }
-        return { overlays };
-      },
+      resolveView,
       models: (): ModelEntry[] => [
         { id: modelName, created, parent: null },
         ...store.list().map((m) => ({ id: `${modelName}:${m.id}`, created: m.created, parent: modelName })),

@@ -1,6 +1,9 @@
 /** Merges and destruction per request: through `sfn logits --merge/--destroy` and through HTTP. */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { loadCheckpoint } from '../../src/model/checkpoint.ts';
@@ -41,6 +44,26 @@ describe('sfn logits --merge / --destroy', () => {
   });
   it('refuses a bad spec with a usage error naming the field', async () => {
     await assert.rejects(logits('--destroy', [{ method: 'zero', modules: ['o_proj'], layers: '2-9' }]), (e: { code: number; stderr: string }) => e.code === 2 && /destroy\.0\.layers/.test(e.stderr));
+  });
+});
+
+describe('sfn export', () => {
+  const exportAndRead = async (flag: string, json: unknown) => {
+    const out = mkdtempSync(join(tmpdir(), 'sfn-export-')) + '/model';
+    await run(process.execPath, ['bin/sfn.js', 'export', '--model', fixtureDir('A'), flag, JSON.stringify(json), '--out', out], { cwd: ROOT });
+    const { stdout } = await run(process.execPath, ['bin/sfn.js', 'logits', '--model', out, '--ids', o.ids.join(',')], { cwd: ROOT, maxBuffer: 64 << 20 });
+    return { out, logits: (JSON.parse(stdout) as { logits: number[][] }).logits };
+  };
+  it('writes a merged view that, loaded back as a plain checkpoint, gives the view\'s logits', async () => {
+    const { out, logits } = await exportAndRead('--merge', [{ modules: ['M1'], from: fixtureDir('B') }]);
+    const m1 = oracle('M1_o_proj');
+    logits.forEach((r, i) => assert.ok(maxAbsDiff(r, m1.logits[i]) < 1e-4, `position ${i}`));
+    assert.ok(existsSync(join(out, 'tokenizer.json')) && existsSync(join(out, 'generation_config.json')));
+  });
+  it('writes removed layers as zeroed o_proj and down_proj, which compute the same', async () => {
+    const { logits } = await exportAndRead('--destroy', [{ method: 'remove', layers: '1-2' }]);
+    const ref = referenceLogits(A.spec, A.tensors, o.ids, new Set([1, 2]));
+    logits.forEach((r, i) => assert.ok(maxAbsDiff(r, ref[i]) < 1e-4, `position ${i}`));
   });
 });
 
@@ -121,6 +144,21 @@ describe('merges and destruction over HTTP', () => {
       re.set(n, { shape: A.tensors.get(n)!.shape, data: reinitTensor(n, A.tensors.get(n)!.shape, 3) });
     }
     expectScores(r1, referenceLogits(A.spec, re, o.ids));
+  });
+
+  it('exports a view over HTTP as a checkpoint that loads back with the view\'s logits', async () => {
+    const r = await fetch(`${srv.url}/v1/stethoscope/export`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'dzero', model: 'A', destroy: [{ method: 'zero', modules: ['o_proj'], layers: '1-2' }] }),
+    });
+    assert.equal(r.status, 201, await r.clone().text());
+    const { path } = (await r.json()) as { path: string };
+    const { stdout } = await run(process.execPath, ['bin/sfn.js', 'logits', '--model', path, '--ids', o.ids.join(',')], { cwd: ROOT, maxBuffer: 64 << 20 });
+    const dz = oracle('D_zero_o_proj_1-2');
+    (JSON.parse(stdout) as { logits: number[][] }).logits.forEach((row, i) => assert.ok(maxAbsDiff(row, dz.logits[i]) < 1e-4));
+    const again = await fetch(`${srv.url}/v1/stethoscope/export`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'dzero', model: 'A' }) });
+    assert.equal(again.status, 409);
   });
 
   it('answers 400 naming the field for a bad spec', async () => {

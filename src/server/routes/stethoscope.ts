@@ -1,0 +1,62 @@
+/**
+ * The stethoscopes' admin endpoints that act on whole views. `POST /v1/stethoscope/export` writes a view
+ * (backbone or plugin, plus merge / destroy) as a full HF checkpoint directory under the data directory.
+ */
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { EngineHost } from '../../engine/host.ts';
+import type { ViewSpec } from '../../engine/protocol.ts';
+import { checkPluginId } from '../../plugins/store.ts';
+import { DestroySpec, MergeSpec } from '../../stethoscope/spec.ts';
+import { requireKey, type AuthConfig } from '../auth.ts';
+import { ApiError, badRequest, unavailable } from '../errors.ts';
+import { errorResponses } from '../schemas.ts';
+
+export interface StethoscopeDeps {
+  host: EngineHost;
+  dataDir: string;
+  resolveView: (model: string, stethoscope?: { merge?: unknown; destroy?: unknown }) => ViewSpec;
+}
+
+const ExportBody = z
+  .object({
+    name: z.string().openapi({ description: 'Directory name under <data-dir>/exports/.' }),
+    model: z.string().openapi({ description: 'The backbone or `backbone:plugin-id`.' }),
+    merge: MergeSpec.nullish(),
+    destroy: DestroySpec.nullish(),
+    dtype: z.enum(['f32', 'bf16', 'f16']).default('f32'),
+    overwrite: z.boolean().default(false),
+  })
+  .openapi('ExportRequest');
+
+export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth: AuthConfig): void {
+  app.use('/v1/stethoscope/export', requireKey(auth, 'admin'));
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/v1/stethoscope/export',
+      summary: 'Write a view (plugin, merge, destruction) as a full Hugging Face checkpoint directory (admin).',
+      request: { body: { content: { 'application/json': { schema: ExportBody } }, required: true } },
+      responses: {
+        201: { description: 'Written.', content: { 'application/json': { schema: z.object({ path: z.string(), tensors: z.number().int() }) } } },
+        ...errorResponses(400, 401, 403, 404, 409, 503),
+      },
+    }),
+    async (c) => {
+      const body = c.req.valid('json');
+      if (deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      const bad = checkPluginId(body.name);
+      if (bad) throw badRequest(`name: ${bad}`, 'name');
+      const out = join(deps.dataDir, 'exports', body.name);
+      if (existsSync(out) && !body.overwrite) throw new ApiError(409, `export "${body.name}" exists; pass "overwrite": true`, 'invalid_request_error', 'export_exists', 'name');
+      const view = deps.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
+      try {
+        const { tensors } = await deps.host.export(view, out, body.dtype.toUpperCase() as 'F32' | 'BF16' | 'F16');
+        return c.json({ path: out, tensors }, 201);
+      } catch (e) {
+        throw badRequest(`export failed: ${(e as Error).message}`);
+      }
+    },
+  );
+}

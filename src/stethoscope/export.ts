@@ -1,0 +1,28 @@
+/**
+ * Export: any view (plugin, merge, destruction) written out as a full Hugging Face checkpoint directory, so
+ * other tools (transformers, llama.cpp's converter, mergekit) can check or reuse it. The backbone's config,
+ * tokenizer and generation config come along unchanged.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Engine } from '../engine/engine.ts';
+import type { FloatDtype } from '../model/dtype.ts';
+import { writeCheckpoint } from '../model/write-checkpoint.ts';
+import type { View } from '../views/view.ts';
+
+const SIDE_FILES = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt'];
+
+export function exportView(engine: Engine, view: View, out: string, opts: { dtype?: FloatDtype; shardBytes?: number } = {}): { tensors: number } {
+  if (!engine.dir) throw new Error('this engine was not loaded from a directory; nothing to take the config from');
+  const config = JSON.parse(readFileSync(join(engine.dir, 'config.json'), 'utf8'));
+  const copy = Object.fromEntries(SIDE_FILES.filter((f) => existsSync(join(engine.dir!, f))).map((f) => [f, join(engine.dir!, f)]));
+  let tensors = 0;
+  const counted = (function* () {
+    for (const t of engine.viewParameters(view)) {
+      tensors++;
+      yield t;
+    }
+  })();
+  writeCheckpoint(out, counted, { config, dtype: opts.dtype ?? 'F32', shardBytes: opts.shardBytes, copy });
+  return { tensors };
+}
