@@ -9,7 +9,7 @@ import { join, resolve, sep } from 'node:path';
 import { readSpec, type ModelSpec } from './config.ts';
 import { FLOAT_DTYPES, toFloat32 } from './dtype.ts';
 import { expectedParams } from './names.ts';
-import { SafetensorsFile } from './safetensors.ts';
+import { SafetensorsFile, type Dtype } from './safetensors.ts';
 
 export interface LoadedTensor {
   name: string;
@@ -120,5 +120,52 @@ export class Fingerprinter {
 
   digest(): string {
     return this.hash.digest('hex').slice(0, 32);
+  }
+}
+
+/** Reads tensors by name from a model directory (single file or shards), one at a time, as float32. */
+export class CheckpointReader {
+  private readonly handles: SafetensorsFile[];
+  private readonly where = new Map<string, SafetensorsFile>();
+
+  constructor(readonly dir: string) {
+    const { files } = checkpointFiles(dir);
+    this.handles = files.map((f) => SafetensorsFile.open(f));
+    for (const h of this.handles) for (const n of h.names) this.where.set(n, h);
+  }
+
+  /** Names in file order. */
+  get names(): string[] {
+    return this.handles.flatMap((h) => h.names);
+  }
+
+  has(name: string): boolean {
+    return this.where.has(name);
+  }
+
+  shape(name: string): number[] {
+    return this.file(name).info(name).shape;
+  }
+
+  /** Raw bytes and dtype (for copying a tensor without conversion). */
+  raw(name: string): { bytes: Uint8Array; dtype: Dtype; shape: number[] } {
+    const h = this.file(name);
+    const info = h.info(name);
+    return { bytes: h.readBytes(name), dtype: info.dtype, shape: info.shape };
+  }
+
+  read(name: string): LoadedTensor {
+    const { bytes, dtype, shape } = this.raw(name);
+    return { name, shape, data: toFloat32(bytes, dtype) };
+  }
+
+  private file(name: string): SafetensorsFile {
+    const h = this.where.get(name);
+    if (!h) throw new CheckpointError(`${this.dir}: no tensor "${name}"`);
+    return h;
+  }
+
+  close(): void {
+    this.handles.forEach((h) => h.close());
   }
 }

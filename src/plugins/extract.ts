@@ -5,11 +5,10 @@
  * Streams one tensor pair at a time; memory is the extracted tensors plus one pair.
  */
 import { writeFileSync } from 'node:fs';
-import { checkpointFiles, Fingerprinter, iterateCheckpoint } from '../model/checkpoint.ts';
+import { CheckpointReader, Fingerprinter, iterateCheckpoint } from '../model/checkpoint.ts';
 import { readSpec } from '../model/config.ts';
-import { toFloat32 } from '../model/dtype.ts';
 import { expectedParams, parseName, type ModuleKind } from '../model/names.ts';
-import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../model/safetensors.ts';
+import { writeSafetensors, type TensorToWrite } from '../model/safetensors.ts';
 import { BASE_FINGERPRINT_KEY } from './validate.ts';
 
 /** The module sets a plugin is extracted by, as the paper's Freeze runs name them. */
@@ -50,24 +49,6 @@ export function parseModuleSets(list: string): ModuleKind[] {
   return [...kinds];
 }
 
-/** Opens every shard of a checkpoint for reads by name. */
-function openByName(dir: string): { read: (name: string) => { data: Float32Array; bytes: Uint8Array; dtype: TensorToWrite['dtype']; shape: number[] }; close: () => void } {
-  const { files } = checkpointFiles(dir);
-  const handles = files.map((f) => SafetensorsFile.open(f));
-  const where = new Map<string, SafetensorsFile>();
-  for (const h of handles) for (const n of h.names) where.set(n, h);
-  return {
-    read(name) {
-      const h = where.get(name);
-      if (!h) throw new Error(`${dir}: no tensor "${name}"`);
-      const info = h.info(name);
-      const bytes = h.readBytes(name);
-      return { bytes, dtype: info.dtype, shape: info.shape, data: toFloat32(bytes.slice(), info.dtype) };
-    },
-    close: () => handles.forEach((h) => h.close()),
-  };
-}
-
 export async function extractPlugin(baseDir: string, tunedDir: string, kinds: ModuleKind[], out: string, description = ''): Promise<Audit> {
   const a = readSpec(baseDir);
   const b = readSpec(tunedDir);
@@ -85,7 +66,7 @@ export async function extractPlugin(baseDir: string, tunedDir: string, kinds: Mo
   wanted = new Set([...wanted].filter((k) => k !== 'lm_head' || !a.spec.tieWordEmbeddings));
 
   const fp = new Fingerprinter(a.raw);
-  const tuned = openByName(tunedDir);
+  const tuned = new CheckpointReader(tunedDir);
   const picked: TensorToWrite[] = [];
   const audit = new Map<ModuleKind, KindAudit>();
   try {
@@ -93,10 +74,11 @@ export async function extractPlugin(baseDir: string, tunedDir: string, kinds: Mo
     for (const t of iterateCheckpoint(baseDir, a.spec)) {
       fp.add(t.name, t.data);
       const kind = parseName(t.name)!.kind;
-      const tb = tuned.read(t.name);
       if (wanted.has(kind)) {
-        picked.push({ name: t.name, dtype: tb.dtype, shape: tb.shape, data: tb.bytes });
+        const raw = tuned.raw(t.name);
+        picked.push({ name: t.name, dtype: raw.dtype, shape: raw.shape, data: raw.bytes });
       } else {
+        const tb = tuned.read(t.name);
         const entry = audit.get(kind) ?? { kind, max_abs_diff: 0, tensor: null };
         for (let j = 0; j < t.data.length; j++) {
           const d = Math.abs(tb.data[j] - t.data[j]);

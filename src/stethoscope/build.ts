@@ -6,7 +6,7 @@
  */
 import type { Engine } from '../engine/engine.ts';
 import { Rng } from '../engine/random.ts';
-import { checkpointFiles } from '../model/checkpoint.ts';
+import { CheckpointReader } from '../model/checkpoint.ts';
 import { toFloat32 } from '../model/dtype.ts';
 import { SafetensorsFile } from '../model/safetensors.ts';
 import { tensorOverlay, type GateOverlay, type Tensor, type TensorOverlay } from '../views/view.ts';
@@ -55,19 +55,22 @@ export function reinitTensor(name: string, shape: number[], seed: number): Float
 
 /** Reads named tensors from a donor, one at a time. */
 function readDonor(donor: DonorRef, names: string[]): Map<string, Tensor> {
-  const files = donor.kind === 'file' ? [donor.path] : checkpointFiles(donor.path).files;
-  const handles = files.map((f) => SafetensorsFile.open(f));
-  try {
-    const out = new Map<string, Tensor>();
-    for (const name of names) {
-      const h = handles.find((x) => x.header.tensors.has(name));
-      if (!h) throw new Error(`the donor ${donor.path} has no tensor "${name}"`);
-      const info = h.info(name);
-      out.set(name, { shape: info.shape, data: toFloat32(h.readBytes(name), info.dtype) });
+  if (donor.kind === 'file') {
+    const f = SafetensorsFile.open(donor.path);
+    try {
+      return new Map(names.map((n) => {
+        if (!f.header.tensors.has(n)) throw new Error(`the donor ${donor.path} has no tensor "${n}"`);
+        return [n, { shape: f.info(n).shape, data: toFloat32(f.readBytes(n), f.info(n).dtype) }];
+      }));
+    } finally {
+      f.close();
     }
-    return out;
+  }
+  const r = new CheckpointReader(donor.path);
+  try {
+    return new Map(names.map((n) => [n, r.read(n)]));
   } finally {
-    handles.forEach((h) => h.close());
+    r.close();
   }
 }
 
