@@ -21,6 +21,8 @@ import { readSpec } from './model/config.ts';
 import { extractPlugin, parseModuleSets } from './plugins/extract.ts';
 import { freezePlan, freezePlanTable } from './plugins/freeze-plan.ts';
 import { exportView } from './stethoscope/export.ts';
+import { checkpointSource, computeDelta, pluginSource } from './stethoscope/delta.ts';
+import { writeDeltaOutputs } from './stethoscope/plots.ts';
 
 const USAGE = `usage: sfn <command> [options]
 
@@ -40,6 +42,8 @@ commands:
       --base DIR --tuned DIR --out FILE [--modules o_proj,norms,embed,head] [--description TEXT]
   export                     write a view (plugins, merge, destruction) as a full HF checkpoint
       --model DIR --out DIR [--plugin FILE]... [--merge JSON] [--destroy JSON] [--dtype f32|bf16|f16] [--shard-mb N]
+  delta A B --out DIR        per module x layer ||B-A||, relative change histograms, SVG charts, report.html
+      [--bins N] [--every K]   (B: a checkpoint dir, or a plugin file laid over A)
   freeze-plan                trainable parameters of the Freeze module sets
       --model DIR [--json]
 
@@ -226,6 +230,32 @@ async function cmdExport(args: string[]): Promise<void> {
   await engine.release();
 }
 
+async function cmdDelta(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { out: { type: 'string' }, bins: { type: 'string' }, every: { type: 'string' } } });
+  const [a, b] = positionals;
+  if (!a || !b || positionals.length > 2 || !values.out) throw new UsageError('delta takes A B --out DIR (B: a checkpoint dir or a plugin file over A)');
+  const bSource = statSync(b).isDirectory() ? checkpointSource(b) : pluginSource(a, b);
+  const aSource = checkpointSource(a);
+  const t0 = performance.now();
+  let last = 0;
+  const report = await computeDelta(aSource, bSource, {
+    bins: int(values.bins, 'bins', 50),
+    onProgress: (done, total) => {
+      if (process.stderr.isTTY && performance.now() - last > 100) {
+        last = performance.now();
+        const w = 30;
+        const f = Math.round((done / total) * w);
+        process.stderr.write(`\r[${'#'.repeat(f)}${' '.repeat(w - f)}] ${done}/${total} tensors`);
+      }
+    },
+  });
+  aSource.close();
+  bSource.close();
+  const files = await writeDeltaOutputs(report, values.out, int(values.every, 'every', 1));
+  process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: delta of ${report.modules.length} modules in ${((performance.now() - t0) / 1000).toFixed(1)} s; wrote ${files.join(', ')} to ${values.out}\n`);
+  for (const k of report.kinds) process.stderr.write(`  ${String(k.rank).padStart(2)}. ${k.kind.padEnd(26)} rel ||B-A|| ${k.rel_l2.toExponential(3)}  bimodality ${k.bimodality?.toFixed(3) ?? '-'}\n`);
+}
+
 async function cmdFreezePlan(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { model: { type: 'string' }, json: { type: 'boolean', default: false } } });
   const plan = freezePlan(readSpec(resolveModelDir(values.model)).spec);
@@ -250,6 +280,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case 'export':
         await cmdExport(rest);
+        return 0;
+      case 'delta':
+        await cmdDelta(rest);
         return 0;
       case 'freeze-plan':
         await cmdFreezePlan(rest);

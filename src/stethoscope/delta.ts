@@ -1,0 +1,160 @@
+/**
+ * Delta: per module kind x layer, how much a fine-tune B moved from its base A (the paper's Figures 2-3).
+ *
+ * For every module (kind x layer; weight and bias together): ||B-A||_2, the relative ||B-A|| / ||A||, and the
+ * distribution of the element-wise relative change r = (B-A)/A clipped to [-1, 1] (where A = 0: r = 0 if B = 0,
+ * else sign(B-A)) as a histogram with fixed bins. Per module kind: the same norms over all layers, the
+ * moments of r, and Sarle's bimodality coefficient BC = (g^2 + 1) / (k + 3(n-1)^2 / ((n-2)(n-3))) with g the
+ * skewness and k the excess kurtosis (BC > 5/9 hints at two modes); kinds are ranked by relative change.
+ * Sources are streamed one tensor at a time: memory is bounded by the largest tensor, not the model.
+ */
+import { CheckpointReader } from '../model/checkpoint.ts';
+import { parseName, type ModuleKind } from '../model/names.ts';
+import { readTensorFile } from '../views/overlays.ts';
+
+/** Where tensors come from: a checkpoint, or a plugin laid over one. */
+export interface WeightSource {
+  label: string;
+  names: string[];
+  read(name: string): Float32Array;
+  close(): void;
+}
+
+export function checkpointSource(dir: string): WeightSource {
+  const r = new CheckpointReader(dir);
+  return { label: dir, names: r.names, read: (n) => r.read(n).data, close: () => r.close() };
+}
+
+/** A plugin over its base: the plugin's tensors where it has them, the base's elsewhere. */
+export function pluginSource(baseDir: string, pluginFile: string): WeightSource {
+  const base = new CheckpointReader(baseDir);
+  const plugin = readTensorFile(pluginFile);
+  for (const n of plugin.keys()) if (!base.has(n)) throw new Error(`the plugin's "${n}" is not in ${baseDir}`);
+  return { label: `${baseDir} + ${pluginFile}`, names: base.names, read: (n) => plugin.get(n)?.data ?? base.read(n).data, close: () => base.close() };
+}
+
+export interface ModuleDelta {
+  kind: ModuleKind;
+  layer: number | null;
+  elements: number;
+  l2: number;
+  a_l2: number;
+  rel_l2: number;
+  /** Counts of r per bin (edges in the report's `bins`). */
+  histogram: number[];
+}
+
+export interface KindDelta {
+  kind: ModuleKind;
+  rank: number;
+  elements: number;
+  l2: number;
+  a_l2: number;
+  rel_l2: number;
+  mean_r: number;
+  skewness: number | null;
+  excess_kurtosis: number | null;
+  bimodality: number | null;
+}
+
+export interface DeltaReport {
+  a: string;
+  b: string;
+  bins: number[];
+  modules: ModuleDelta[];
+  kinds: KindDelta[];
+}
+
+export interface DeltaOptions {
+  bins?: number;
+  onProgress?: (done: number, total: number, name: string) => void;
+}
+
+interface Moments {
+  n: number;
+  s1: number;
+  s2: number;
+  s3: number;
+  s4: number;
+  d2: number;
+  a2: number;
+}
+
+export async function computeDelta(a: WeightSource, b: WeightSource, opts: DeltaOptions = {}): Promise<DeltaReport> {
+  const nb = opts.bins ?? 50;
+  const bins = Array.from({ length: nb + 1 }, (_, i) => -1 + (2 * i) / nb);
+  const modules = new Map<string, ModuleDelta>();
+  const kinds = new Map<ModuleKind, Moments>();
+  const bNames = new Set(b.names);
+  const names = a.names.filter((n) => parseName(n));
+  for (const n of names) if (!bNames.has(n)) throw new Error(`${b.label} has no tensor "${n}"`);
+  let done = 0;
+  for (const name of names) {
+    const p = parseName(name)!;
+    const x = a.read(name);
+    const y = b.read(name);
+    if (x.length !== y.length) throw new Error(`"${name}" has ${x.length} elements in A and ${y.length} in B`);
+    const key = `${p.kind}:${p.layer}`;
+    let m = modules.get(key);
+    if (!m) modules.set(key, (m = { kind: p.kind, layer: p.layer, elements: 0, l2: 0, a_l2: 0, rel_l2: 0, histogram: new Array(nb).fill(0) }));
+    let k = kinds.get(p.kind);
+    if (!k) kinds.set(p.kind, (k = { n: 0, s1: 0, s2: 0, s3: 0, s4: 0, d2: 0, a2: 0 }));
+    let d2 = 0;
+    let a2 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    let s4 = 0;
+    const h = m.histogram;
+    for (let i = 0; i < x.length; i++) {
+      const av = x[i];
+      const d = y[i] - av;
+      d2 += d * d;
+      a2 += av * av;
+      let r = av === 0 ? (d === 0 ? 0 : Math.sign(d)) : d / av;
+      if (r > 1) r = 1;
+      else if (r < -1) r = -1;
+      const r2 = r * r;
+      s1 += r;
+      s2 += r2;
+      s3 += r2 * r;
+      s4 += r2 * r2;
+      h[Math.min(nb - 1, Math.floor(((r + 1) / 2) * nb))]++;
+    }
+    m.elements += x.length;
+    m.l2 += d2; // squared until the end
+    m.a_l2 += a2;
+    Object.assign(k, { n: k.n + x.length, s1: k.s1 + s1, s2: k.s2 + s2, s3: k.s3 + s3, s4: k.s4 + s4, d2: k.d2 + d2, a2: k.a2 + a2 });
+    opts.onProgress?.(++done, names.length, name);
+    await new Promise((r) => setImmediate(r));
+  }
+  const mods = [...modules.values()].map((m) => {
+    const l2 = Math.sqrt(m.l2);
+    const al2 = Math.sqrt(m.a_l2);
+    return { ...m, l2, a_l2: al2, rel_l2: al2 === 0 ? (l2 === 0 ? 0 : Infinity) : l2 / al2 };
+  });
+  const kindRows: KindDelta[] = [...kinds.entries()].map(([kind, k]) => {
+    const n = k.n;
+    const mean = k.s1 / n;
+    // Central moments from raw sums (float64 throughout).
+    const m2 = k.s2 / n - mean * mean;
+    const m3 = k.s3 / n - 3 * mean * (k.s2 / n) + 2 * mean ** 3;
+    const m4 = k.s4 / n - 4 * mean * (k.s3 / n) + 6 * mean * mean * (k.s2 / n) - 3 * mean ** 4;
+    const ok = m2 > 1e-300 && n > 3;
+    const g = ok ? m3 / m2 ** 1.5 : null;
+    const kurt = ok ? m4 / (m2 * m2) - 3 : null;
+    const bc = g !== null && kurt !== null ? (g * g + 1) / (kurt + (3 * (n - 1) ** 2) / ((n - 2) * (n - 3))) : null;
+    const l2 = Math.sqrt(k.d2);
+    const al2 = Math.sqrt(k.a2);
+    return { kind, rank: 0, elements: n, l2, a_l2: al2, rel_l2: al2 === 0 ? 0 : l2 / al2, mean_r: mean, skewness: g, excess_kurtosis: kurt, bimodality: bc };
+  });
+  kindRows.sort((x, y) => y.rel_l2 - x.rel_l2).forEach((r, i) => (r.rank = i + 1));
+  mods.sort((x, y) => (x.layer ?? -1) - (y.layer ?? -1) || x.kind.localeCompare(y.kind));
+  return { a: a.label, b: b.label, bins, modules: mods, kinds: kindRows };
+}
+
+export function deltaCsv(r: DeltaReport): string {
+  const head = 'kind,layer,elements,l2,a_l2,rel_l2';
+  const rows = r.modules.map((m) => [m.kind, m.layer ?? '', m.elements, m.l2, m.a_l2, m.rel_l2].join(','));
+  return [head, ...rows].join('\n') + '\n';
+}

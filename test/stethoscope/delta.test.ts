@@ -1,0 +1,110 @@
+/** Delta: numbers against a float64 recomputation, the CLI's outputs, and the charts in a real browser. */
+import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { loadCheckpoint } from '../../src/model/checkpoint.ts';
+import { parseName } from '../../src/model/names.ts';
+import { extractPlugin } from '../../src/plugins/extract.ts';
+import { checkpointSource, computeDelta, pluginSource } from '../../src/stethoscope/delta.ts';
+import { fixtureDir, ROOT } from '../helpers/fixtures.ts';
+
+const run = promisify(execFile);
+const A = loadCheckpoint(fixtureDir('A'));
+const B = loadCheckpoint(fixtureDir('B'));
+
+/** Independent float64 recomputation of one module's numbers. */
+function reference(kind: string, layer: number | null, bins: number) {
+  let d2 = 0;
+  let a2 = 0;
+  const hist = new Array(bins).fill(0);
+  const rs: number[] = [];
+  for (const [name, t] of A.tensors) {
+    const p = parseName(name)!;
+    if (p.kind !== kind || p.layer !== layer) continue;
+    const b = B.tensors.get(name)!.data;
+    t.data.forEach((a, i) => {
+      const d = b[i] - a;
+      d2 += d * d;
+      a2 += a * a;
+      const r = Math.max(-1, Math.min(1, a === 0 ? (d === 0 ? 0 : Math.sign(d)) : d / a));
+      rs.push(r);
+      hist[Math.min(bins - 1, Math.floor(((r + 1) / 2) * bins))]++;
+    });
+  }
+  return { l2: Math.sqrt(d2), rel: Math.sqrt(d2) / Math.sqrt(a2), hist, rs };
+}
+
+const close = (a: number, b: number, rel = 1e-9) => Math.abs(a - b) <= rel * Math.max(1, Math.abs(b));
+
+describe('delta', () => {
+  it('equals a float64 recomputation for every module, and ranks o_proj and the norms first', async () => {
+    const r = await computeDelta(checkpointSource(fixtureDir('A')), checkpointSource(fixtureDir('B')), { bins: 20 });
+    assert.equal(r.modules.length, 4 * 9 + 3);
+    for (const m of r.modules) {
+      const ref = reference(m.kind, m.layer, 20);
+      assert.ok(close(m.l2, ref.l2), `${m.kind}.${m.layer} l2`);
+      assert.ok(close(m.rel_l2, ref.rel), `${m.kind}.${m.layer} rel`);
+      assert.deepEqual(m.histogram, ref.hist, `${m.kind}.${m.layer} histogram`);
+    }
+    // The fixture's fine-tune moved o_proj and the norms most (see the fixtures' README).
+    assert.deepEqual(new Set(r.kinds.slice(0, 4).map((k) => k.kind)), new Set(['o_proj', 'norm', 'input_layernorm', 'post_attention_layernorm']));
+    // Bimodality coefficient of o_proj from its moments, recomputed.
+    const rs = [0, 1, 2, 3].flatMap((l) => reference('o_proj', l, 20).rs);
+    const n = rs.length;
+    const mean = rs.reduce((a, x) => a + x, 0) / n;
+    const m2 = rs.reduce((a, x) => a + (x - mean) ** 2, 0) / n;
+    const m3 = rs.reduce((a, x) => a + (x - mean) ** 3, 0) / n;
+    const m4 = rs.reduce((a, x) => a + (x - mean) ** 4, 0) / n;
+    const g = m3 / m2 ** 1.5;
+    const k = m4 / m2 ** 2 - 3;
+    const bc = (g * g + 1) / (k + (3 * (n - 1) ** 2) / ((n - 2) * (n - 3)));
+    assert.ok(close(r.kinds.find((x) => x.kind === 'o_proj')!.bimodality!, bc, 1e-6));
+  });
+
+  it('compares a backbone with a plugin laid over it: only the plugin\'s modules move', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'sfn-delta-')), 'p.safetensors');
+    await extractPlugin(fixtureDir('A'), fixtureDir('B'), ['o_proj'], file);
+    const r = await computeDelta(checkpointSource(fixtureDir('A')), pluginSource(fixtureDir('A'), file));
+    for (const m of r.modules) {
+      if (m.kind === 'o_proj') assert.ok(close(m.l2, reference('o_proj', m.layer, 50).l2));
+      else assert.equal(m.l2, 0, `${m.kind}.${m.layer}`);
+    }
+  });
+
+  it('sfn delta writes JSON, CSV, SVG charts and an HTML report', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'sfn-delta-out-'));
+    await run(process.execPath, ['bin/sfn.js', 'delta', fixtureDir('A'), fixtureDir('B'), '--out', out, '--every', '2'], { cwd: ROOT });
+    for (const f of ['delta.json', 'delta.csv', 'l2_by_layer.svg', 'histograms.svg', 'report.html']) assert.ok(statSync(join(out, f)).size > 0, f);
+    const csv = readFileSync(join(out, 'delta.csv'), 'utf8').trim().split('\n');
+    assert.equal(csv[0], 'kind,layer,elements,l2,a_l2,rel_l2');
+    assert.equal(csv.length, 1 + 39);
+    for (const f of ['l2_by_layer.svg', 'histograms.svg']) {
+      const svg = readFileSync(join(out, f), 'utf8');
+      assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+      assert.ok(svg.trimEnd().endsWith('</svg>'));
+    }
+    const hist = readFileSync(join(out, 'histograms.svg'), 'utf8');
+    assert.ok(hist.includes('layer') && hist.includes('o_proj'));
+  });
+
+  const chromium = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
+  it('renders the report page and its SVGs in headless Chromium', { skip: chromium ? false : 'Debian\'s chromium is not installed (apt-get install chromium); the browser check is skipped' }, async () => {
+    const out = mkdtempSync(join(tmpdir(), 'sfn-delta-web-'));
+    await run(process.execPath, ['bin/sfn.js', 'delta', fixtureDir('A'), fixtureDir('B'), '--out', out], { cwd: ROOT });
+    const browse = (file: string) =>
+      execFileSync(chromium!, ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${mkdtempSync(join(tmpdir(), 'sfn-chrome-'))}`, '--dump-dom', `file://${file}`], { encoding: 'utf8', timeout: 60000, stdio: ['ignore', 'pipe', 'ignore'] });
+    // An SVG that is not well-formed XML renders as Chromium's parse-error page.
+    for (const f of ['l2_by_layer.svg', 'histograms.svg']) {
+      const dom = browse(join(out, f));
+      assert.ok(!/parsererror|This page contains the following errors/.test(dom), `${f} is not valid SVG`);
+      assert.match(dom, /<svg/);
+    }
+    const page = browse(join(out, 'report.html'));
+    assert.match(page, /<table id="ranking">/);
+    assert.equal((page.match(/<svg /g) ?? []).length, 2);
+  });
+});
