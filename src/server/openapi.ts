@@ -8,6 +8,7 @@ import { createApp, openapiDocument } from './app.ts';
 import type { JobRunner } from './jobs.ts';
 import type { PluginStore } from '../plugins/store.ts';
 import type { EngineHost } from '../engine/host.ts';
+import type { JobManager } from '../stethoscope/jobs.ts';
 import { Metrics } from './metrics.ts';
 
 export function buildOpenApiDocument(): unknown {
@@ -17,7 +18,7 @@ export function buildOpenApiDocument(): unknown {
   const app = createApp({
     serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never },
     plugins: { store: {} as PluginStore, backbone: never, backboneName: 'backbone', maxPluginBytes: 1, modelRoots: [] },
-    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never },
+    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never, jobs: {} as JobManager, modelRoots: [], pluginFile: never, backboneDir: '' },
     auth: { apiKeys: [], adminKeys: [] },
     metrics: new Metrics({ modelName: never, stats: never, pluginsInUse: never, maxRunning: 1, maxPlugins: 0 }),
     maxBodyBytes: 1,

@@ -13,8 +13,9 @@ import { authEnabled } from './auth.ts';
 import { createApp } from './app.ts';
 import { parseServerConfig, type ServerConfig } from './config.ts';
 import { badRequest, modelNotFound } from './errors.ts';
-import { existsSync } from 'node:fs';
-import { join, resolve, sep } from 'node:path';
+import { findUnderRoots } from './roots.ts';
+import { join } from 'node:path';
+import { JobManager } from '../stethoscope/jobs.ts';
 import type { DonorRef } from '../stethoscope/build.ts';
 import { resolveDestroy, resolveMerge } from '../stethoscope/resolve.ts';
 import { SpecError } from '../stethoscope/spec.ts';
@@ -51,11 +52,8 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const donor = (from: string, param: string): DonorRef => {
     const m = store.get(from);
     if (m) return { kind: 'file', path: store.blobPath(m.sha256), id: m.sha256 };
-    for (const root of config.modelRoots) {
-      const r = resolve(root);
-      const full = resolve(r, from);
-      if ((full === r || full.startsWith(r + sep)) && existsSync(join(full, 'config.json'))) return { kind: 'dir', path: full, id: `dir:${full}` };
-    }
+    const dir = findUnderRoots(config.modelRoots, from);
+    if (dir) return { kind: 'dir', path: dir, id: `dir:${dir}` };
     throw badRequest(`${param}: "${from}" is neither a plugin nor a checkpoint directory under the model roots`, param);
   };
   const pluginNames = (shas: string[]) => shas.flatMap((sha) => store.bySha(sha).map((m) => `${modelName}:${m.id}`));
@@ -85,7 +83,18 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     return { overlays };
   };
   const app = createApp({
-    stethoscope: { host, dataDir: config.dataDir, resolveView },
+    stethoscope: {
+      host,
+      dataDir: config.dataDir,
+      resolveView,
+      jobs: new JobManager(join(config.dataDir, 'jobs')),
+      modelRoots: config.modelRoots,
+      pluginFile: (id) => {
+        const m = store.get(id);
+        return m && store.blobPath(m.sha256);
+      },
+      backboneDir: modelDir,
+    },
     serving: {
       runner,
       tokenizer: () => (host.state === 'ready' ? tokenizer : null),

@@ -108,3 +108,45 @@ describe('delta', () => {
     assert.equal((page.match(/<svg /g) ?? []).length, 2);
   });
 });
+
+describe('delta as a job over HTTP', () => {
+  it('runs, reports progress and files, and is readable after a restart', async () => {
+    const { parseServerConfig } = await import('../../src/server/config.ts');
+    const { startServer } = await import('../../src/server/serve.ts');
+    const { ORACLE_DIR } = await import('../helpers/fixtures.ts');
+    const dataDir = mkdtempSync(join(tmpdir(), 'sfn-jobs-'));
+    const cfg = parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--admin-key', 'admin-key-123456', '--api-key', 'user-key-123456', '--model-root', ORACLE_DIR, '--data-dir', dataDir], {});
+    const admin = { authorization: 'Bearer admin-key-123456', 'content-type': 'application/json' };
+    let srv = await startServer(cfg, () => {});
+    try {
+      await srv.host.ready;
+      assert.equal((await fetch(`${srv.url}/v1/stethoscope/delta`, { method: 'POST', headers: { ...admin, authorization: 'Bearer user-key-123456' }, body: JSON.stringify({ b: 'B' }) })).status, 403);
+      assert.equal((await fetch(`${srv.url}/v1/stethoscope/delta`, { method: 'POST', headers: admin, body: JSON.stringify({ plugin: 'nope' }) })).status, 404);
+      assert.equal((await fetch(`${srv.url}/v1/stethoscope/delta`, { method: 'POST', headers: admin, body: JSON.stringify({ b: '../../..' }) })).status, 400);
+      const r = await fetch(`${srv.url}/v1/stethoscope/delta`, { method: 'POST', headers: admin, body: JSON.stringify({ b: 'B', bins: 10 }) });
+      assert.equal(r.status, 202);
+      const { id } = (await r.json()) as { id: string };
+      let job: { status: string; progress: { done: number; total: number }; files: string[]; result: { kinds: { kind: string }[] } };
+      const t0 = Date.now();
+      do {
+        await new Promise((res) => setTimeout(res, 50));
+        job = (await (await fetch(`${srv.url}/v1/stethoscope/jobs/${id}`, { headers: admin })).json()) as typeof job;
+      } while (job.status !== 'succeeded' && job.status !== 'failed' && Date.now() - t0 < 30000);
+      assert.equal(job.status, 'succeeded');
+      assert.equal(job.progress.done, job.progress.total);
+      assert.deepEqual(job.files, ['delta.csv', 'delta.json', 'histograms.svg', 'l2_by_layer.svg', 'report.html']);
+      assert.equal(job.result.kinds[0].kind, 'o_proj');
+      const svg = await fetch(`${srv.url}/v1/stethoscope/jobs/${id}/files/l2_by_layer.svg`, { headers: admin });
+      assert.equal(svg.headers.get('content-type'), 'image/svg+xml');
+      assert.match(await svg.text(), /^<svg/);
+      assert.equal((await fetch(`${srv.url}/v1/stethoscope/jobs/${id}/files/..%2Fx`, { headers: admin })).status, 404);
+      await srv.close();
+      srv = await startServer(cfg, () => {});
+      const again = (await (await fetch(`${srv.url}/v1/stethoscope/jobs/${id}`, { headers: admin })).json()) as typeof job;
+      assert.equal(again.status, 'succeeded');
+      assert.equal(again.files.length, 5);
+    } finally {
+      await srv.close();
+    }
+  });
+});

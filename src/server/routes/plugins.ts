@@ -4,9 +4,8 @@
  * configured model roots, and the Freeze plan.
  */
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
-import { createWriteStream, existsSync, rmSync, statSync } from 'node:fs';
+import { createWriteStream, rmSync, statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { resolve, sep } from 'node:path';
 import { readSpec } from '../../model/config.ts';
 import { extractPlugin, MODULE_SETS, parseModuleSets } from '../../plugins/extract.ts';
 import { freezePlan } from '../../plugins/freeze-plan.ts';
@@ -15,6 +14,7 @@ import { PluginError, validatePlugin, type Backbone } from '../../plugins/valida
 import { requireKey, type AuthConfig } from '../auth.ts';
 import { ApiError, badRequest, notFound, tooLarge, unavailable } from '../errors.ts';
 import { errorResponses } from '../schemas.ts';
+import { requireUnderRoots } from '../roots.ts';
 
 export interface PluginDeps {
   store: PluginStore;
@@ -185,16 +185,7 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
     },
   );
 
-  /** A checkpoint directory inside one of the model roots (no escaping through `..` or absolute paths). */
-  const underRoots = (p: string, param: string): string => {
-    if (deps.modelRoots.length === 0) throw new ApiError(403, 'no model roots are configured (--model-root / SFN_MODEL_ROOTS)', 'permission_error', 'no_model_roots', param);
-    for (const root of deps.modelRoots) {
-      const r = resolve(root);
-      const full = resolve(r, p);
-      if ((full === r || full.startsWith(r + sep)) && existsSync(full) && statSync(full).isDirectory()) return full;
-    }
-    throw badRequest(`${param}: "${p}" is not a checkpoint directory under the model roots`, param);
-  };
+  const underRoots = (p: string, param: string) => requireUnderRoots(deps.modelRoots, p, param);
 
   app.openapi(
     createRoute({

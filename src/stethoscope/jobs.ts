@@ -1,0 +1,114 @@
+/**
+ * Long-running stethoscope work (delta reports, evaluations) as jobs: an id, status, progress, and a result,
+ * each record persisted as JSON in the data directory (atomically) so a job can be read after a restart.
+ * A job that was running when the process died is marked failed ("interrupted") at the next start.
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../plugins/atomic.ts';
+
+export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed';
+
+export interface JobRecord {
+  id: string;
+  object: 'stethoscope.job';
+  kind: string;
+  status: JobStatus;
+  created: number;
+  started: number | null;
+  finished: number | null;
+  progress: { done: number; total: number; message: string };
+  params: unknown;
+  result: unknown;
+  error: string | null;
+}
+
+export type JobWork = (job: JobRecord, dir: string, progress: (done: number, total: number, message?: string) => void) => Promise<unknown>;
+
+export class JobManager {
+  private readonly jobs = new Map<string, JobRecord>();
+  private lastSave = new Map<string, number>();
+
+  constructor(readonly root: string) {
+    mkdirSync(root, { recursive: true });
+    for (const f of readdirSync(root).filter((n) => n.endsWith('.json'))) {
+      try {
+        const j = JSON.parse(readFileSync(join(root, f), 'utf8')) as JobRecord;
+        if (j.status === 'running' || j.status === 'queued') {
+          j.status = 'failed';
+          j.error = 'interrupted: the server stopped while the job ran';
+          j.finished = Math.floor(Date.now() / 1000);
+          this.save(j);
+        }
+        this.jobs.set(j.id, j);
+      } catch {
+        /* an unreadable record is skipped, not fatal */
+      }
+    }
+  }
+
+  /** Where a job keeps its output files. */
+  dir(id: string): string {
+    return join(this.root, id);
+  }
+
+  get(id: string): JobRecord | undefined {
+    return this.jobs.get(id);
+  }
+
+  list(): JobRecord[] {
+    return [...this.jobs.values()].sort((a, b) => b.created - a.created);
+  }
+
+  /** Starts `work` now (in this process, yielding as it goes) and returns its record at once. */
+  start(kind: string, params: unknown, work: JobWork): JobRecord {
+    const job: JobRecord = {
+      id: `job-${randomUUID().replace(/-/g, '').slice(0, 20)}`,
+      object: 'stethoscope.job',
+      kind,
+      status: 'queued',
+      created: Math.floor(Date.now() / 1000),
+      started: null,
+      finished: null,
+      progress: { done: 0, total: 0, message: '' },
+      params,
+      result: null,
+      error: null,
+    };
+    this.jobs.set(job.id, job);
+    this.save(job);
+    const dir = this.dir(job.id);
+    void (async () => {
+      job.status = 'running';
+      job.started = Math.floor(Date.now() / 1000);
+      this.save(job);
+      try {
+        mkdirSync(dir, { recursive: true });
+        job.result = await work(job, dir, (done, total, message = '') => {
+          job.progress = { done, total, message };
+          // Progress is saved at most once a second; the final state always is.
+          const now = Date.now();
+          if (now - (this.lastSave.get(job.id) ?? 0) > 1000) this.save(job);
+        });
+        job.status = 'succeeded';
+      } catch (e) {
+        job.status = 'failed';
+        job.error = (e as Error).message;
+      }
+      job.finished = Math.floor(Date.now() / 1000);
+      this.save(job);
+    })();
+    return job;
+  }
+
+  files(id: string): string[] {
+    const d = this.dir(id);
+    return existsSync(d) ? readdirSync(d).sort() : [];
+  }
+
+  private save(job: JobRecord): void {
+    this.lastSave.set(job.id, Date.now());
+    writeFileAtomic(join(this.root, `${job.id}.json`), JSON.stringify(job, null, 1));
+  }
+}
