@@ -7,7 +7,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve, sep } from 'node:path';
 import { readSpec, type ModelSpec } from './config.ts';
-import { FLOAT_DTYPES, toFloat32 } from './dtype.ts';
+import { FLOAT_DTYPES, toFloat32, toFloat32Into } from './dtype.ts';
 import { expectedParams } from './names.ts';
 import { SafetensorsFile, type Dtype } from './safetensors.ts';
 
@@ -157,6 +157,26 @@ export class CheckpointReader {
   read(name: string): LoadedTensor {
     const { bytes, dtype, shape } = this.raw(name);
     return { name, shape, data: toFloat32(bytes, dtype) };
+  }
+
+  private scratch = new Uint8Array(0);
+
+  elements(name: string): number {
+    return this.shape(name).reduce((a, b) => a * b, 1);
+  }
+
+  /**
+   * Elements [start, start + out.length) of a tensor as float32, into `out`. For streaming passes over a
+   * whole model (delta): memory stays at one chunk, and no fresh buffer is touched per tensor (first touches
+   * of fresh memory were measured at ~170 MB/s on the project's VMs).
+   */
+  readRange(name: string, start: number, out: Float32Array): Float32Array {
+    const h = this.file(name);
+    const dtype = h.info(name).dtype;
+    const size = dtype === 'F32' ? 4 : 2;
+    if (this.scratch.length < out.length * size) this.scratch = new Uint8Array(out.length * size);
+    const bytes = h.readRange(name, start * size, this.scratch.subarray(0, out.length * size));
+    return toFloat32Into(bytes, dtype, out);
   }
 
   private file(name: string): SafetensorsFile {

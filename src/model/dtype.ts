@@ -15,7 +15,7 @@ export function toFloat32(bytes: Uint8Array, dtype: Dtype): Float32Array {
       return new Float32Array(bytes.slice().buffer);
     case 'BF16': {
       const src = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
-      const out = new Uint32Array(src.length);
+      const out = new Int32Array(src.length);
       for (let i = 0; i < src.length; i++) out[i] = src[i] << 16;
       return new Float32Array(out.buffer);
     }
@@ -28,6 +28,22 @@ export function toFloat32(bytes: Uint8Array, dtype: Dtype): Float32Array {
     default:
       throw new Error(`dtype ${dtype} is not a floating-point weight type (F32, F16, BF16)`);
   }
+}
+
+/** Like toFloat32, into `out` (of the right length): no fresh memory, whose first touch is slow on VMs. */
+export function toFloat32Into(bytes: Uint8Array, dtype: Dtype, out: Float32Array): Float32Array {
+  if (dtype === 'F32') {
+    out.set(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4));
+    return out;
+  }
+  const src = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+  if (dtype === 'BF16') {
+    const bits = new Int32Array(out.buffer, out.byteOffset, out.length);
+    for (let i = 0; i < src.length; i++) bits[i] = src[i] << 16;
+  } else if (dtype === 'F16') {
+    for (let i = 0; i < src.length; i++) out[i] = halfToFloat(src[i]);
+  } else throw new Error(`dtype ${dtype} is not a floating-point weight type (F32, F16, BF16)`);
+  return out;
 }
 
 /** Converts float32 values to the bytes of a checkpoint dtype (round to nearest even for the 16-bit ones). */

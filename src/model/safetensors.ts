@@ -197,10 +197,30 @@ export class SafetensorsFile {
   /** Reads one tensor's raw bytes into a fresh, 8-byte aligned buffer. */
   readBytes(name: string): Uint8Array {
     const t = this.info(name);
-    const out = new Uint8Array(new ArrayBuffer(t.end - t.begin));
+    return this.readInto(name, new Uint8Array(new ArrayBuffer(t.end - t.begin)));
+  }
+
+  /** Reads one tensor's raw bytes into the start of `out` (at least as long) and returns that part. */
+  readInto(name: string, out: Uint8Array): Uint8Array {
+    const t = this.info(name);
+    if (out.length < t.end - t.begin) throw new RangeError(`buffer of ${out.length} bytes for "${name}" (${t.end - t.begin})`);
+    out = out.subarray(0, t.end - t.begin);
     let done = 0;
     while (done < out.length) {
       const n = readSync(this.fd, out, done, out.length - done, t.begin + done);
+      if (n === 0) throw new SafetensorsError(`file ended while reading "${name}"`, 'truncated', name);
+      done += n;
+    }
+    return out;
+  }
+
+  /** Reads bytes [from, from + out.length) of one tensor's data into `out`. */
+  readRange(name: string, from: number, out: Uint8Array): Uint8Array {
+    const t = this.info(name);
+    if (from < 0 || from + out.length > t.end - t.begin) throw new RangeError(`range ${from}+${out.length} outside "${name}"`);
+    let done = 0;
+    while (done < out.length) {
+      const n = readSync(this.fd, out, done, out.length - done, t.begin + from + done);
       if (n === 0) throw new SafetensorsError(`file ended while reading "${name}"`, 'truncated', name);
       done += n;
     }
