@@ -9,12 +9,13 @@
  */
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
-import { Fingerprinter, iterateCheckpoint } from '../model/checkpoint.ts';
+import { Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
+import { toFloat32, toFloat32Transposed } from '../model/dtype.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
 import { expectedParams, parseName, PLUGGABLE_KINDS } from '../model/names.ts';
 import { View, type Tensor } from '../views/view.ts';
 import { buildDecoderGraph, MASKED } from './graph.ts';
-import { graphShape, toGraphLayout, toHfLayout } from './layout.ts';
+import { graphShape, isTransposed, toGraphLayout, toHfLayout } from './layout.ts';
 import { KvCache } from './kv-cache.ts';
 
 export interface EngineOptions {
@@ -75,9 +76,15 @@ export class Engine {
     const { spec, raw } = readSpec(dir);
     const fp = new Fingerprinter(raw);
     const weights = new Map<string, Float32Array>();
-    for (const t of iterateCheckpoint(dir, spec)) {
-      fp.add(t.name, t.data);
-      weights.set(t.name, toGraphLayout(spec, t.name, t.data, t.shape));
+    for (const t of iterateCheckpointRaw(dir, spec)) {
+      fp.addRaw(t.name, t.dtype, t.bytes);
+      // Decoded (and transposed where the graph wants it) straight into the final array.
+      const data = isTransposed(spec, t.name)
+        ? toFloat32Transposed(t.bytes, t.dtype, t.shape[0], t.shape[1])
+        : t.dtype === 'F32'
+          ? new Float32Array(t.bytes.slice().buffer)
+          : toFloat32(t.bytes, t.dtype);
+      weights.set(t.name, data);
     }
     return Engine.create(spec, weights, fp.digest(), options, dir);
   }

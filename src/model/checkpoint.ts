@@ -49,14 +49,25 @@ export function checkpointFiles(dir: string): { files: string[]; weightMap: Map<
   throw new CheckpointError(`${dir}: neither model.safetensors nor model.safetensors.index.json`);
 }
 
+export interface RawTensor {
+  name: string;
+  shape: number[];
+  dtype: Dtype;
+  /** The stored bytes, in a buffer reused for the next tensor: valid until the iteration moves on. */
+  bytes: Uint8Array;
+}
+
 /**
- * Yields every parameter of the model as float32, in file order, after checking that the checkpoint has
- * exactly the parameters the config implies, each with the right shape and a float dtype.
+ * Yields every parameter's stored bytes, in file order, after checking that the checkpoint has exactly the
+ * parameters the config implies, each with the right shape and a float dtype. One read buffer serves every
+ * tensor: first touches of fresh memory are slow on the project's VMs, so a load should touch each byte of
+ * new memory once, in its final place.
  */
-export function* iterateCheckpoint(dir: string, spec: ModelSpec): Generator<LoadedTensor> {
+export function* iterateCheckpointRaw(dir: string, spec: ModelSpec): Generator<RawTensor> {
   const expected = expectedParams(spec);
   const { files, weightMap } = checkpointFiles(dir);
   const seen = new Set<string>();
+  let largest = 0;
   // Check every header before reading any data, so a bad checkpoint fails fast and cheaply.
   for (const path of files) {
     const f = SafetensorsFile.open(path);
@@ -73,6 +84,7 @@ export function* iterateCheckpoint(dir: string, spec: ModelSpec): Generator<Load
         seen.add(name);
         if (!(FLOAT_DTYPES as readonly string[]).includes(info.dtype)) throw new CheckpointError(`${path}: "${name}" has dtype ${info.dtype}; expected F32, F16 or BF16`);
         if (info.shape.join(',') !== shape.join(',')) throw new CheckpointError(`${path}: "${name}" has shape [${info.shape}], expected [${shape}]`);
+        largest = Math.max(largest, info.end - info.begin);
       }
     } finally {
       f.close();
@@ -81,17 +93,26 @@ export function* iterateCheckpoint(dir: string, spec: ModelSpec): Generator<Load
   const missing = [...expected.keys()].filter((n) => !seen.has(n));
   if (missing.length) throw new CheckpointError(`${dir}: missing ${missing.length} tensor(s), first "${missing[0]}"`);
 
+  const scratch = new Uint8Array(largest);
   for (const path of files) {
     const f = SafetensorsFile.open(path);
     try {
       for (const name of f.names) {
         if (!expected.has(name)) continue;
         const info = f.info(name);
-        yield { name, shape: info.shape, data: toFloat32(f.readBytes(name), info.dtype) };
+        yield { name, shape: info.shape, dtype: info.dtype, bytes: f.readInto(name, scratch) };
       }
     } finally {
       f.close();
     }
+  }
+}
+
+/** Every parameter of the model as float32 (each in fresh memory), in file order, checked as above. */
+export function* iterateCheckpoint(dir: string, spec: ModelSpec): Generator<LoadedTensor> {
+  for (const t of iterateCheckpointRaw(dir, spec)) {
+    const data = t.dtype === 'F32' ? new Float32Array(t.bytes.slice().buffer) : toFloat32(t.bytes, t.dtype);
+    yield { name: t.name, shape: t.shape, data };
   }
 }
 
@@ -104,8 +125,8 @@ export function loadCheckpoint(dir: string): { spec: ModelSpec; tensors: Map<str
 }
 
 /**
- * A backbone's identity: sha256 over its config.json and every weight's float32 values, in checkpoint
- * order. Plugins record it as their base; the same weights stored as BF16 or F32 hash alike.
+ * A backbone's identity: sha256 over its config.json and every weight as stored (name, dtype, bytes), in
+ * checkpoint order. Plugins record it as their base model.
  */
 export class Fingerprinter {
   private readonly hash: Hash;
@@ -114,8 +135,14 @@ export class Fingerprinter {
     this.hash = createHash('sha256').update(JSON.stringify(rawConfig));
   }
 
+  /** A tensor as stored (name, dtype and bytes). */
+  addRaw(name: string, dtype: Dtype, bytes: Uint8Array): void {
+    this.hash.update(`${name}\0${dtype}\0`).update(bytes);
+  }
+
+  /** A tensor held in memory as float32 (an engine built from tensors). */
   add(name: string, data: Float32Array): void {
-    this.hash.update(name).update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    this.addRaw(name, 'F32', new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
   }
 
   digest(): string {

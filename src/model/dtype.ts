@@ -30,6 +30,32 @@ export function toFloat32(bytes: Uint8Array, dtype: Dtype): Float32Array {
   }
 }
 
+/**
+ * Decodes a [rows, cols] matrix and transposes it to [cols, rows] in one blocked pass, into fresh memory
+ * touched once (the graph's layout for linear weights).
+ */
+export function toFloat32Transposed(bytes: Uint8Array, dtype: Dtype, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  const B = 64;
+  const f32 = dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, rows * cols) : null;
+  const u16 = dtype === 'F32' ? null : new Uint16Array(bytes.buffer, bytes.byteOffset, rows * cols);
+  if (dtype !== 'F32' && dtype !== 'BF16' && dtype !== 'F16') throw new Error(`dtype ${dtype} is not a floating-point weight type (F32, F16, BF16)`);
+  const bits = new Int32Array(out.buffer);
+  for (let r0 = 0; r0 < rows; r0 += B) {
+    const r1 = Math.min(rows, r0 + B);
+    for (let c0 = 0; c0 < cols; c0 += B) {
+      const c1 = Math.min(cols, c0 + B);
+      for (let r = r0; r < r1; r++) {
+        const base = r * cols;
+        if (f32) for (let c = c0; c < c1; c++) out[c * rows + r] = f32[base + c];
+        else if (dtype === 'BF16') for (let c = c0; c < c1; c++) bits[c * rows + r] = u16![base + c] << 16;
+        else for (let c = c0; c < c1; c++) out[c * rows + r] = halfToFloat(u16![base + c]);
+      }
+    }
+  }
+  return out;
+}
+
 /** Like toFloat32, into `out` (of the right length): no fresh memory, whose first touch is slow on VMs. */
 export function toFloat32Into(bytes: Uint8Array, dtype: Dtype, out: Float32Array): Float32Array {
   if (dtype === 'F32') {

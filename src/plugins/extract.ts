@@ -5,7 +5,8 @@
  * Streams one tensor pair at a time; memory is the extracted tensors plus one pair.
  */
 import { writeFileSync } from 'node:fs';
-import { CheckpointReader, Fingerprinter, iterateCheckpoint } from '../model/checkpoint.ts';
+import { CheckpointReader, Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
+import { toFloat32 } from '../model/dtype.ts';
 import { readSpec } from '../model/config.ts';
 import { expectedParams, parseName, type ModuleKind } from '../model/names.ts';
 import { writeSafetensors, type TensorToWrite } from '../model/safetensors.ts';
@@ -71,17 +72,18 @@ export async function extractPlugin(baseDir: string, tunedDir: string, kinds: Mo
   const audit = new Map<ModuleKind, KindAudit>();
   try {
     let i = 0;
-    for (const t of iterateCheckpoint(baseDir, a.spec)) {
-      fp.add(t.name, t.data);
+    for (const t of iterateCheckpointRaw(baseDir, a.spec)) {
+      fp.addRaw(t.name, t.dtype, t.bytes);
       const kind = parseName(t.name)!.kind;
       if (wanted.has(kind)) {
-        const raw = tuned.raw(t.name);
-        picked.push({ name: t.name, dtype: raw.dtype, shape: raw.shape, data: raw.bytes });
+        const tb = tuned.raw(t.name);
+        picked.push({ name: t.name, dtype: tb.dtype, shape: tb.shape, data: tb.bytes });
       } else {
-        const tb = tuned.read(t.name);
+        const av = toFloat32(t.bytes, t.dtype);
+        const bv = tuned.read(t.name).data;
         const entry = audit.get(kind) ?? { kind, max_abs_diff: 0, tensor: null };
-        for (let j = 0; j < t.data.length; j++) {
-          const d = Math.abs(tb.data[j] - t.data[j]);
+        for (let j = 0; j < av.length; j++) {
+          const d = Math.abs(bv[j] - av[j]);
           if (d > entry.max_abs_diff || (Number.isNaN(d) && !Number.isNaN(entry.max_abs_diff))) (entry.max_abs_diff = d), (entry.tensor = t.name);
         }
         audit.set(kind, entry);
