@@ -38,7 +38,7 @@ export class EngineHost {
   private readonly jobs = new Map<string, JobHandlers>();
   private readonly statsWaiters = new Map<number, (s: WorkerStats) => void>();
   private statsSeq = 0;
-  private readonly exportWaiters = new Map<number, (m: { tensors?: number; error?: string }) => void>();
+  private readonly replyWaiters = new Map<number, (m: { tensors?: number; kl?: number[]; error?: string }) => void>();
 
   constructor(init: WorkerInit) {
     const url = new URL('./worker.ts', import.meta.url).href;
@@ -74,9 +74,9 @@ export class EngineHost {
       this.statsWaiters.delete(m.reqId);
       return;
     }
-    if (m.type === 'exported') {
-      this.exportWaiters.get(m.reqId)?.(m);
-      this.exportWaiters.delete(m.reqId);
+    if (m.type === 'exported' || m.type === 'kl') {
+      this.replyWaiters.get(m.reqId)?.(m);
+      this.replyWaiters.delete(m.reqId);
       return;
     }
     if (!('id' in m)) return;
@@ -130,8 +130,17 @@ export class EngineHost {
   export(view: ViewSpec, out: string, dtype: FloatDtype, shardBytes?: number): Promise<{ tensors: number }> {
     const reqId = ++this.statsSeq;
     return new Promise((resolve, reject) => {
-      this.exportWaiters.set(reqId, (m) => (m.error ? reject(new Error(m.error)) : resolve({ tensors: m.tensors! })));
+      this.replyWaiters.set(reqId, (m) => (m.error ? reject(new Error(m.error)) : resolve({ tensors: m.tensors! })));
       this.send({ type: 'export', reqId, view, out, dtype, shardBytes });
+    });
+  }
+
+  /** Mean KL(base || view) of the next-token distributions over every position of `ids`, per view. */
+  kl(ids: number[], base: ViewSpec, views: ViewSpec[]): Promise<number[]> {
+    const reqId = ++this.statsSeq;
+    return new Promise((resolve, reject) => {
+      this.replyWaiters.set(reqId, (m) => (m.error ? reject(new Error(m.error)) : resolve(m.kl!)));
+      this.send({ type: 'kl', reqId, ids, base, views });
     });
   }
 

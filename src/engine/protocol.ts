@@ -30,7 +30,8 @@ export type HostToWorker =
   | { type: 'submit'; id: string; promptIds: number[]; params: JobParams; view: ViewSpec; promptLogprobs?: number }
   | { type: 'cancel'; id: string }
   | { type: 'stats'; reqId: number }
-  | { type: 'export'; reqId: number; view: ViewSpec; out: string; dtype: FloatDtype; shardBytes?: number };
+  | { type: 'export'; reqId: number; view: ViewSpec; out: string; dtype: FloatDtype; shardBytes?: number }
+  | { type: 'kl'; reqId: number; ids: number[]; base: ViewSpec; views: ViewSpec[] };
 
 export interface WorkerStats extends SchedulerStats {
   views: { running: string[]; waiting: string[] };
@@ -46,4 +47,5 @@ export type WorkerToHost =
   | { type: 'error'; id: string; message: string }
   | { type: 'rejected'; id: string; reason: 'queue_full' | 'invalid'; message: string }
   | { type: 'stats'; reqId: number; stats: WorkerStats }
-  | { type: 'exported'; reqId: number; tensors?: number; error?: string };
+  | { type: 'exported'; reqId: number; tensors?: number; error?: string }
+  | { type: 'kl'; reqId: number; kl?: number[]; error?: string };

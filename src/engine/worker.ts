@@ -9,6 +9,7 @@ import { QueueFullError, Scheduler } from './scheduler.ts';
 import { ModelTokenizer } from './tokenizer.ts';
 import { OverlayLoader } from '../views/overlays.ts';
 import { exportView } from '../stethoscope/export.ts';
+import { meanKl } from '../stethoscope/damage.ts';
 import { servedContext, type HostToWorker, type WorkerInit, type WorkerToHost } from './protocol.ts';
 
 const port = parentPort!;
@@ -62,6 +63,18 @@ async function main() {
         } catch (e) {
           post({ type: 'exported', reqId: m.reqId, error: (e as Error).message });
         }
+        break;
+      case 'kl':
+        void (async () => {
+          try {
+            const base = await engine.logits(m.ids, overlays.view(m.base));
+            const kl: number[] = [];
+            for (const v of m.views) kl.push(meanKl(base, await engine.logits(m.ids, overlays.view(v))));
+            post({ type: 'kl', reqId: m.reqId, kl });
+          } catch (e) {
+            post({ type: 'kl', reqId: m.reqId, error: (e as Error).message });
+          }
+        })();
         break;
       case 'stats':
         post({ type: 'stats', reqId: m.reqId, stats: { ...scheduler.stats(), views: scheduler.views(), overlays: overlays.stats() } });

@@ -23,7 +23,7 @@ import type { OverlaySpec } from '../views/overlays.ts';
 import type { ViewSpec } from '../engine/protocol.ts';
 import { JobRunner } from './jobs.ts';
 import { Metrics } from './metrics.ts';
-import type { ModelEntry } from './routes/openai.ts';
+import type { ModelEntry, ServingContext } from './routes/openai.ts';
 import { PluginStore } from '../plugins/store.ts';
 
 export interface RunningServer {
@@ -82,6 +82,17 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     }
     return { overlays };
   };
+  const serving: ServingContext = {
+    runner,
+    tokenizer: () => (host.state === 'ready' ? tokenizer : null),
+    vocabSize: () => host.spec!.vocabSize,
+    maxContext: () => servedContext(config.maxContext, host.spec!),
+    resolveView,
+    models: (): ModelEntry[] => [
+      { id: modelName, created, parent: null },
+      ...store.list().map((m) => ({ id: `${modelName}:${m.id}`, created: m.created, parent: modelName })),
+    ],
+  };
   const app = createApp({
     stethoscope: {
       host,
@@ -94,18 +105,10 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
         return m && store.blobPath(m.sha256);
       },
       backboneDir: modelDir,
+      serving,
+      backboneName: modelName,
     },
-    serving: {
-      runner,
-      tokenizer: () => (host.state === 'ready' ? tokenizer : null),
-      vocabSize: () => host.spec!.vocabSize,
-      maxContext: () => servedContext(config.maxContext, host.spec!),
-      resolveView,
-      models: (): ModelEntry[] => [
-        { id: modelName, created, parent: null },
-        ...store.list().map((m) => ({ id: `${modelName}:${m.id}`, created: m.created, parent: modelName })),
-      ],
-    },
+    serving,
     plugins: {
       store,
       backbone: () => (host.state === 'ready' ? { spec: host.spec!, fingerprint: host.fingerprint! } : null),

@@ -56,6 +56,24 @@ export function histogramsSpec(r: DeltaReport, every: number): vl.TopLevelSpec {
   } as vl.TopLevelSpec;
 }
 
+/** The destruction sweep's heatmap: damage per module kind x layer window. */
+export function sweepSpec(r: { method: string; score: string; cells: { module: string; layers: string; start: number; kl: number }[] }): vl.TopLevelSpec {
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+    title: { text: `Destruction sweep (${r.method})`, subtitle: r.score },
+    data: { values: r.cells },
+    width: { step: 36 },
+    height: { step: 22 },
+    mark: 'rect',
+    encoding: {
+      x: { field: 'layers', type: 'ordinal', sort: { field: 'start' }, title: 'layers' },
+      y: { field: 'module', type: 'nominal', title: null },
+      color: { field: 'kl', type: 'quantitative', title: 'KL', scale: { scheme: 'reds' } },
+      tooltip: [{ field: 'module' }, { field: 'layers' }, { field: 'kl', format: '.4f' }],
+    },
+  } as vl.TopLevelSpec;
+}
+
 function escapeHtml(s: string): string {
   return s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 }

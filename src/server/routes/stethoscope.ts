@@ -3,7 +3,7 @@
  * (backbone or plugin, plus merge / destroy) as a full HF checkpoint directory under the data directory.
  */
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import type { EngineHost } from '../../engine/host.ts';
 import type { ViewSpec } from '../../engine/protocol.ts';
@@ -14,7 +14,9 @@ import { ApiError, badRequest, notFound, unavailable } from '../errors.ts';
 import { requireUnderRoots } from '../roots.ts';
 import { checkpointSource, computeDelta, pluginSource, type WeightSource } from '../../stethoscope/delta.ts';
 import type { JobManager, JobRecord } from '../../stethoscope/jobs.ts';
-import { writeDeltaOutputs } from '../../stethoscope/plots.ts';
+import { renderSvg, sweepSpec, writeDeltaOutputs } from '../../stethoscope/plots.ts';
+import { answerMatches, DEFAULT_THRESHOLDS, level, nllAndPmi, repetition, type LevelThresholds } from '../../stethoscope/levels.ts';
+import type { ServingContext } from './openai.ts';
 import { errorResponses } from '../schemas.ts';
 
 export interface StethoscopeDeps {
@@ -26,7 +28,42 @@ export interface StethoscopeDeps {
   /** A plugin's file by id (for a delta of backbone vs plugin). */
   pluginFile: (id: string) => string | undefined;
   backboneDir: string;
+  serving: ServingContext;
+  backboneName: string;
 }
+
+const Thresholds = z
+  .object({ maxRepetition: z.number().min(0).max(1), maxNll: z.number().positive(), minPmi: z.number(), minTokens: z.number().int().min(0) })
+  .partial()
+  .openapi({ description: `Level thresholds (defaults ${JSON.stringify(DEFAULT_THRESHOLDS)}).` });
+
+const ProbePrompt = z.object({
+  prompt: z.string().optional(),
+  messages: z.array(z.object({ role: z.enum(['system', 'user', 'assistant']), content: z.string() })).optional(),
+  answer: z.string().optional().openapi({ description: 'The expected answer: level IV needs it matched.' }),
+});
+
+const DestructionBody = z
+  .object({
+    model: z.string().optional().openapi({ description: 'The backbone (default) or `backbone:plugin-id`: the intact view.' }),
+    destroy: DestroySpec.optional(),
+    prompts: z.array(ProbePrompt).min(1).max(64).optional(),
+    max_tokens: z.number().int().min(1).max(4096).default(64),
+    thresholds: Thresholds.optional(),
+    sweep: z
+      .object({
+        method: z.enum(['zero', 'reinit', 'remove']),
+        modules: z.array(z.string()).default([]).openapi({ description: 'Module kinds (rows of the heatmap); ignored by remove.' }),
+        window: z.number().int().min(1).default(4),
+        stride: z.number().int().min(1).optional(),
+        text: z.string().min(1).optional().openapi({ description: 'Reference text: the damage is measured on its next-token distributions.' }),
+        ids: z.array(z.number().int().min(0)).min(2).max(512).optional().openapi({ description: 'Or the reference as token ids.' }),
+        seed: z.number().int().min(0).default(0),
+      })
+      .optional()
+      .openapi({ description: 'Sweep mode (a job): every module kind x layer window, damage = mean KL(intact || destroyed).' }),
+  })
+  .openapi('DestructionRequest');
 
 const DeltaBody = z
   .object({
@@ -105,6 +142,109 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
         }
       });
       return c.json(jobView(job), 202);
+    },
+  );
+
+  app.use('/v1/stethoscope/destruction', requireKey(auth, 'admin'));
+
+  /** Greedy generation on a view; the tokens with their text. */
+  const generate = async (view: ViewSpec, promptIds: number[], maxTokens: number, signal: AbortSignal) => {
+    deps.serving.runner.admit(1);
+    const ids: number[] = [];
+    let text = '';
+    let finish = 'length';
+    for await (const e of deps.serving.runner.start({ promptIds, view, params: { maxTokens, temperature: 0 } }, signal)) {
+      if (e.type === 'token') (ids.push(e.token.id), (text += e.token.text));
+      else if (e.type === 'done') finish = e.finish.reason;
+    }
+    return { ids, text, finish };
+  };
+  /** Log-probabilities of `answer` after `context` under a view (prompt scoring, no generation). */
+  const score = async (view: ViewSpec, context: number[], answer: number[], signal: AbortSignal): Promise<number[]> => {
+    if (answer.length === 0) return [];
+    deps.serving.runner.admit(1);
+    let lps: number[] = [];
+    for await (const e of deps.serving.runner.start({ promptIds: [...context, ...answer], view, params: { maxTokens: 0 }, promptLogprobs: 0 }, signal)) {
+      if (e.type === 'prompt_logprobs') lps = e.logprobs.slice(context.length).map((p) => p.logprob ?? 0);
+    }
+    return lps;
+  };
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/v1/stethoscope/destruction',
+      summary: 'Destruction probe (admin): prompts through the intact and the destroyed view, both outputs with levels I-IV and their metrics; or a sweep job.',
+      request: { body: { content: { 'application/json': { schema: DestructionBody } }, required: true } },
+      responses: {
+        200: { description: 'Outputs and levels.', content: { 'application/json': { schema: z.any() } } },
+        202: { description: 'Sweep started: a job.', content: { 'application/json': { schema: Job } } },
+        ...errorResponses(400, 401, 403, 404, 429, 503),
+      },
+    }),
+    async (c) => {
+      const body = c.req.valid('json');
+      const tok = deps.serving.tokenizer();
+      if (!tok || deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      const model = body.model ?? deps.backboneName;
+      const intact = deps.resolveView(model);
+      const thresholds: LevelThresholds = { ...DEFAULT_THRESHOLDS, ...body.thresholds };
+
+      if (body.sweep) {
+        const sw = body.sweep;
+        if ((sw.text === undefined) === (sw.ids === undefined)) throw badRequest('sweep: give exactly one of "text" and "ids"', 'sweep.text');
+        const ids = sw.ids ?? tok.encode(sw.text!).slice(0, 512);
+        if (ids.length < 2) throw badRequest('sweep.text: needs at least 2 tokens', 'sweep.text');
+        const bad = ids.find((id) => id >= deps.serving.vocabSize());
+        if (bad !== undefined) throw badRequest(`sweep.ids: token id ${bad} is outside the vocabulary`, 'sweep.ids');
+        const L = deps.host.spec!.numLayers;
+        const stride = sw.stride ?? sw.window;
+        const windows: [number, number][] = [];
+        for (let s0 = 0; s0 < L; s0 += stride) windows.push([s0, Math.min(L - 1, s0 + sw.window - 1)]);
+        const rows = sw.method === 'remove' ? ['layers'] : sw.modules;
+        if (!rows.length) throw badRequest('sweep.modules: name the module kinds to sweep', 'sweep.modules');
+        // Resolve every view now, so a bad spec is a 400 rather than a failed job.
+        const grid = rows.map((kind) =>
+          windows.map(([a, b]) => deps.resolveView(model, { destroy: [{ method: sw.method, modules: sw.method === 'remove' ? [] : [kind], layers: `${a}-${b}`, seed: sw.seed }] })),
+        );
+        const job = deps.jobs.start('destruction-sweep', body, async (_job, dir, progress) => {
+          const cells: { module: string; layers: string; start: number; kl: number }[] = [];
+          for (let r = 0; r < rows.length; r++) {
+            const kls = await deps.host.kl(ids, intact, grid[r]);
+            kls.forEach((v, w) => cells.push({ module: rows[r], layers: `${windows[w][0]}-${windows[w][1]}`, start: windows[w][0], kl: v }));
+            progress(r + 1, rows.length, rows[r]);
+          }
+          const result = { method: sw.method, window: sw.window, stride, tokens: ids.length, score: 'mean KL(intact || destroyed), nats', cells };
+          writeFileSync(join(dir, 'sweep.json'), JSON.stringify(result, null, 1));
+          writeFileSync(join(dir, 'sweep.svg'), await renderSvg(sweepSpec(result)));
+          return result;
+        });
+        return c.json(jobView(job), 202) as never;
+      }
+
+      if (!body.destroy) throw badRequest('give "destroy" (or "sweep")', 'destroy');
+      if (!body.prompts) throw badRequest('give "prompts"', 'prompts');
+      const destroyed = deps.resolveView(model, { destroy: body.destroy });
+      const signal = c.req.raw.signal;
+      const neutral = [tok.eosIds[0] ?? 0];
+      const results = [];
+      for (const [i, p] of body.prompts.entries()) {
+        if ((p.prompt === undefined) === (p.messages === undefined)) throw badRequest(`prompts.${i}: give exactly one of "prompt" and "messages"`, `prompts.${i}`);
+        const text = p.messages ? tok.applyChatTemplate(p.messages) : p.prompt!;
+        const promptIds = tok.encode(text);
+        const judge = async (out: { ids: number[]; text: string; finish: string }) => {
+          const withPrompt = await score(intact, promptIds, out.ids, signal);
+          const without = await score(intact, neutral, out.ids, signal);
+          const { nll, pmi } = nllAndPmi(withPrompt, without);
+          const match = p.answer === undefined ? { matched: null, extracted: null } : answerMatches(out.text, p.answer);
+          const verdict = level({ tokens: out.ids.length, repetition: repetition(out.ids), nll, pmi, ...match }, thresholds);
+          return { text: out.text, finish_reason: out.finish, ...verdict };
+        };
+        const a = await generate(intact, promptIds, body.max_tokens, signal);
+        const b = await generate(destroyed, promptIds, body.max_tokens, signal);
+        results.push({ index: i, intact: await judge(a), destroyed: await judge(b) });
+      }
+      return c.json({ object: 'stethoscope.destruction', model, destroy: body.destroy, thresholds, results }, 200) as never;
     },
   );
 
