@@ -4,8 +4,8 @@
  * with no `--model` (and no SFN_MODEL) they use the built-in tiny model, made once and cached.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { resolve as resolvePath } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { DonorRef } from './stethoscope/build.ts';
 import { resolveDestroy, resolveMerge } from './stethoscope/resolve.ts';
@@ -23,6 +23,8 @@ import { freezePlan, freezePlanTable } from './plugins/freeze-plan.ts';
 import { exportView } from './stethoscope/export.ts';
 import { checkpointSource, computeDelta, pluginSource } from './stethoscope/delta.ts';
 import { writeDeltaOutputs } from './stethoscope/plots.ts';
+import { parseJsonl, resultsJsonl, runEval, type EvalSettings } from './stethoscope/eval.ts';
+import { localBackend } from './stethoscope/local-backend.ts';
 
 const USAGE = `usage: sfn <command> [options]
 
@@ -44,6 +46,10 @@ commands:
       --model DIR --out DIR [--plugin FILE]... [--merge JSON] [--destroy JSON] [--dtype f32|bf16|f16] [--shard-mb N]
   delta A B --out DIR        per module x layer ||B-A||, relative change histograms, SVG charts, report.html
       [--bins N] [--every K]   (B: a checkpoint dir, or a plugin file laid over A)
+  eval                       a JSONL set ({id, prompt | messages, answer}) under a view: accuracy, tokens, levels
+      --data FILE --out DIR [--model DIR] [--plugin F] [--merge JSON] [--destroy JSON] [--max-tokens N]
+      [--temperature T] [--seed N] [--reasoning --min-thinking N --max-thinking N --wait N] [--levels]
+      [--concurrency N] [--no-chat]
   freeze-plan                trainable parameters of the Freeze module sets
       --model DIR [--json]
 
@@ -256,6 +262,52 @@ async function cmdDelta(args: string[]): Promise<void> {
   for (const k of report.kinds) process.stderr.write(`  ${String(k.rank).padStart(2)}. ${k.kind.padEnd(26)} rel ||B-A|| ${k.rel_l2.toExponential(3)}  bimodality ${k.bimodality?.toFixed(3) ?? '-'}\n`);
 }
 
+async function cmdEval(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string' }, plugin: { type: 'string', multiple: true }, merge: { type: 'string' }, destroy: { type: 'string' },
+      'max-tokens': { type: 'string' }, temperature: { type: 'string' }, seed: { type: 'string' }, reasoning: { type: 'boolean', default: false }, 'min-thinking': { type: 'string' },
+      'max-thinking': { type: 'string' }, wait: { type: 'string' }, levels: { type: 'boolean', default: false }, concurrency: { type: 'string' }, 'no-chat': { type: 'boolean', default: false },
+    },
+  });
+  if (!values.data || !values.out) throw new UsageError('eval needs --data FILE.jsonl --out DIR');
+  let items;
+  try {
+    items = parseJsonl(readFileSync(values.data, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`${values.data}: ${(e as Error).message}`);
+  }
+  const dir = resolveModelDir(values.model);
+  const tok = ModelTokenizer.fromDir(dir);
+  const engine = await Engine.load(dir);
+  const plugins: OverlaySpec[] = (values.plugin ?? []).map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
+  const view = stethoscopeView(engine, values.merge, values.destroy, plugins);
+  const concurrency = int(values.concurrency, 'concurrency', 4)!;
+  const settings: EvalSettings = {
+    maxTokens: int(values['max-tokens'], 'max-tokens', 512)!,
+    temperature: num(values.temperature, 'temperature') ?? 0,
+    seed: int(values.seed, 'seed'),
+    chat: !values['no-chat'],
+    reasoning: values.reasoning ? { minThinkingTokens: int(values['min-thinking'], 'min-thinking'), maxThinkingTokens: int(values['max-thinking'], 'max-thinking'), wait: int(values.wait, 'wait') } : undefined,
+    levels: values.levels!,
+    concurrency,
+  };
+  const t0 = performance.now();
+  const { summary, results } = await runEval(items, tok, localBackend(engine, tok, view, concurrency), settings, (done, total, last) => {
+    const w = 30;
+    const f = Math.round((done / total) * w);
+    const correct = last.correct ? 'correct' : 'wrong';
+    process.stderr.write(`${process.stderr.isTTY ? '\r' : ''}[${'#'.repeat(f)}${' '.repeat(w - f)}] ${done}/${total} (${last.id}: ${correct})${process.stderr.isTTY ? '' : '\n'}`);
+  });
+  mkdirSync(values.out, { recursive: true });
+  writeFileSync(join(values.out, 'results.jsonl'), resultsJsonl(results));
+  writeFileSync(join(values.out, 'summary.json'), JSON.stringify({ model: dir, settings, ...summary }, null, 2));
+  process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: ${summary.items} items in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+  process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+  await engine.release();
+}
+
 async function cmdFreezePlan(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { model: { type: 'string' }, json: { type: 'boolean', default: false } } });
   const plan = freezePlan(readSpec(resolveModelDir(values.model)).spec);
@@ -283,6 +335,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case 'delta':
         await cmdDelta(rest);
+        return 0;
+      case 'eval':
+        await cmdEval(rest);
         return 0;
       case 'freeze-plan':
         await cmdFreezePlan(rest);

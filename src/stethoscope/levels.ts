@@ -28,6 +28,8 @@ export const DEFAULT_THRESHOLDS: LevelThresholds = { maxRepetition: 0.5, maxNll:
 
 export interface LevelMetrics {
   tokens: number;
+  /** Characters of visible text (special tokens decode to none). */
+  chars: number;
   repetition: number;
   nll: number | null;
   pmi: number | null;
@@ -106,6 +108,7 @@ export function answerMatches(text: string, expected: string): { matched: boolea
 export function level(m: LevelMetrics, t: LevelThresholds = DEFAULT_THRESHOLDS): LevelVerdict {
   const v = (level: Level, reason: string): LevelVerdict => ({ level, reason, metrics: m });
   if (m.tokens < t.minTokens) return v('I', `fewer than ${t.minTokens} token(s)`);
+  if (m.chars === 0 && t.minTokens > 0) return v('I', 'no visible text');
   if (m.repetition >= t.maxRepetition) return v('I', `degenerate repetition ${m.repetition.toFixed(3)} >= ${t.maxRepetition}`);
   if (m.nll !== null && m.nll >= t.maxNll) return v('I', `the intact backbone finds it extremely unlikely: NLL ${m.nll.toFixed(3)} >= ${t.maxNll}`);
   if (m.pmi !== null && m.pmi < t.minPmi) return v('II', `fluent but off-topic: PMI ${m.pmi.toFixed(3)} < ${t.minPmi}`);

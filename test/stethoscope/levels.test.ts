@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { answerMatches, DEFAULT_THRESHOLDS, extractAnswer, level, nllAndPmi, normalizeAnswer, repetition, type LevelMetrics } from '../../src/stethoscope/levels.ts';
 
-const m = (over: Partial<LevelMetrics>): LevelMetrics => ({ tokens: 20, repetition: 0.05, nll: 2.5, pmi: 0.8, matched: null, extracted: null, ...over });
+const m = (over: Partial<LevelMetrics>): LevelMetrics => ({ tokens: 20, chars: 80, repetition: 0.05, nll: 2.5, pmi: 0.8, matched: null, extracted: null, ...over });
 
 describe('levels', () => {
   it('I: degenerate repetition', () => {
@@ -17,6 +17,7 @@ describe('levels', () => {
     assert.match(v.reason, /unlikely/);
   });
   it('I: empty output', () => assert.equal(level(m({ tokens: 0 })).level, 'I'));
+  it('I: only special tokens, no visible text', () => assert.equal(level(m({ chars: 0 })).level, 'I'));
   it('II: fluent but the prompt does not explain it', () => {
     const { nll, pmi } = nllAndPmi([-2, -2.5, -1.8], [-2.01, -2.4, -1.9]);
     assert.ok(nll! < DEFAULT_THRESHOLDS.maxNll && pmi! < DEFAULT_THRESHOLDS.minPmi);

@@ -10,6 +10,7 @@ import type { GeneratedToken } from '../../engine/generate.ts';
 import type { JobParams, ViewSpec } from '../../engine/protocol.ts';
 import type { PromptLogprob } from '../../engine/scheduler.ts';
 import type { ModelTokenizer } from '../../engine/tokenizer.ts';
+import { chatPrompt, PromptError } from '../../engine/prompt.ts';
 import type { AuthConfig } from '../auth.ts';
 import { requireKey } from '../auth.ts';
 import { ApiError, badRequest } from '../errors.ts';
@@ -289,22 +290,14 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
     role: m.role === 'developer' ? 'system' : m.role,
     content: m.content === null ? '' : typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
   }));
-  let text: string;
-  try {
-    text = tok.applyChatTemplate(messages, { addGenerationPrompt: true });
-  } catch (e) {
-    throw badRequest((e as Error).message, 'messages');
-  }
+  let promptIds: number[];
   let reasoning: JobParams['reasoning'];
-  if (reasoningMode) {
-    const endId = tok.tokenId('</think>');
-    const startId = tok.tokenId('<think>');
-    if (endId === undefined || startId === undefined) throw badRequest('This model\'s tokenizer has no <think> / </think> tokens; reasoning mode is unavailable.', 'mode');
-    // Open the thinking block unless the template already did.
-    if (!text.trimEnd().endsWith('<think>')) text += '<think>\n';
-    reasoning = { endId, waitIds: tok.encode('Wait'), minTokens: body.min_thinking_tokens ?? 0, maxTokens: body.max_thinking_tokens ?? null, wait: body.wait ?? 1 };
+  try {
+    ({ ids: promptIds, reasoning } = chatPrompt(tok, messages, reasoningMode ? { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait } : undefined));
+  } catch (e) {
+    if (e instanceof PromptError) throw badRequest(e.message, e.param);
+    throw e;
   }
-  const promptIds = tok.encode(text);
   const limit = ctx.maxContext();
   const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? limit - promptIds.length;
   checkContext(ctx, promptIds.length, maxTokens, body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens');

@@ -17,6 +17,9 @@ import type { JobManager, JobRecord } from '../../stethoscope/jobs.ts';
 import { renderSvg, sweepSpec, writeDeltaOutputs } from '../../stethoscope/plots.ts';
 import { answerMatches, DEFAULT_THRESHOLDS, level, nllAndPmi, repetition, type LevelThresholds } from '../../stethoscope/levels.ts';
 import type { ServingContext } from './openai.ts';
+import type { GeneratedToken } from '../../engine/generate.ts';
+import { checkItem, EvalDataError, parseJsonl, resultsJsonl, runEval, type EvalBackend, type EvalItem, type EvalSettings } from '../../stethoscope/eval.ts';
+import { collect } from '../../stethoscope/local-backend.ts';
 import { errorResponses } from '../schemas.ts';
 
 export interface StethoscopeDeps {
@@ -36,6 +39,27 @@ const Thresholds = z
   .object({ maxRepetition: z.number().min(0).max(1), maxNll: z.number().positive(), minPmi: z.number(), minTokens: z.number().int().min(0) })
   .partial()
   .openapi({ description: `Level thresholds (defaults ${JSON.stringify(DEFAULT_THRESHOLDS)}).` });
+
+const EvalBody = z
+  .object({
+    model: z.string().optional().openapi({ description: 'The backbone (default) or `backbone:plugin-id`.' }),
+    merge: MergeSpec.nullish(),
+    destroy: DestroySpec.nullish(),
+    items: z.array(z.unknown()).min(1).max(100000).optional().openapi({ description: 'Items {id, prompt | messages, answer}.' }),
+    jsonl: z.string().optional().openapi({ description: 'Or the set as JSONL text, one item per line.' }),
+    max_tokens: z.number().int().min(1).max(32768).default(512),
+    temperature: z.number().min(0).max(2).default(0),
+    seed: z.number().int().min(0).optional(),
+    chat: z.boolean().default(true),
+    mode: z.enum(['chat', 'reasoning']).default('chat'),
+    min_thinking_tokens: z.number().int().min(0).optional(),
+    max_thinking_tokens: z.number().int().min(1).optional(),
+    wait: z.number().int().min(0).max(64).optional(),
+    levels: z.boolean().default(false).openapi({ description: 'Also score each output\'s level I-IV (two scoring passes per item).' }),
+    thresholds: Thresholds.optional(),
+    concurrency: z.number().int().min(1).max(64).default(4),
+  })
+  .openapi('EvalRequest');
 
 const ProbePrompt = z.object({
   prompt: z.string().optional(),
@@ -146,6 +170,7 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
   );
 
   app.use('/v1/stethoscope/destruction', requireKey(auth, 'admin'));
+  app.use('/v1/stethoscope/eval', requireKey(auth, 'admin'));
 
   /** Greedy generation on a view; the tokens with their text. */
   const generate = async (view: ViewSpec, promptIds: number[], maxTokens: number, signal: AbortSignal) => {
@@ -237,7 +262,7 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
           const without = await score(intact, neutral, out.ids, signal);
           const { nll, pmi } = nllAndPmi(withPrompt, without);
           const match = p.answer === undefined ? { matched: null, extracted: null } : answerMatches(out.text, p.answer);
-          const verdict = level({ tokens: out.ids.length, repetition: repetition(out.ids), nll, pmi, ...match }, thresholds);
+          const verdict = level({ tokens: out.ids.length, chars: out.text.length, repetition: repetition(out.ids), nll, pmi, ...match }, thresholds);
           return { text: out.text, finish_reason: out.finish, ...verdict };
         };
         const a = await generate(intact, promptIds, body.max_tokens, signal);
@@ -245,6 +270,82 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
         results.push({ index: i, intact: await judge(a), destroyed: await judge(b) });
       }
       return c.json({ object: 'stethoscope.destruction', model, destroy: body.destroy, thresholds, results }, 200) as never;
+    },
+  );
+
+  /** Jobs wait for room in the queue rather than fail on a busy server. */
+  const admitWhenFree = async () => {
+    for (;;) {
+      try {
+        deps.serving.runner.admit(1);
+        return;
+      } catch (e) {
+        if (!(e instanceof ApiError) || e.status !== 429) throw e;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  };
+  const serverBackend = (view: ViewSpec, intact: ViewSpec, signal: AbortSignal): EvalBackend => ({
+    generate: async (promptIds, params) => {
+      await admitWhenFree();
+      const tokens: GeneratedToken[] = [];
+      let finish = 'length';
+      for await (const e of deps.serving.runner.start({ promptIds, view, params }, signal)) {
+        if (e.type === 'token') tokens.push(e.token);
+        else if (e.type === 'done') finish = e.finish.reason;
+      }
+      return collect(tokens, finish);
+    },
+    score: async (context, answer) => {
+      await admitWhenFree();
+      return score(intact, context, answer, signal);
+    },
+  });
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/v1/stethoscope/eval',
+      summary: 'Start an evaluation job (admin): a JSONL set under a view, accuracy and average generated tokens, per-item outputs (and levels).',
+      request: { body: { content: { 'application/json': { schema: EvalBody } }, required: true } },
+      responses: { 202: { description: 'Started; poll GET /v1/stethoscope/jobs/{id}.', content: { 'application/json': { schema: Job } } }, ...errorResponses(400, 401, 403, 404, 503) },
+    }),
+    (c) => {
+      const body = c.req.valid('json');
+      const tok = deps.serving.tokenizer();
+      if (!tok || deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      let items: EvalItem[];
+      try {
+        if ((body.items === undefined) === (body.jsonl === undefined)) throw new EvalDataError('give exactly one of "items" and "jsonl"');
+        const ids = new Set<string>();
+        items = body.jsonl !== undefined ? parseJsonl(body.jsonl) : body.items!.map((it, i) => checkItem(it, `items.${i}`, ids));
+      } catch (e) {
+        if (e instanceof EvalDataError) throw badRequest(e.message, body.jsonl !== undefined ? 'jsonl' : 'items');
+        throw e;
+      }
+      const model = body.model ?? deps.backboneName;
+      const view = deps.resolveView(model, { merge: body.merge, destroy: body.destroy });
+      const intact = deps.resolveView(deps.backboneName);
+      const reasoning = body.mode === 'reasoning' ? { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait } : undefined;
+      if (reasoning && tok.tokenId('</think>') === undefined) throw badRequest("This model's tokenizer has no </think> token; reasoning mode is unavailable.", 'mode');
+      const settings: EvalSettings = {
+        maxTokens: body.max_tokens,
+        temperature: body.temperature,
+        seed: body.seed,
+        chat: body.chat,
+        reasoning,
+        levels: body.levels,
+        thresholds: { ...DEFAULT_THRESHOLDS, ...body.thresholds },
+        concurrency: body.concurrency,
+      };
+      const ac = new AbortController();
+      const job = deps.jobs.start('eval', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress) => {
+        const { summary, results } = await runEval(items, tok, serverBackend(view, intact, ac.signal), settings, (d, t, last) => progress(d, t, last.id));
+        writeFileSync(join(dir, 'results.jsonl'), resultsJsonl(results));
+        writeFileSync(join(dir, 'summary.json'), JSON.stringify({ model, merge: body.merge ?? null, destroy: body.destroy ?? null, settings, ...summary }, null, 2));
+        return summary;
+      });
+      return c.json(jobView(job), 202) as never;
     },
   );
 
