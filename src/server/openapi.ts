@@ -19,7 +19,7 @@ export function buildOpenApiDocument(): unknown {
   const app = createApp({
     serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never },
     plugins: { store: {} as PluginStore, backbone: never, backboneName: 'backbone', maxPluginBytes: 1, modelRoots: [] },
-    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never, jobs: {} as JobManager, modelRoots: [], pluginFile: never, backboneDir: '', serving: {} as ServingContext, backboneName: 'backbone' },
+    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never, jobs: {} as JobManager, modelRoots: [], pluginFile: never, backboneDir: '', serving: {} as ServingContext, backboneName: 'backbone', plugins: { store: {} as PluginStore } },
     auth: { apiKeys: [], adminKeys: [] },
     metrics: new Metrics({ modelName: never, stats: never, pluginsInUse: never, maxRunning: 1, maxPlugins: 0 }),
     maxBodyBytes: 1,

@@ -107,6 +107,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
       backboneDir: modelDir,
       serving,
       backboneName: modelName,
+      plugins: { store },
     },
     serving,
     plugins: {

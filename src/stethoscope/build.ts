@@ -54,7 +54,7 @@ export function reinitTensor(name: string, shape: number[], seed: number): Float
 }
 
 /** Reads named tensors from a donor, one at a time. */
-function readDonor(donor: DonorRef, names: string[]): Map<string, Tensor> {
+export function readDonor(donor: DonorRef, names: string[]): Map<string, Tensor> {
   if (donor.kind === 'file') {
     const f = SafetensorsFile.open(donor.path);
     try {

@@ -161,6 +161,26 @@ describe('merges and destruction over HTTP', () => {
     assert.equal(again.status, 409);
   });
 
+  it('saves a merge of pluggable kinds as a plugin that serves the merged logits, and probes prompts', async () => {
+    const post = (body: unknown) => fetch(`${srv.url}/v1/stethoscope/merge`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const r = await post({ merge: [{ modules: ['M1'], from: 'B' }], save_as: 'm1-saved', prompts: [{ prompt: 'Hello' }], max_tokens: 6 });
+    assert.equal(r.status, 201, await r.clone().text());
+    const body = (await r.json()) as { plugin: { model: string; modules: string[] }; results: { intact: { level: string }; merged: { level: string; text: string } }[] };
+    assert.equal(body.plugin.model, 'A:m1-saved');
+    assert.deepEqual(body.plugin.modules, ['o_proj']);
+    assert.equal(body.results.length, 1);
+    assert.ok(body.results[0].merged.level);
+    expectScores((await score({ model: 'A:m1-saved' })).choices[0].logprobs.token_logprobs, oracle('M1_o_proj').logits);
+    // alpha: the saved tensors are (1-alpha)*A + alpha*B
+    assert.equal((await post({ merge: [{ modules: ['o_proj'], from: 'B', alpha: 0.5 }], save_as: 'half' })).status, 201);
+    const mixed = new Map<string, RefTensor>(A.tensors);
+    for (const [n, t] of B.tensors) if (n.includes('o_proj')) mixed.set(n, { shape: t.shape, data: A.tensors.get(n)!.data.map((x, i) => 0.5 * x + 0.5 * t.data[i]) });
+    expectScores((await score({ model: 'A:half' })).choices[0].logprobs.token_logprobs, referenceLogits(A.spec, mixed, o.ids));
+    const frozen = await post({ merge: [{ modules: ['M2'], from: 'B' }], save_as: 'nope' });
+    assert.equal(frozen.status, 400);
+    assert.equal(((await frozen.json()) as { error: { param: string } }).error.param, 'merge.0.modules');
+  });
+
   it('answers 400 naming the field for a bad spec', async () => {
     assert.equal((await score({ destroy: [{ method: 'zero', modules: ['o_proj'], layers: '3-7' }] }, 400)).error.param, 'destroy.0.layers');
     assert.equal((await score({ merge: [{ modules: ['o_proj'], from: 'nowhere' }] }, 400)).error.param, 'merge.0.from');

@@ -90,6 +90,37 @@ async function receive(body: ReadableStream<Uint8Array> | null, path: string, ma
   }
 }
 
+/** Validates a file in the store's temp area and commits it as `id`; the file is gone either way. */
+export function commitPluginFile(
+  store: PluginStore,
+  backbone: Backbone,
+  tmp: string,
+  id: string,
+  sha256: string,
+  size: number,
+  description: string,
+  overwrite: boolean,
+): { status: 200 | 201; manifest: Manifest } {
+  try {
+    const summary = validatePlugin(tmp, backbone);
+    const existing = store.get(id);
+    if (existing && existing.sha256 === sha256) {
+      rmSync(tmp, { force: true });
+      return { status: 200, manifest: existing };
+    }
+    if (existing && !overwrite) throw new ApiError(409, `plugin "${id}" exists with other bytes; pass overwrite=true to replace it`, 'invalid_request_error', 'plugin_exists', 'id');
+    return { status: 201, manifest: store.commit(tmp, id, sha256, size, summary, description) };
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    if (e instanceof PluginError) throw pluginError(e);
+    throw e;
+  }
+}
+
+export function pluginView(m: Manifest, backboneName: string) {
+  return view(m, backboneName);
+}
+
 export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfig): void {
   const { store } = deps;
   const backbone = () => {
@@ -98,23 +129,8 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
     return b;
   };
 
-  /** Validates a file now in the store's temp area and commits it as `id`; the file is gone either way. */
-  const admit = (tmp: string, id: string, sha256: string, size: number, description: string, overwrite: boolean): { status: 200 | 201; manifest: Manifest } => {
-    try {
-      const summary = validatePlugin(tmp, backbone());
-      const existing = store.get(id);
-      if (existing && existing.sha256 === sha256) {
-        rmSync(tmp, { force: true });
-        return { status: 200, manifest: existing };
-      }
-      if (existing && !overwrite) throw new ApiError(409, `plugin "${id}" exists with other bytes; pass overwrite=true to replace it`, 'invalid_request_error', 'plugin_exists', 'id');
-      return { status: 201, manifest: store.commit(tmp, id, sha256, size, summary, description) };
-    } catch (e) {
-      rmSync(tmp, { force: true });
-      if (e instanceof PluginError) throw pluginError(e);
-      throw e;
-    }
-  };
+  const admit = (tmp: string, id: string, sha256: string, size: number, description: string, overwrite: boolean) =>
+    commitPluginFile(store, backbone(), tmp, id, sha256, size, description, overwrite);
 
   app.use('/v1/plugins', async (c, next) => requireKey(auth, c.req.method === 'GET' ? 'user' : 'admin')(c, next));
   app.use('/v1/plugins/*', async (c, next) => requireKey(auth, c.req.method === 'GET' ? 'user' : 'admin')(c, next));

@@ -8,6 +8,7 @@ import { extname, join } from 'node:path';
 import type { EngineHost } from '../../engine/host.ts';
 import type { ViewSpec } from '../../engine/protocol.ts';
 import { checkPluginId } from '../../plugins/store.ts';
+import { rmSync, statSync } from 'node:fs';
 import { DestroySpec, MergeSpec } from '../../stethoscope/spec.ts';
 import { requireKey, type AuthConfig } from '../auth.ts';
 import { ApiError, badRequest, notFound, unavailable } from '../errors.ts';
@@ -17,6 +18,11 @@ import type { JobManager, JobRecord } from '../../stethoscope/jobs.ts';
 import { renderSvg, sweepSpec, writeDeltaOutputs } from '../../stethoscope/plots.ts';
 import { answerMatches, DEFAULT_THRESHOLDS, level, nllAndPmi, repetition, type LevelThresholds } from '../../stethoscope/levels.ts';
 import type { ServingContext } from './openai.ts';
+import { chatPrompt } from '../../engine/prompt.ts';
+import { parseName, PLUGGABLE_KINDS } from '../../model/names.ts';
+import { sha256File, type PluginStore } from '../../plugins/store.ts';
+import { writeMergePlugin } from '../../stethoscope/merge.ts';
+import { commitPluginFile, pluginView } from './plugins.ts';
 import type { GeneratedToken } from '../../engine/generate.ts';
 import { checkItem, EvalDataError, parseJsonl, resultsJsonl, runEval, type EvalBackend, type EvalItem, type EvalSettings } from '../../stethoscope/eval.ts';
 import { collect } from '../../stethoscope/local-backend.ts';
@@ -33,6 +39,7 @@ export interface StethoscopeDeps {
   backboneDir: string;
   serving: ServingContext;
   backboneName: string;
+  plugins: { store: PluginStore };
 }
 
 const Thresholds = z
@@ -66,6 +73,19 @@ const ProbePrompt = z.object({
   messages: z.array(z.object({ role: z.enum(['system', 'user', 'assistant']), content: z.string() })).optional(),
   answer: z.string().optional().openapi({ description: 'The expected answer: level IV needs it matched.' }),
 });
+
+const MergeBody = z
+  .object({
+    model: z.string().optional().openapi({ description: 'The backbone (default) or `backbone:plugin-id`.' }),
+    merge: MergeSpec,
+    prompts: z.array(ProbePrompt).min(1).max(64).optional(),
+    max_tokens: z.number().int().min(1).max(4096).default(64),
+    thresholds: Thresholds.optional(),
+    save_as: z.string().optional().openapi({ description: 'Save the merged tensors as this plugin id (pluggable kinds only).' }),
+    description: z.string().max(1000).optional(),
+    overwrite: z.boolean().default(false),
+  })
+  .openapi('MergeRequest');
 
 const DestructionBody = z
   .object({
@@ -195,6 +215,73 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
     return lps;
   };
 
+  /** Each prompt through the intact and the altered view (greedy), both outputs judged with levels I-IV. */
+  const compare = async (intact: ViewSpec, altered: ViewSpec, prompts: z.infer<typeof ProbePrompt>[], maxTokens: number, thresholds: LevelThresholds, signal: AbortSignal, label: string) => {
+    const tok = deps.serving.tokenizer()!;
+    const neutral = [tok.eosIds[0] ?? 0];
+    const results = [];
+    for (const [i, p] of prompts.entries()) {
+      if ((p.prompt === undefined) === (p.messages === undefined)) throw badRequest(`prompts.${i}: give exactly one of "prompt" and "messages"`, `prompts.${i}`);
+      const promptIds = p.messages ? chatPrompt(tok, p.messages).ids : tok.encode(p.prompt!);
+      const judge = async (out: { ids: number[]; text: string; finish: string }) => {
+        const { nll, pmi } = nllAndPmi(await score(intact, promptIds, out.ids, signal), await score(intact, neutral, out.ids, signal));
+        const match = p.answer === undefined ? { matched: null, extracted: null } : answerMatches(out.text, p.answer);
+        return { text: out.text, finish_reason: out.finish, ...level({ tokens: out.ids.length, chars: out.text.length, repetition: repetition(out.ids), nll, pmi, ...match }, thresholds) };
+      };
+      const a = await generate(intact, promptIds, maxTokens, signal);
+      const b = await generate(altered, promptIds, maxTokens, signal);
+      results.push({ index: i, intact: await judge(a), [label]: await judge(b) });
+    }
+    return results;
+  };
+
+  app.use('/v1/stethoscope/merge', requireKey(auth, 'admin'));
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/v1/stethoscope/merge',
+      summary: 'A merge (admin): run prompts through the intact and the merged view with levels, and/or save a merge of pluggable kinds as a plugin.',
+      request: { body: { content: { 'application/json': { schema: MergeBody } }, required: true } },
+      responses: {
+        200: { description: 'Outputs and levels (and the saved plugin).', content: { 'application/json': { schema: z.any() } } },
+        201: { description: 'Saved as a plugin.', content: { 'application/json': { schema: z.any() } } },
+        ...errorResponses(400, 401, 403, 404, 409, 503),
+      },
+    }),
+    async (c) => {
+      const body = c.req.valid('json');
+      if (!deps.serving.tokenizer() || deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      if (!body.prompts && !body.save_as) throw badRequest('give "prompts", "save_as", or both', 'prompts');
+      const model = body.model ?? deps.backboneName;
+      const merged = deps.resolveView(model, { merge: body.merge });
+      const out: Record<string, unknown> = { object: 'stethoscope.merge', model, merge: body.merge };
+      let status: 200 | 201 = 200;
+      if (body.save_as) {
+        if (model !== deps.backboneName) throw badRequest('save_as: a saved merge is a plugin over the backbone itself; use the backbone as "model"', 'model');
+        const bad = checkPluginId(body.save_as);
+        if (bad) throw badRequest(`save_as: ${bad}`, 'save_as');
+        const spec = merged.overlays.find((o) => o.type === 'merge')!;
+        if (spec.type !== 'merge') throw new Error('unreachable');
+        for (const [i, e] of spec.entries.entries()) {
+          const frozen = e.names.find((n) => !PLUGGABLE_KINDS.includes(parseName(n)!.kind));
+          if (frozen) throw badRequest(`merge.${i}.modules: "${frozen}" is frozen in the backbone; only ${PLUGGABLE_KINDS.join(', ')} can be saved as a plugin`, `merge.${i}.modules`);
+        }
+        const tmp = deps.plugins.store.tempPath();
+        try {
+          writeMergePlugin(spec, deps.backboneDir, tmp, deps.host.fingerprint!);
+        } catch (e) {
+          rmSync(tmp, { force: true });
+          throw badRequest(`merge: ${(e as Error).message}`, 'merge');
+        }
+        const r = commitPluginFile(deps.plugins.store, { spec: deps.host.spec!, fingerprint: deps.host.fingerprint! }, tmp, body.save_as, await sha256File(tmp), statSync(tmp).size, body.description ?? '', body.overwrite);
+        out.plugin = pluginView(r.manifest, deps.backboneName);
+        status = 201;
+      }
+      if (body.prompts) out.results = await compare(deps.resolveView(model), merged, body.prompts, body.max_tokens, { ...DEFAULT_THRESHOLDS, ...body.thresholds }, c.req.raw.signal, 'merged');
+      return c.json(out, status) as never;
+    },
+  );
+
   app.openapi(
     createRoute({
       method: 'post',
@@ -250,25 +337,7 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
       if (!body.destroy) throw badRequest('give "destroy" (or "sweep")', 'destroy');
       if (!body.prompts) throw badRequest('give "prompts"', 'prompts');
       const destroyed = deps.resolveView(model, { destroy: body.destroy });
-      const signal = c.req.raw.signal;
-      const neutral = [tok.eosIds[0] ?? 0];
-      const results = [];
-      for (const [i, p] of body.prompts.entries()) {
-        if ((p.prompt === undefined) === (p.messages === undefined)) throw badRequest(`prompts.${i}: give exactly one of "prompt" and "messages"`, `prompts.${i}`);
-        const text = p.messages ? tok.applyChatTemplate(p.messages) : p.prompt!;
-        const promptIds = tok.encode(text);
-        const judge = async (out: { ids: number[]; text: string; finish: string }) => {
-          const withPrompt = await score(intact, promptIds, out.ids, signal);
-          const without = await score(intact, neutral, out.ids, signal);
-          const { nll, pmi } = nllAndPmi(withPrompt, without);
-          const match = p.answer === undefined ? { matched: null, extracted: null } : answerMatches(out.text, p.answer);
-          const verdict = level({ tokens: out.ids.length, chars: out.text.length, repetition: repetition(out.ids), nll, pmi, ...match }, thresholds);
-          return { text: out.text, finish_reason: out.finish, ...verdict };
-        };
-        const a = await generate(intact, promptIds, body.max_tokens, signal);
-        const b = await generate(destroyed, promptIds, body.max_tokens, signal);
-        results.push({ index: i, intact: await judge(a), destroyed: await judge(b) });
-      }
+      const results = await compare(intact, destroyed, body.prompts, body.max_tokens, thresholds, c.req.raw.signal, 'destroyed');
       return c.json({ object: 'stethoscope.destruction', model, destroy: body.destroy, thresholds, results }, 200) as never;
     },
   );
