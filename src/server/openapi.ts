@@ -9,6 +9,7 @@ import type { JobRunner } from './jobs.ts';
 import type { PluginStore } from '../plugins/store.ts';
 import type { EngineHost } from '../engine/host.ts';
 import type { JobManager } from '../stethoscope/jobs.ts';
+import type { CheckpointRegistry } from '../stethoscope/checkpoints.ts';
 import type { ServingContext } from './routes/openai.ts';
 import { Metrics } from './metrics.ts';
 
@@ -19,7 +20,7 @@ export function buildOpenApiDocument(): unknown {
   const app = createApp({
     serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never },
     plugins: { store: {} as PluginStore, backbone: never, backboneName: 'backbone', maxPluginBytes: 1, modelRoots: [] },
-    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never, jobs: {} as JobManager, modelRoots: [], pluginFile: never, backboneDir: '', serving: {} as ServingContext, backboneName: 'backbone', plugins: { store: {} as PluginStore } },
+    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never, jobs: {} as JobManager, modelRoots: [], pluginFile: never, backboneDir: '', serving: {} as ServingContext, backboneName: 'backbone', plugins: { store: {} as PluginStore }, checkpoints: {} as CheckpointRegistry },
     auth: { apiKeys: [], adminKeys: [] },
     metrics: new Metrics({ modelName: never, stats: never, pluginsInUse: never, maxRunning: 1, maxPlugins: 0 }),
     maxBodyBytes: 1,

@@ -16,6 +16,7 @@ import { badRequest, modelNotFound } from './errors.ts';
 import { findUnderRoots } from './roots.ts';
 import { join } from 'node:path';
 import { JobManager } from '../stethoscope/jobs.ts';
+import { CheckpointRegistry } from '../stethoscope/checkpoints.ts';
 import type { DonorRef } from '../stethoscope/build.ts';
 import { resolveDestroy, resolveMerge } from '../stethoscope/resolve.ts';
 import { SpecError } from '../stethoscope/spec.ts';
@@ -48,13 +49,16 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const store = new PluginStore(config.dataDir, log);
   const scan = await store.scan();
   log(`sfn: plugin store at ${config.dataDir}: ${scan.loaded} plugin(s)${scan.quarantined.length ? `, ${scan.quarantined.length} entr(ies) quarantined` : ''}`);
-  /** A merge donor: a plugin id, else a checkpoint directory under the model roots. */
+  const checkpoints = new CheckpointRegistry(config.dataDir);
+  /** A merge donor: a plugin id, a registered checkpoint name, else a checkpoint directory under the model roots. */
   const donor = (from: string, param: string): DonorRef => {
     const m = store.get(from);
     if (m) return { kind: 'file', path: store.blobPath(m.sha256), id: m.sha256 };
+    const reg = checkpoints.get(from);
+    if (reg) return { kind: 'dir', path: reg.path, id: `dir:${reg.path}:${reg.registered}` };
     const dir = findUnderRoots(config.modelRoots, from);
     if (dir) return { kind: 'dir', path: dir, id: `dir:${dir}` };
-    throw badRequest(`${param}: "${from}" is neither a plugin nor a checkpoint directory under the model roots`, param);
+    throw badRequest(`${param}: "${from}" is neither a plugin, a registered checkpoint, nor a checkpoint directory under the model roots`, param);
   };
   const pluginNames = (shas: string[]) => shas.flatMap((sha) => store.bySha(sha).map((m) => `${modelName}:${m.id}`));
   const created = Math.floor(Date.now() / 1000);
@@ -108,6 +112,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
       serving,
       backboneName: modelName,
       plugins: { store },
+      checkpoints,
     },
     serving,
     plugins: {

@@ -181,6 +181,18 @@ describe('merges and destruction over HTTP', () => {
     assert.equal(((await frozen.json()) as { error: { param: string } }).error.param, 'merge.0.modules');
   });
 
+  it('registers donor checkpoints by name, and merges name them in "from"', async () => {
+    const reg = await fetch(`${srv.url}/v1/stethoscope/checkpoints`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'tuned-b', path: 'B' }) });
+    assert.equal(reg.status, 201, await reg.clone().text());
+    const list = (await (await fetch(`${srv.url}/v1/stethoscope/checkpoints`)).json()) as { data: { name: string }[] };
+    assert.deepEqual(list.data.map((x) => x.name), ['tuned-b']);
+    expectScores((await score({ merge: [{ modules: ['o_proj'], from: 'tuned-b' }] })).choices[0].logprobs.token_logprobs, oracle('M1_o_proj').logits);
+    const outside = await fetch(`${srv.url}/v1/stethoscope/checkpoints`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'x', path: '/etc' }) });
+    assert.equal(outside.status, 400);
+    assert.equal((await fetch(`${srv.url}/v1/stethoscope/checkpoints/tuned-b`, { method: 'DELETE' })).status, 200);
+    assert.equal((await score({ merge: [{ modules: ['o_proj'], from: 'tuned-b' }] }, 400)).error.param, 'merge.0.from');
+  });
+
   it('answers 400 naming the field for a bad spec', async () => {
     assert.equal((await score({ destroy: [{ method: 'zero', modules: ['o_proj'], layers: '3-7' }] }, 400)).error.param, 'destroy.0.layers');
     assert.equal((await score({ merge: [{ modules: ['o_proj'], from: 'nowhere' }] }, 400)).error.param, 'merge.0.from');
