@@ -75,6 +75,19 @@ describe('delta', () => {
     }
   });
 
+  it('reads sharded checkpoints: a sharded copy of a model has zero delta, another seed does not', async () => {
+    const { makeModel } = await import('../../src/model/make-model.ts');
+    const root = mkdtempSync(join(tmpdir(), 'sfn-delta-shards-'));
+    makeModel(join(root, 'one'), { seed: 3, dtype: 'F32', config: { vocab_size: 512 } });
+    makeModel(join(root, 'sharded'), { seed: 3, dtype: 'BF16', config: { vocab_size: 512 }, shardBytes: 60_000 });
+    makeModel(join(root, 'other'), { seed: 4, dtype: 'F32', config: { vocab_size: 512 } });
+    const same = await computeDelta(checkpointSource(join(root, 'one')), checkpointSource(join(root, 'sharded')));
+    // BF16 rounding is the only difference: relative change within bf16's precision.
+    for (const m of same.modules) assert.ok(m.rel_l2 < 2 ** -8, `${m.kind}.${m.layer}: ${m.rel_l2}`);
+    const other = await computeDelta(checkpointSource(join(root, 'one')), checkpointSource(join(root, 'other')));
+    assert.ok(other.modules.filter((m) => !m.kind.includes('norm')).every((m) => m.rel_l2 > 0.5));
+  });
+
   it('sfn delta writes JSON, CSV, SVG charts and an HTML report', async () => {
     const out = mkdtempSync(join(tmpdir(), 'sfn-delta-out-'));
     await run(process.execPath, ['bin/sfn.js', 'delta', fixtureDir('A'), fixtureDir('B'), '--out', out, '--every', '2'], { cwd: ROOT });
