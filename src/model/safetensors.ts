@@ -6,8 +6,8 @@
  * JSON.parse would silently collapse). Tensors are read one at a time by positional reads, so a caller never
  * holds a file twice in memory.
  */
-import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { writeFileAtomic } from './atomic.ts';
 
 /** Bytes per element of every dtype the format defines. */
 export const DTYPE_SIZE = {
@@ -241,8 +241,7 @@ export interface TensorToWrite {
 }
 
 /**
- * Writes a safetensors file atomically: a temporary file beside the target, fsync, rename, fsync of the
- * directory. A crash leaves the old file or the new one, never a partial one.
+ * Writes a safetensors file atomically (see atomic.ts): a crash leaves the old file or the new one.
  */
 export function writeSafetensors(path: string, tensors: TensorToWrite[], metadata: Record<string, string> = {}): void {
   const names = new Set<string>();
@@ -264,37 +263,5 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], metadat
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(headerBytes.length));
 
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = openSync(tmp, 'w');
-  try {
-    writeAll(fd, len);
-    writeAll(fd, headerBytes);
-    for (const t of tensors) writeAll(fd, t.data);
-    fsyncSync(fd);
-  } catch (e) {
-    closeSync(fd);
-    rmSync(tmp, { force: true });
-    throw e;
-  }
-  closeSync(fd);
-  renameSync(tmp, path);
-  fsyncDir(dirname(path));
-}
-
-function writeAll(fd: number, data: Uint8Array): void {
-  let done = 0;
-  while (done < data.length) done += writeSync(fd, data, done, data.length - done);
-}
-
-/** Makes a rename durable; some filesystems refuse fsync on a directory, which is then all we can do. */
-export function fsyncDir(dir: string): void {
-  let fd = -1;
-  try {
-    fd = openSync(dir, 'r');
-    fsyncSync(fd);
-  } catch {
-    /* best effort */
-  } finally {
-    if (fd >= 0) closeSync(fd);
-  }
+  writeFileAtomic(path, [len, headerBytes, ...tensors.map((t) => t.data)]);
 }

@@ -6,7 +6,8 @@
 import { copyFileSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fromFloat32, type FloatDtype } from './dtype.ts';
-import { fsyncDir, writeSafetensors, type TensorToWrite } from './safetensors.ts';
+import { fsyncDir } from './atomic.ts';
+import { writeSafetensors, type TensorToWrite } from './safetensors.ts';
 
 export interface CheckpointTensor {
   name: string;

@@ -9,8 +9,8 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { fsyncDir } from '../model/safetensors.ts';
-import { writeFileAtomic } from './atomic.ts';
+import { fsyncDir } from '../model/atomic.ts';
+import { writeFileAtomic } from '../model/atomic.ts';
 import type { PluginSummary } from './validate.ts';
 
 export const PLUGIN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

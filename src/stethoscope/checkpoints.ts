@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../plugins/atomic.ts';
+import { writeFileAtomic } from '../model/atomic.ts';
 
 export interface RegisteredCheckpoint {
   name: string;

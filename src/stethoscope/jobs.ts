@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../plugins/atomic.ts';
+import { writeFileAtomic } from '../model/atomic.ts';
 
 export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed';
 

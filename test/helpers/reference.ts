@@ -123,3 +123,18 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;
 }
+
+export function logSoftmax(row: ArrayLike<number>): number[] {
+  const xs = Array.from(row);
+  const m = Math.max(...xs);
+  const lse = m + Math.log(xs.reduce((a, x) => a + Math.exp(x - m), 0));
+  return xs.map((x) => x - lse);
+}
+
+/** Prompt-scoring logprobs (echo + logprobs) against the log-softmax of expected logits, token by token. */
+export function expectPromptScores(got: (number | null)[], ids: number[], logits: ArrayLike<number>[], tol = 1e-4): void {
+  for (let t = 1; t < ids.length; t++) {
+    const want = logSoftmax(logits[t - 1])[ids[t]];
+    if (!(Math.abs(got[t]! - want) < tol)) throw new Error(`token ${t}: ${got[t]} vs ${want}`);
+  }
+}

@@ -12,6 +12,7 @@ import { parseServerConfig } from '../../src/server/config.ts';
 import { buildOpenApiDocument, OPENAPI_PATH } from '../../src/server/openapi.ts';
 import { startServer, type RunningServer } from '../../src/server/serve.ts';
 import { fixtureDir, oracle, ROOT } from '../helpers/fixtures.ts';
+import { logSoftmax } from '../helpers/reference.ts';
 
 const USER = 'user-key-123456';
 const ADMIN = 'admin-key-123456';
@@ -24,12 +25,6 @@ function config(extra: string[] = []) {
   );
 }
 
-/** log-softmax of one oracle row. */
-function logSoftmax(row: number[]): number[] {
-  const m = Math.max(...row);
-  const lse = m + Math.log(row.reduce((a, x) => a + Math.exp(x - m), 0));
-  return row.map((x) => x - lse);
-}
 
 describe('OpenAI-compatible server on fixture A', () => {
   let srv: RunningServer;

@@ -17,7 +17,7 @@ import { extractPlugin } from '../../src/plugins/extract.ts';
 import { parseServerConfig } from '../../src/server/config.ts';
 import { startServer, type RunningServer } from '../../src/server/serve.ts';
 import { fixtureDir, ORACLE_DIR, oracle, ROOT } from '../helpers/fixtures.ts';
-import { referenceLogits } from '../helpers/reference.ts';
+import { expectPromptScores, referenceLogits } from '../helpers/reference.ts';
 
 const ADMIN = 'admin-key-123456';
 const USER = 'user-key-123456';
@@ -26,12 +26,6 @@ const A = loadCheckpoint(fixtureDir('A'));
 const B = loadCheckpoint(fixtureDir('B'));
 const o = oracle('A');
 
-function logSoftmax(row: ArrayLike<number>): number[] {
-  const xs = Array.from(row);
-  const m = Math.max(...xs);
-  const lse = m + Math.log(xs.reduce((a, x) => a + Math.exp(x - m), 0));
-  return xs.map((x) => x - lse);
-}
 
 /** Every file under a directory, with its size (a store's fingerprint for "left no trace"). */
 function listing(dir: string): string[] {
@@ -70,12 +64,7 @@ describe('plugins over HTTP', () => {
     assert.equal(r.status, 200, await r.clone().text());
     return ((await r.json()) as { choices: { logprobs: { token_logprobs: (number | null)[] } }[] }).choices[0].logprobs.token_logprobs;
   };
-  const expectScores = (got: (number | null)[], logits: ArrayLike<number>[]) => {
-    for (let t = 1; t < o.ids.length; t++) {
-      const want = logSoftmax(logits[t - 1])[o.ids[t]];
-      assert.ok(Math.abs(got[t]! - want) < 1e-4, `token ${t}: ${got[t]} vs ${want}`);
-    }
-  };
+  const expectScores = (got: (number | null)[], logits: ArrayLike<number>[]) => expectPromptScores(got, o.ids, logits);
 
   before(async () => {
     const config = parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--api-key', USER, '--admin-key', ADMIN, '--data-dir', dataDir, '--model-root', ORACLE_DIR, '--max-plugin-mb', '1'], {});

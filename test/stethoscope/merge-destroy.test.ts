@@ -11,19 +11,13 @@ import { parseServerConfig } from '../../src/server/config.ts';
 import { startServer, type RunningServer } from '../../src/server/serve.ts';
 import { fnv1a, reinitTensor } from '../../src/stethoscope/build.ts';
 import { fixtureDir, ORACLE_DIR, oracle, ROOT } from '../helpers/fixtures.ts';
-import { maxAbsDiff, referenceLogits, type RefTensor } from '../helpers/reference.ts';
+import { expectPromptScores, maxAbsDiff, referenceLogits, type RefTensor } from '../helpers/reference.ts';
 
 const run = promisify(execFile);
 const A = loadCheckpoint(fixtureDir('A'));
 const B = loadCheckpoint(fixtureDir('B'));
 const o = oracle('A');
 
-function logSoftmax(row: ArrayLike<number>): number[] {
-  const xs = Array.from(row);
-  const m = Math.max(...xs);
-  const lse = m + Math.log(xs.reduce((a, x) => a + Math.exp(x - m), 0));
-  return xs.map((x) => x - lse);
-}
 
 describe('sfn logits --merge / --destroy', () => {
   const logits = async (flag: string, json: unknown) => {
@@ -96,12 +90,7 @@ describe('merges and destruction over HTTP', () => {
     assert.equal(r.status, expectStatus, JSON.stringify(json));
     return json;
   };
-  const expectScores = (got: number[], logits: ArrayLike<number>[]) => {
-    for (let t = 1; t < o.ids.length; t++) {
-      const want = logSoftmax(logits[t - 1])[o.ids[t]];
-      assert.ok(Math.abs(got[t] - want) < 1e-4, `token ${t}: ${got[t]} vs ${want}`);
-    }
-  };
+  const expectScores = (got: (number | null)[], logits: ArrayLike<number>[]) => expectPromptScores(got, o.ids, logits);
   before(async () => {
     srv = await startServer(parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--model-root', ORACLE_DIR, '--data-dir', `${ROOT}/.scratch-test-data-${process.pid}`], {}), () => {});
     await srv.host.ready;

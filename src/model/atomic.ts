@@ -1,0 +1,39 @@
+/**
+ * Atomic file writes: a temporary file in the same directory (or filesystem), fsync, rename, fsync of the
+ * directory. A crash leaves the old file or the new one, never a partial one.
+ */
+import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+
+/** Writes `chunks` (or one string) to `path` atomically; the temporary file lives in `tmpDir`. */
+export function writeFileAtomic(path: string, content: string | Iterable<Uint8Array>, tmpDir = dirname(path)): void {
+  const tmp = join(tmpDir, `.${basename(path)}.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`);
+  const fd = openSync(tmp, 'w');
+  try {
+    for (const chunk of typeof content === 'string' ? [Buffer.from(content)] : content) {
+      let done = 0;
+      while (done < chunk.length) done += writeSync(fd, chunk, done, chunk.length - done);
+    }
+    fsyncSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  closeSync(fd);
+  renameSync(tmp, path);
+  fsyncDir(dirname(path));
+}
+
+/** Makes a rename durable; some filesystems refuse fsync on a directory, which is then all we can do. */
+export function fsyncDir(dir: string): void {
+  let fd = -1;
+  try {
+    fd = openSync(dir, 'r');
+    fsyncSync(fd);
+  } catch {
+    /* best effort */
+  } finally {
+    if (fd >= 0) closeSync(fd);
+  }
+}
