@@ -199,6 +199,23 @@ describe('OpenAI-compatible server on fixture A', () => {
     assert.equal(stats.running, 0);
   });
 
+  it('stops generating when a non-streaming client disconnects', async () => {
+    const ac = new AbortController();
+    const req = fetch(`${srv.url}/v1/completions`, {
+      method: 'POST', signal: ac.signal,
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${USER}` },
+      body: JSON.stringify({ model: 'A', prompt: 'Hello', max_tokens: 240, temperature: 0, ignore_eos: true }),
+    }).catch(() => 'aborted');
+    const t0 = Date.now();
+    while (srv.host.inFlight === 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(srv.host.inFlight, 1);
+    ac.abort();
+    assert.equal(await req, 'aborted');
+    const t1 = Date.now();
+    while (srv.host.inFlight > 0 && Date.now() - t1 < 5000) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(srv.host.inFlight, 0);
+  });
+
   describe('errors in OpenAI\'s format', () => {
     async function expectError(res: Response, status: number, code: string | null, param?: string) {
       assert.equal(res.status, status);
