@@ -80,15 +80,8 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const scale = b.constFloat([1 / Math.sqrt(D)], [], 'attn_scale');
 
   // ---- embeddings ----
-  let h: string;
   const embed = w(null, 'embed_tokens');
-  if (spec.tieWordEmbeddings) {
-    // The tied embedding is held as [H, V] for the head; look tokens up as columns.
-    const cols = b.op('Gather', [embed, ids], { axis: 1 }, 'embed_tokens.gather'); // [H,B,S]
-    h = b.op('Transpose', [cols], { perm: [1, 2, 0] }, 'embed_tokens.out');
-  } else {
-    h = b.op('Gather', [embed, ids], { axis: 0 }, 'embed_tokens.out'); // [B,S,H]
-  }
+  let h = b.op('Gather', [embed, ids], { axis: 0 }, 'embed_tokens.out'); // [B,S,H]
 
   // ---- rotary embedding: cos/sin [B,S,1,D/2], computed once for all layers ----
   const invFreq = b.constFloat(ropeInvFreq(spec), [D / 2], 'rope.inv_freq');
@@ -183,8 +176,10 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   h = rmsNorm(h, w(null, 'norm'), 'model.norm');
   const flat = b.op('Reshape', [h, b.constInt64([-1, H], 'shape_flat')]);
   const picked = b.op('Gather', [flat, select], { axis: 0 }, 'select_positions'); // [N,H]
+  // The head is [V,H]: logits = (W picked^T)^T, so that the big matrix is streamed, never repacked.
   const head = spec.tieWordEmbeddings ? embed : w(null, 'lm_head');
-  b.op('MatMul', [picked, head], {}, 'logits');
+  const logitsT = b.op('MatMul', [head, b.op('Transpose', [picked], { perm: [1, 0] })], {}, 'lm_head'); // [V,N]
+  b.op('Transpose', [logitsT], { perm: [1, 0] }, 'logits');
   b.output('logits', 'float32', ['selected', spec.vocabSize]);
 
   return { bytes: b.build(`sfn-${spec.arch}`), external: b.external, weightInputs };
