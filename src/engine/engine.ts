@@ -172,7 +172,8 @@ export class Engine {
       executionMode: 'sequential',
       // Idle intra-op threads spin by default, taking cores from everything else in the process (the HTTP
       // server, other sessions); decode runs back to back gain nothing measurable from it.
-      extra: { session: { intra_op: { allow_spinning: this.options.spin ? '1' : '0' } } },
+      // MatmulTransposeFusion would turn the head's (W x^T)^T into a transB product: 18.4 vs 16.3 ms at one row.
+      extra: { session: { intra_op: { allow_spinning: this.options.spin ? '1' : '0' } }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
       ...(this.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${this.options.profilePrefix}-${kind}` } : {}),
     });
     return { kind, session, inputs };
