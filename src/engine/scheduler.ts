@@ -210,13 +210,14 @@ export class Scheduler {
     const doPrefill = prefill && (this.preferPrefill || decodeLanes.length === 0);
     this.preferPrefill = !doPrefill;
     this.steps++;
+    const lane = doPrefill ? null : decodeLanes[this.laneTurn++ % decodeLanes.length];
     try {
       if (doPrefill) await this.prefill(prefill);
-      else await this.decode(decodeLanes[this.laneTurn++ % decodeLanes.length]);
+      else await this.decode(lane!);
     } catch (e) {
       // A failed run fails the requests that took part in it, never the scheduler.
-      const lanes = doPrefill ? [prefill.lane] : decodeLanes;
-      for (const lane of lanes) for (const r of lane.rows) if (doPrefill ? r === prefill : true) this.fail(r, e as Error);
+      const took = doPrefill ? [prefill] : lane!.rows.filter((r) => r.next !== null && !r.cancelled && !r.seq.finish);
+      for (const r of took) this.fail(r, e as Error);
     }
     return true;
   }
