@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { readSpec } from '../../model/config.ts';
 import { extractPlugin, MODULE_SETS, parseModuleSets } from '../../plugins/extract.ts';
 import { freezePlan } from '../../plugins/freeze-plan.ts';
-import { checkPluginId, sha256File, type Manifest, type PluginStore } from '../../plugins/store.ts';
+import { checkPluginId, Manifest, sha256File, type PluginStore } from '../../plugins/store.ts';
 import { PluginError, validatePlugin, type Backbone } from '../../plugins/validate.ts';
 import { requireKey, type AuthConfig } from '../auth.ts';
 import { ApiError, badRequest, notFound, tooLarge, unavailable } from '../errors.ts';
@@ -25,22 +25,10 @@ export interface PluginDeps {
   modelRoots: string[];
 }
 
-const PluginSchema = z
-  .object({
-    id: z.string(),
-    object: z.literal('plugin'),
-    model: z.string().openapi({ description: 'The name to call it by: `backbone:id`.' }),
-    sha256: z.string(),
-    size: z.number().int(),
-    modules: z.array(z.string()),
-    layers: z.array(z.number().int()),
-    tensors: z.number().int(),
-    tensor_bytes: z.number().int(),
-    base_fingerprint: z.string().nullable(),
-    created: z.number().int(),
-    description: z.string(),
-  })
-  .openapi('Plugin');
+const PluginSchema = Manifest.extend({
+  object: z.literal('plugin'),
+  model: z.string().openapi({ description: 'The name to call it by: `backbone:id`.' }),
+}).openapi('Plugin');
 
 const UploadQuery = z.object({
   id: z.string().openapi({ description: 'Plugin id: letters, digits, ".", "_", "-"; called as `backbone:id`.' }),
