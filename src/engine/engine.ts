@@ -186,10 +186,13 @@ export class Engine {
 
   /** Checks a view's tensors against the backbone and picks the session that can run it. */
   async sessionFor(view: View): Promise<DecoderSession> {
-    const { tensors } = view.resolve();
+    return this.sessionForTensors(view.resolve().tensors);
+  }
+
+  private sessionForTensors(tensors: ReadonlyMap<string, Tensor>): Promise<DecoderSession> {
     this.sessionCheck(tensors);
     const needsResearch = [...tensors.keys()].some((name) => !this.serving.inputs.has(name));
-    return needsResearch ? this.researchSession() : this.serving;
+    return needsResearch ? this.researchSession() : Promise.resolve(this.serving);
   }
 
   private sessionCheck(tensors: ReadonlyMap<string, Tensor>): void {
@@ -236,8 +239,9 @@ export class Engine {
       if (!Number.isInteger(id) || id < 0 || id >= spec.vocabSize) throw new RangeError(`token id ${id} is outside the vocabulary (0..${spec.vocabSize - 1})`);
     }
     const view = opts.view ?? this.baseView;
-    const session = await this.sessionFor(view);
+    // Resolved once per run: this is the decode hot path.
     const resolved = view.resolve();
+    const session = await this.sessionForTensors(resolved.tensors);
     cache.reserve(S);
     const C = cache.capacity;
 
