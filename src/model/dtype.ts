@@ -31,8 +31,8 @@ export function toFloat32(bytes: Uint8Array, dtype: Dtype): Float32Array {
 }
 
 /**
- * Decodes a [rows, cols] matrix and transposes it to [cols, rows] in one blocked pass, into fresh memory
- * touched once (the graph's layout for linear weights).
+ * Decodes a [rows, cols] matrix and transposes it to [cols, rows] in one blocked pass (blocks keep both sides
+ * in cache), into fresh memory touched once (the graph's layout for linear weights).
  */
 export function toFloat32Transposed(bytes: Uint8Array, dtype: Dtype, rows: number, cols: number): Float32Array {
   const out = new Float32Array(rows * cols);
