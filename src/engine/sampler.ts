@@ -14,8 +14,6 @@ export interface SamplingParams {
   topK: number;
 }
 
-export const GREEDY: SamplingParams = { temperature: 0, topP: 1, topK: 0 };
-
 /** Index of the largest logit; the first one on ties, as torch.argmax. */
 export function argmax(logits: ArrayLike<number>): number {
   let best = 0;
