@@ -11,7 +11,7 @@ import type { DonorRef } from './stethoscope/build.ts';
 import { resolveDestroy, resolveMerge } from './stethoscope/resolve.ts';
 import { SpecError } from './stethoscope/spec.ts';
 import { OverlayLoader, type OverlaySpec } from './views/overlays.ts';
-import { Engine } from './engine/engine.ts';
+import { Engine, type Device } from './engine/engine.ts';
 import { generate } from './engine/generate.ts';
 import { argmax } from './engine/sampler.ts';
 import { ModelTokenizer } from './engine/tokenizer.ts';
@@ -35,9 +35,9 @@ commands:
       --seed N  --dtype bf16|f16|f32  --shard-mb N
   generate                   stream a completion to stdout
       --model DIR --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-p P]
-      [--top-k K] [--seed N] [--stop S]...
+      [--top-k K] [--seed N] [--stop S]... [--device cpu|cuda]
   logits                     print {"ids","logits","greedy"} JSON, computed as the server computes it
-      --model DIR --ids 1,2,3 [--greedy N] [--merge JSON] [--destroy JSON]
+      --model DIR --ids 1,2,3 [--greedy N] [--merge JSON] [--destroy JSON] [--device cpu|cuda]
       (--merge/--destroy take the API's JSON; a merge's "from" is a plugin file or checkpoint dir)
 
   extract                    write a plugin from a fine-tune, with an audit of the modules left out
@@ -76,6 +76,13 @@ function int(v: string | undefined, name: string, dflt?: number): number | undef
   return n;
 }
 
+/** --device, else SFN_DEVICE, else cpu. */
+function device(v: string | undefined): Device {
+  const d = v ?? (process.env.SFN_DEVICE || 'cpu');
+  if (d !== 'cpu' && d !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got "${d}"`);
+  return d;
+}
+
 function num(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
@@ -107,7 +114,7 @@ async function cmdMakeModel(args: string[]): Promise<void> {
 async function cmdLogits(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' }, merge: { type: 'string' }, destroy: { type: 'string' } },
+    options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' }, device: { type: 'string' }, merge: { type: 'string' }, destroy: { type: 'string' } },
   });
   if (!values.ids) throw new UsageError('logits needs --ids 1,2,3');
   const ids = values.ids.split(',').map((s) => {
@@ -116,7 +123,7 @@ async function cmdLogits(args: string[]): Promise<void> {
     return n;
   });
   const greedyN = int(values.greedy, 'greedy', 0)!;
-  const engine = await Engine.load(resolveModelDir(values.model), { threads: int(values.threads, 'threads') });
+  const engine = await Engine.load(resolveModelDir(values.model), { threads: int(values.threads, 'threads'), device: device(values.device) });
   const view = stethoscopeView(engine, values.merge, values.destroy);
   // All positions' logits from one prefill, then greedy decoding on the same cache (ignoring EOS).
   const cache = engine.newCache(1);
@@ -174,12 +181,13 @@ async function cmdGenerate(args: string[]): Promise<void> {
       seed: { type: 'string' },
       stop: { type: 'string', multiple: true },
       threads: { type: 'string' },
+      device: { type: 'string' },
     },
   });
   if (values.prompt === undefined) throw new UsageError('generate needs --prompt TEXT');
   const dir = resolveModelDir(values.model);
   const tokenizer = ModelTokenizer.fromDir(dir);
-  const engine = await Engine.load(dir, { threads: int(values.threads, 'threads') });
+  const engine = await Engine.load(dir, { threads: int(values.threads, 'threads'), device: device(values.device) });
   const text = values.chat ? tokenizer.applyChatTemplate([{ role: 'user', content: values.prompt }]) : values.prompt;
   const ids = tokenizer.encode(text);
   const controller = new AbortController();

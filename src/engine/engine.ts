@@ -27,7 +27,16 @@ export interface EngineOptions {
   spin?: boolean;
   /** Write onnxruntime's per-op profile (chrome trace JSON) with this file prefix. */
   profilePrefix?: string;
+  /**
+   * 'cuda' asks for onnxruntime's CUDA execution provider (its files come from `ONNXRUNTIME_NODE_INSTALL=cuda12`
+   * at install time); where it cannot start (no files, no GPU) the engine warns and runs on the CPU.
+   */
+  device?: Device;
+  /** Where warnings go (console.warn by default). */
+  warn?: (message: string) => void;
 }
+
+export type Device = 'cpu' | 'cuda';
 
 export type SessionKind = 'serving' | 'research';
 
@@ -57,6 +66,8 @@ export class Engine {
   private readonly tensorCache = new WeakMap<Float32Array, ort.Tensor>();
   readonly shapes: Map<string, number[]>;
   readonly baseView: View;
+  /** The device sessions actually run on ('cpu' after a CUDA fallback). */
+  device: Device;
 
   private constructor(
     readonly spec: ModelSpec,
@@ -69,6 +80,7 @@ export class Engine {
   ) {
     this.shapes = expectedParams(spec);
     this.baseView = new View(fingerprint);
+    this.device = options.device ?? 'cpu';
   }
 
   /** Loads a Hugging Face model directory. */
@@ -165,7 +177,7 @@ export class Engine {
     }
     const frozen = new Map([...this.weights].filter(([n]) => !inputs.has(n)));
     const graph = buildDecoderGraph(this.spec, { inputs, frozen });
-    const session = await ort.InferenceSession.create(graph.bytes, {
+    const options: ort.InferenceSession.SessionOptions = {
       externalData: graph.external,
       graphOptimizationLevel: 'all',
       intraOpNumThreads: this.options.threads ?? availableParallelism(),
@@ -175,7 +187,20 @@ export class Engine {
       // MatmulTransposeFusion would turn the head's (W x^T)^T into a transB product: 18.4 vs 16.3 ms at one row.
       extra: { session: { intra_op: { allow_spinning: this.options.spin ? '1' : '0' } }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
       ...(this.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${this.options.profilePrefix}-${kind}` } : {}),
-    });
+    };
+    let session: ort.InferenceSession;
+    if (this.device === 'cuda') {
+      try {
+        // CPU stays listed: nodes the CUDA provider lacks kernels for run there.
+        session = await ort.InferenceSession.create(graph.bytes, { ...options, executionProviders: ['cuda', 'cpu'] });
+      } catch (err) {
+        this.device = 'cpu';
+        (this.options.warn ?? console.warn)(`sfn: warning: the CUDA execution provider could not start (${(err as Error).message.split('\n')[0]}); running on the CPU`);
+        session = await ort.InferenceSession.create(graph.bytes, options);
+      }
+    } else {
+      session = await ort.InferenceSession.create(graph.bytes, options);
+    }
     return { kind, session, inputs };
   }
 

@@ -5,6 +5,7 @@
 import { Worker } from 'node:worker_threads';
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
+import type { Device } from './engine.ts';
 import type { Finish, GeneratedToken } from './generate.ts';
 import type { HostToWorker, JobParams, ViewSpec, WorkerInit, WorkerStats, WorkerToHost } from './protocol.ts';
 import type { PromptLogprob } from './scheduler.ts';
@@ -32,6 +33,8 @@ export class EngineHost {
   state: HostState = 'loading';
   spec: ModelSpec | null = null;
   fingerprint: string | null = null;
+  /** The device the engine runs on, once ready. */
+  device: Device | null = null;
   error: string | null = null;
   readonly ready: Promise<void>;
   private readonly worker: Worker;
@@ -50,6 +53,7 @@ export class EngineHost {
           this.state = 'ready';
           this.spec = m.spec;
           this.fingerprint = m.fingerprint;
+          this.device = m.device;
           resolve();
         } else if (m.type === 'fatal') {
           this.state = 'failed';

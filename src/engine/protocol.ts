@@ -2,7 +2,7 @@
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import type { OverlaySpec, OverlayStats } from '../views/overlays.ts';
-import type { EngineOptions } from './engine.ts';
+import type { Device, EngineOptions } from './engine.ts';
 import type { Finish, GeneratedToken, GenerateParams } from './generate.ts';
 import type { PromptLogprob, SchedulerOptions, SchedulerStats } from './scheduler.ts';
 
@@ -39,7 +39,7 @@ export interface WorkerStats extends SchedulerStats {
 }
 
 export type WorkerToHost =
-  | { type: 'ready'; spec: ModelSpec; fingerprint: string }
+  | { type: 'ready'; spec: ModelSpec; fingerprint: string; device: Device }
   | { type: 'fatal'; message: string }
   | { type: 'token'; id: string; token: GeneratedToken }
   | { type: 'prompt_logprobs'; id: string; logprobs: PromptLogprob[] }

@@ -28,7 +28,7 @@ async function main() {
   }
   const overlays = new OverlayLoader(engine, init.overlayCacheBytes);
   const scheduler = new Scheduler(engine, tokenizer, { ...init.scheduler, maxContext: servedContext(init.scheduler.maxContext, engine.spec) });
-  post({ type: 'ready', spec: engine.spec, fingerprint: engine.fingerprint });
+  post({ type: 'ready', spec: engine.spec, fingerprint: engine.fingerprint, device: engine.device });
 
   port.on('message', (m: HostToWorker) => {
     switch (m.type) {

@@ -26,6 +26,7 @@ export const ServerConfig = z.object({
   maxPluginBytes: z.number().int().min(1024),
   modelRoots: z.array(z.string().min(1)),
   shutdownGraceSeconds: z.number().min(0),
+  device: z.enum(['cpu', 'cuda']),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 
@@ -54,6 +55,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
       'max-plugin-mb': { type: 'string' },
       'model-root': { type: 'string', multiple: true },
       'shutdown-grace-s': { type: 'string' },
+      device: { type: 'string' },
     },
   });
   const raw = {
@@ -75,6 +77,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
     maxPluginBytes: (num(values['max-plugin-mb'] ?? env.SFN_MAX_PLUGIN_MB) ?? 4096) * 1024 * 1024,
     modelRoots: values['model-root'] ?? csv(env.SFN_MODEL_ROOTS),
     shutdownGraceSeconds: num(values['shutdown-grace-s'] ?? env.SFN_SHUTDOWN_GRACE_S) ?? 30,
+    device: values.device ?? (env.SFN_DEVICE || 'cpu'),
   };
   const parsed = ServerConfig.safeParse(raw);
   if (!parsed.success) {

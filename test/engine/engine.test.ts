@@ -173,3 +173,27 @@ describe('engine on a Llama-layout checkpoint (tied head, Llama-3 rope scaling)'
     got.forEach((l, i) => assert.ok(maxAbsDiff(l, ref[i]) < TOL, `position ${i}`));
   });
 });
+
+describe('device selection', () => {
+  it('SFN_DEVICE=cuda runs on CUDA where it can start, else warns and gives the CPU logits', async () => {
+    const warnings: string[] = [];
+    const cpu = await Engine.load(fixtureDir('A'), { threads: 1 });
+    const cuda = await Engine.load(fixtureDir('A'), { threads: 1, device: 'cuda', warn: (m) => warnings.push(m) });
+    try {
+      const ids = oracle('A').ids;
+      const [want, got] = [await cpu.logits(ids), await cuda.logits(ids)];
+      if (cuda.device === 'cpu') {
+        assert.equal(warnings.length, 1);
+        assert.match(warnings[0], /CUDA execution provider could not start.*running on the CPU/);
+        assert.deepEqual(got, want);
+      } else {
+        // A machine with a GPU and onnxruntime's CUDA files: the same logits up to kernel rounding.
+        assert.equal(warnings.length, 0);
+        for (let t = 0; t < ids.length; t++) assert.ok(maxAbsDiff(got[t], want[t]) < 1e-3, `position ${t}`);
+      }
+    } finally {
+      cpu.release();
+      cuda.release();
+    }
+  });
+});
