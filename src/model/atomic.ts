@@ -5,9 +5,9 @@
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
-/** Writes `chunks` (or one string) to `path` atomically; the temporary file lives in `tmpDir`. */
-export function writeFileAtomic(path: string, content: string | Iterable<Uint8Array>, tmpDir = dirname(path)): void {
-  const tmp = join(tmpDir, `.${basename(path)}.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`);
+/** Writes `chunks` (or one string) to `path` atomically; the temporary file lives in `tmpDir` (or at `tmpPath`). */
+export function writeFileAtomic(path: string, content: string | Iterable<Uint8Array>, tmpDir = dirname(path), tmpPath?: string): void {
+  const tmp = tmpPath ?? join(tmpDir, `.${basename(path)}.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`);
   const fd = openSync(tmp, 'w');
   try {
     for (const chunk of typeof content === 'string' ? [Buffer.from(content)] : content) {

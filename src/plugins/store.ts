@@ -4,9 +4,14 @@
  * the directory, and the manifest is written last: a crash leaves the old version or nothing, never a
  * partial plugin. At start the store is scanned; manifests whose blob is missing or does not hash to the
  * manifest, unreadable manifests, unreferenced blobs and temporary leftovers go to `quarantine/`, logged.
+ *
+ * Several servers may share one store (replicas on a ReadWriteMany volume): commits, deletes and the scan's
+ * repairs hold a lock file, lookups notice other processes' manifests through the directory's mtime, and
+ * temporary files carry their writer's host and pid so that a scan only takes those of dead writers.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { fsyncDir } from '../model/atomic.ts';
@@ -40,12 +45,50 @@ export async function sha256File(path: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** Thrown by commit when the id holds other bytes and overwrite was not asked for. */
+export class PluginExistsError extends Error {
+  override name = 'PluginExistsError';
+}
+
+/** A temporary file untouched this long is a leftover whoever wrote it (uploads keep writing to theirs). */
+const TEMP_STALE_MS = 15 * 60_000;
+/** The lock is held for renames and small writes only; one older than this was left by a dead process. */
+const LOCK_STALE_MS = 30_000;
+
+const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, '_');
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Whether a temporary or lock name `host~pid~...` belongs to a process known to be gone: one of this host's
+ * that has exited, or this very pid (a restarted container's pid 1 had the same pid as its predecessor).
+ */
+function ownerGone(name: string): boolean {
+  const [host, pid] = name.replace(/^\./, '').split('~');
+  return host === HOST && /^\d+$/.test(pid ?? '') && (Number(pid) === process.pid || !alive(Number(pid)));
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 export class PluginStore {
   readonly pluginsDir: string;
   readonly blobsDir: string;
   readonly tmpDir: string;
   readonly quarantineDir: string;
+  private readonly lockPath: string;
   private readonly manifests = new Map<string, Manifest>();
+  /** What each manifest file looked like when read (mtime, size, inode), and the directory's. */
+  private readonly stamps = new Map<string, string>();
+  private dirStamp = '';
 
   constructor(
     readonly root: string,
@@ -55,6 +98,7 @@ export class PluginStore {
     this.blobsDir = join(root, 'blobs');
     this.tmpDir = join(root, 'tmp');
     this.quarantineDir = join(root, 'quarantine');
+    this.lockPath = join(root, 'store.lock');
     for (const d of [this.pluginsDir, this.blobsDir, this.tmpDir, this.quarantineDir]) mkdirSync(d, { recursive: true });
   }
 
@@ -63,38 +107,56 @@ export class PluginStore {
     const quarantined: string[] = [];
     const quarantine = (dir: string, name: string, why: string) => {
       const dest = join(this.quarantineDir, `${Date.now()}-${name}`);
-      renameSync(join(dir, name), dest);
+      try {
+        renameSync(join(dir, name), dest);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return; // another server took it first
+        throw e;
+      }
       quarantined.push(name);
       this.log(`sfn: plugin store: quarantined ${join(dir, name)} (${why}) -> ${dest}`);
     };
-    for (const name of readdirSync(this.tmpDir)) quarantine(this.tmpDir, name, 'temporary file left by an interrupted write');
-    for (const dir of [this.pluginsDir, this.blobsDir]) {
-      for (const name of readdirSync(dir)) if (name.startsWith('.') || name.endsWith('.tmp')) quarantine(dir, name, 'temporary file left by an interrupted write');
+    const now = Date.now();
+    const stale = (dir: string, name: string) => {
+      try {
+        return ownerGone(name) || now - statSync(join(dir, name)).mtimeMs > TEMP_STALE_MS;
+      } catch {
+        return false;
+      }
+    };
+    for (const name of readdirSync(this.tmpDir)) {
+      if (stale(this.tmpDir, name)) quarantine(this.tmpDir, name, 'temporary file left by an interrupted write');
+      else this.log(`sfn: plugin store: left ${join(this.tmpDir, name)} alone (another server may be writing it)`);
     }
-    this.manifests.clear();
+    for (const dir of [this.pluginsDir, this.blobsDir]) {
+      for (const name of readdirSync(dir)) if ((name.startsWith('.') || name.endsWith('.tmp')) && stale(dir, name)) quarantine(dir, name, 'temporary file left by an interrupted write');
+    }
+    // Hashing is slow, so it runs outside the lock; a verdict is acted on only if the manifest is unchanged.
+    const bad: { name: string; stamp: string; why: string; blob?: string }[] = [];
     for (const name of readdirSync(this.pluginsDir).filter((n) => n.endsWith('.json'))) {
+      const stamp = this.fileStamp(name);
+      if (!stamp) continue;
       let m: Manifest;
       try {
-        m = Manifest.parse(JSON.parse(readFileSync(join(this.pluginsDir, name), 'utf8')));
-        if (`${m.id}.json` !== name) throw new Error(`manifest id ${m.id} does not match its file name`);
+        m = this.readManifest(name);
       } catch (e) {
-        quarantine(this.pluginsDir, name, `unreadable manifest: ${(e as Error).message}`);
+        bad.push({ name, stamp, why: `unreadable manifest: ${(e as Error).message}` });
         continue;
       }
       const blob = this.blobPath(m.sha256);
-      if (!existsSync(blob)) {
-        quarantine(this.pluginsDir, name, 'its blob is missing');
-        continue;
-      }
-      if (statSync(blob).size !== m.size || (await sha256File(blob)) !== m.sha256) {
-        quarantine(this.pluginsDir, name, 'its blob does not match the manifest');
-        if (existsSync(blob)) quarantine(this.blobsDir, `${m.sha256}.safetensors`, 'bytes do not match their hash');
-        continue;
-      }
-      this.manifests.set(m.id, m);
+      if (!existsSync(blob)) bad.push({ name, stamp, why: 'its blob is missing' });
+      else if (statSync(blob).size !== m.size || (await sha256File(blob)) !== m.sha256) bad.push({ name, stamp, why: 'its blob does not match the manifest', blob: `${m.sha256}.safetensors` });
     }
-    const referenced = new Set([...this.manifests.values()].map((m) => `${m.sha256}.safetensors`));
-    for (const name of readdirSync(this.blobsDir)) if (!referenced.has(name)) quarantine(this.blobsDir, name, 'no manifest refers to it');
+    this.withLock(() => {
+      for (const b of bad) {
+        if (this.fileStamp(b.name) !== b.stamp) continue;
+        quarantine(this.pluginsDir, b.name, b.why);
+        if (b.blob && existsSync(join(this.blobsDir, b.blob))) quarantine(this.blobsDir, b.blob, 'bytes do not match their hash');
+      }
+      this.refresh(true);
+      const referenced = new Set([...this.manifests.values()].map((m) => `${m.sha256}.safetensors`));
+      for (const name of readdirSync(this.blobsDir)) if (!referenced.has(name) && !name.startsWith('.')) quarantine(this.blobsDir, name, 'no manifest refers to it');
+    });
     return { loaded: this.manifests.size, quarantined };
   }
 
@@ -102,16 +164,18 @@ export class PluginStore {
     return join(this.blobsDir, `${sha}.safetensors`);
   }
 
-  /** A fresh temporary path inside the store (same filesystem, so a rename is atomic). */
+  /** A fresh temporary path inside the store (same filesystem, so a rename is atomic), named after its writer. */
   tempPath(): string {
-    return join(this.tmpDir, `${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.tmp`);
+    return join(this.tmpDir, `${HOST}~${process.pid}~${Date.now()}~${Math.random().toString(36).slice(2)}.tmp`);
   }
 
   get(id: string): Manifest | undefined {
+    this.refresh();
     return this.manifests.get(id);
   }
 
   list(): Manifest[] {
+    this.refresh();
     return [...this.manifests.values()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
@@ -122,48 +186,143 @@ export class PluginStore {
   /**
    * Moves an uploaded, validated temporary file in as plugin `id`. The blob is renamed into place first
    * (content-addressed: an identical blob may already be there), then the manifest: that rename is the commit.
+   * Identical bytes under the id are a no-op (created: false); other bytes need `overwrite`.
    */
-  commit(tempFile: string, id: string, sha256: string, size: number, summary: PluginSummary, description: string): Manifest {
-    const blob = this.blobPath(sha256);
-    if (existsSync(blob)) rmSync(tempFile, { force: true });
-    else {
-      renameSync(tempFile, blob);
-      fsyncDir(this.blobsDir);
-    }
-    const previous = this.manifests.get(id);
-    const m: Manifest = {
-      id,
-      sha256,
-      size,
-      modules: summary.modules,
-      layers: summary.layers,
-      tensors: summary.tensors,
-      tensor_bytes: summary.tensorBytes,
-      base_fingerprint: summary.baseFingerprint,
-      created: Math.floor(Date.now() / 1000),
-      description,
-    };
-    writeFileAtomic(join(this.pluginsDir, `${id}.json`), JSON.stringify(m, null, 2), this.tmpDir);
-    this.manifests.set(id, m);
-    if (previous && previous.sha256 !== sha256) this.dropBlobIfUnused(previous.sha256);
-    return m;
+  commit(tempFile: string, id: string, sha256: string, size: number, summary: PluginSummary, description: string, overwrite = true): { created: boolean; manifest: Manifest } {
+    return this.withLock(() => {
+      const previous = this.manifests.get(id);
+      if (previous && previous.sha256 === sha256) {
+        rmSync(tempFile, { force: true });
+        return { created: false, manifest: previous };
+      }
+      if (previous && !overwrite) throw new PluginExistsError(`plugin "${id}" exists with other bytes; pass overwrite=true to replace it`);
+      const blob = this.blobPath(sha256);
+      if (existsSync(blob)) {
+        // Fresh mtime: the blob is in use again (a later scan's staleness checks look at it).
+        utimesSync(blob, new Date(), new Date());
+        rmSync(tempFile, { force: true });
+      } else {
+        renameSync(tempFile, blob);
+        fsyncDir(this.blobsDir);
+      }
+      const m: Manifest = {
+        id,
+        sha256,
+        size,
+        modules: summary.modules,
+        layers: summary.layers,
+        tensors: summary.tensors,
+        tensor_bytes: summary.tensorBytes,
+        base_fingerprint: summary.baseFingerprint,
+        created: Math.floor(Date.now() / 1000),
+        description,
+      };
+      writeFileAtomic(join(this.pluginsDir, `${id}.json`), JSON.stringify(m, null, 2), this.tmpDir, this.tempPath());
+      this.refresh(true);
+      if (previous) this.dropBlobIfUnused(previous.sha256);
+      return { created: true, manifest: m };
+    });
   }
 
   /** Removes a plugin. Requests already running on it hold its tensors in memory and finish. */
   delete(id: string): boolean {
-    const m = this.manifests.get(id);
-    if (!m) return false;
-    rmSync(join(this.pluginsDir, `${id}.json`));
-    fsyncDir(this.pluginsDir);
-    this.manifests.delete(id);
-    this.dropBlobIfUnused(m.sha256);
-    return true;
+    return this.withLock(() => {
+      const m = this.manifests.get(id);
+      if (!m) return false;
+      rmSync(join(this.pluginsDir, `${id}.json`));
+      fsyncDir(this.pluginsDir);
+      this.refresh(true);
+      this.dropBlobIfUnused(m.sha256);
+      return true;
+    });
   }
 
+  /** Under the lock, with manifests just refreshed. */
   private dropBlobIfUnused(sha: string): void {
-    if (this.bySha(sha).length === 0) {
+    if (![...this.manifests.values()].some((m) => m.sha256 === sha)) {
       rmSync(this.blobPath(sha), { force: true });
       fsyncDir(this.blobsDir);
+    }
+  }
+
+  private readManifest(name: string): Manifest {
+    const m = Manifest.parse(JSON.parse(readFileSync(join(this.pluginsDir, name), 'utf8')));
+    if (`${m.id}.json` !== name) throw new Error(`manifest id ${m.id} does not match its file name`);
+    return m;
+  }
+
+  private fileStamp(name: string): string | null {
+    try {
+      const st = statSync(join(this.pluginsDir, name));
+      return `${st.mtimeMs}:${st.size}:${st.ino}`;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * Re-reads manifests that changed on disk (other servers sharing the store write them). Cheap when nothing
+   * changed: one stat of the directory. Within 2 s of a change the files are checked anyway, for filesystems
+   * with coarse timestamps. Unreadable manifests are skipped here; the start-up scan quarantines them.
+   */
+  private refresh(force = false): void {
+    const st = statSync(this.pluginsDir);
+    const dirStamp = `${st.mtimeMs}:${st.ino}`;
+    if (!force && dirStamp === this.dirStamp && Date.now() - st.mtimeMs > 2000) return;
+    this.dirStamp = dirStamp;
+    const names = new Set(readdirSync(this.pluginsDir).filter((n) => n.endsWith('.json') && !n.startsWith('.')));
+    for (const id of [...this.manifests.keys()]) {
+      if (!names.has(`${id}.json`)) {
+        this.manifests.delete(id);
+        this.stamps.delete(`${id}.json`);
+      }
+    }
+    for (const name of names) {
+      const stamp = this.fileStamp(name);
+      if (!stamp || this.stamps.get(name) === stamp) continue;
+      try {
+        const m = this.readManifest(name);
+        this.manifests.set(m.id, m);
+        this.stamps.set(name, stamp);
+      } catch {
+        this.manifests.delete(name.slice(0, -'.json'.length));
+        this.stamps.delete(name);
+      }
+    }
+  }
+
+  /** Runs fn holding the store's lock file (created exclusively; one left by a dead process is broken). */
+  private withLock<T>(fn: () => T): T {
+    const me = `${HOST}~${process.pid}`;
+    const t0 = Date.now();
+    for (;;) {
+      try {
+        writeFileSync(this.lockPath, me, { flag: 'wx' });
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+      let holder: string;
+      let age: number;
+      try {
+        holder = readFileSync(this.lockPath, 'utf8');
+        age = Date.now() - statSync(this.lockPath).mtimeMs;
+      } catch {
+        continue; // released meanwhile
+      }
+      if (ownerGone(holder) || age > LOCK_STALE_MS) {
+        this.log(`sfn: plugin store: breaking a lock left by ${holder || 'an unknown process'} (${Math.round(age / 1000)} s old)`);
+        rmSync(this.lockPath, { force: true });
+        continue;
+      }
+      if (Date.now() - t0 > 2 * LOCK_STALE_MS) throw new Error(`the plugin store at ${this.root} stays locked by ${holder}`);
+      sleepSync(5);
+    }
+    try {
+      this.refresh(true);
+      return fn();
+    } finally {
+      rmSync(this.lockPath, { force: true });
     }
   }
 }

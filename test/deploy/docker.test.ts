@@ -10,7 +10,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DockerfileParser, type Instruction } from 'dockerfile-ast';
+import { DockerfileParser, type Instruction, type ModifiableInstruction } from 'dockerfile-ast';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const read = (p: string) => readFileSync(join(ROOT, p), 'utf8');
@@ -36,6 +36,8 @@ const final = stages.at(-1)!;
 const deps = stages.find((s) => s.name === 'deps')!;
 const of = (stage: Stage, keyword: string) => stage.instructions.filter((i) => i.getKeyword() === keyword);
 /** A JSON-array (exec form) instruction's argv. */
+/** COPY --from=STAGE. */
+const copiesFrom = (i: Instruction, stage?: string) => (i as ModifiableInstruction).getFlags().some((f) => f.getName() === 'from' && (stage === undefined || f.getValue() === stage));
 const execForm = (i: Instruction) => JSON.parse(i.getArgumentsContent()!.replace(/^CMD\s+/, '')) as string[];
 const finalEnv = new Map<string, string>();
 for (const e of of(final, 'ENV')) {
@@ -68,7 +70,7 @@ describe('Dockerfile', () => {
     assert.equal(final.base, 'runtime-cpu', 'the final stage is chosen by SFN_VARIANT (default cpu)');
     assert.equal(finalEnv.get('SFN_DEVICE'), 'cpu', 'SFN_DEVICE follows the variant');
     // The final stage takes node_modules from the dependency stage, never installs dev dependencies itself.
-    assert.ok(of(final, 'COPY').some((c) => c.getFlags().some((f) => f.getName() === 'from' && f.getValue() === 'deps')));
+    assert.ok(of(final, 'COPY').some((c) => copiesFrom(c, 'deps')));
     assert.ok(!of(final, 'RUN').some((r) => /npm (ci|install)/.test(r.getArgumentsContent()!)));
   });
 
@@ -121,7 +123,7 @@ describe('Dockerfile', () => {
     const ignored = read('.dockerignore').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
     for (const stage of stages) {
       for (const c of of(stage, 'COPY')) {
-        if (c.getFlags().some((f) => f.getName() === 'from')) continue;
+        if (copiesFrom(c)) continue;
         const sources = c.getExpandedArguments().map((a) => a.getValue()).slice(0, -1);
         for (const src of sources) {
           assert.ok(existsSync(join(ROOT, src)), `COPY ${src}: no such file`);
@@ -161,7 +163,7 @@ describe('the image\'s install and start steps, replayed in a clean copy', { tim
     const git = execFileSync('git', ['ls-files', '-z'], { cwd: ROOT, encoding: 'utf8' }).split('\0').filter(Boolean);
     const copy = (stage: Stage) => {
       for (const c of of(stage, 'COPY')) {
-        if (c.getFlags().some((f) => f.getName() === 'from')) continue;
+        if (copiesFrom(c)) continue;
         const args = c.getExpandedArguments().map((a) => a.getValue());
         const dest = args.at(-1)!;
         for (const src of args.slice(0, -1)) {

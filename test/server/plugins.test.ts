@@ -274,3 +274,77 @@ describe('the store survives SIGKILL in the middle of uploads', () => {
     child.kill('SIGKILL');
   });
 });
+
+describe('two servers sharing one plugin store (replicas on a ReadWriteMany volume)', () => {
+  const dataDir = mkdtempSync(join(tmp, 'shared-'));
+  let one: RunningServer;
+  let two: RunningServer;
+  const h = { authorization: `Bearer ${ADMIN}` };
+  const start = () => startServer(parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--admin-key', ADMIN, '--data-dir', dataDir], {}), () => {});
+  const version = (k: number) => {
+    const name = 'model.layers.0.self_attn.o_proj.weight';
+    return readFileSync(pluginFile(`shared-v${k}.safetensors`, new Map([[name, { shape: [64, 64], data: A.tensors.get(name)!.data.map((x) => x * k) }]])));
+  };
+  const upload = (srv: RunningServer, id: string, bytes: Uint8Array, query = '') =>
+    fetch(`${srv.url}/v1/plugins?id=${id}${query}`, { method: 'POST', headers: { ...h, 'content-type': 'application/octet-stream' }, body: bytes as Uint8Array<ArrayBuffer> });
+
+  before(async () => {
+    [one, two] = await Promise.all([start(), start()]);
+    await Promise.all([one.host.ready, two.host.ready]);
+  });
+  after(() => Promise.all([one.close(), two.close()]));
+
+  it('sees, serves, refuses to clobber and deletes what the other server committed', async () => {
+    assert.equal((await upload(one, 'p', version(2))).status, 201);
+    const seen = await fetch(`${two.url}/v1/plugins/p`, { headers: h });
+    assert.equal(seen.status, 200, 'a plugin uploaded to one replica is visible on the other');
+    const gen = await fetch(`${two.url}/v1/completions`, { method: 'POST', headers: { ...h, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'A:p', prompt: 'hi', max_tokens: 2 }) });
+    assert.equal(gen.status, 200);
+    assert.equal((await upload(two, 'p', version(2))).status, 200, 'identical bytes: idempotent across replicas');
+    assert.equal((await upload(two, 'p', version(3))).status, 409, 'other bytes without overwrite: 409 across replicas');
+    assert.equal((await upload(two, 'p', version(3), '&overwrite=true')).status, 201);
+    const m = (await (await fetch(`${one.url}/v1/plugins/p`, { headers: h })).json()) as { sha256: string };
+    const { createHash } = await import('node:crypto');
+    assert.equal(m.sha256, createHash('sha256').update(version(3)).digest('hex'), 'the overwrite is seen by the first replica');
+    assert.equal((await fetch(`${one.url}/v1/plugins/p`, { method: 'DELETE', headers: h })).status, 200);
+    assert.equal((await fetch(`${two.url}/v1/plugins/p`, { headers: h })).status, 404);
+    assert.deepEqual(readdirSync(join(dataDir, 'blobs')), [], 'the deleted plugin\'s blob went with it');
+  });
+
+  it('commits concurrent uploads of different plugins from both servers, all of them visible to both', async () => {
+    const ids = [4, 5, 6, 7, 8, 9].map((k) => ({ id: `c${k}`, bytes: version(k), srv: k % 2 ? one : two }));
+    const statuses = await Promise.all(ids.map((x) => upload(x.srv, x.id, x.bytes).then((r) => r.status)));
+    assert.deepEqual(statuses, ids.map(() => 201));
+    for (const srv of [one, two]) {
+      const list = (await (await fetch(`${srv.url}/v1/plugins`, { headers: h })).json()) as { data: { id: string }[] };
+      assert.deepEqual(list.data.map((p) => p.id).sort(), ids.map((x) => x.id).sort());
+    }
+    assert.equal(readdirSync(join(dataDir, 'blobs')).length, ids.length);
+    assert.ok(!readdirSync(dataDir).includes('store.lock'), 'no lock left behind');
+  });
+
+  it('a starting server leaves another live writer\'s temporary file alone, quarantines a dead one\'s and breaks its lock', async () => {
+    const { hostname } = await import('node:os');
+    const { writeFileSync } = await import('node:fs');
+    const host = hostname().replace(/[^A-Za-z0-9.-]/g, '_');
+    // A pid that no process has: spawn one and wait for it to exit.
+    const dead = await new Promise<number>((resolve) => {
+      const c = spawn(process.execPath, ['-e', '0']);
+      c.once('exit', () => resolve(c.pid!));
+    });
+    writeFileSync(join(dataDir, 'tmp', `other-host~1~${Date.now()}~x.tmp`), 'uploading elsewhere');
+    writeFileSync(join(dataDir, 'tmp', `${host}~${dead}~${Date.now()}~y.tmp`), 'left by a killed upload');
+    writeFileSync(join(dataDir, 'store.lock'), `${host}~${dead}`);
+    const three = await start();
+    try {
+      assert.deepEqual(readdirSync(join(dataDir, 'tmp')).filter((n) => n.startsWith('other-host')).length, 1);
+      assert.ok(!readdirSync(join(dataDir, 'tmp')).some((n) => n.includes(`~${dead}~`)));
+      assert.ok(readdirSync(join(dataDir, 'quarantine')).some((n) => n.includes(`~${dead}~`)));
+      assert.ok(!readdirSync(dataDir).includes('store.lock'));
+      const list = (await (await fetch(`${three.url}/v1/plugins`, { headers: h })).json()) as { data: unknown[] };
+      assert.equal(list.data.length, 6, 'the other servers\' plugins are intact');
+    } finally {
+      await three.close();
+    }
+  });
+});

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { readSpec } from '../../model/config.ts';
 import { extractPlugin, MODULE_SETS, parseModuleSets } from '../../plugins/extract.ts';
 import { freezePlan } from '../../plugins/freeze-plan.ts';
-import { checkPluginId, Manifest, sha256File, type PluginStore } from '../../plugins/store.ts';
+import { checkPluginId, Manifest, PluginExistsError, sha256File, type PluginStore } from '../../plugins/store.ts';
 import { PluginError, validatePlugin, type Backbone } from '../../plugins/validate.ts';
 import { requireKey, type AuthConfig } from '../auth.ts';
 import { ApiError, badRequest, notFound, tooLarge, unavailable } from '../errors.ts';
@@ -91,16 +91,12 @@ export function commitPluginFile(
 ): { status: 200 | 201; manifest: Manifest } {
   try {
     const summary = validatePlugin(tmp, backbone);
-    const existing = store.get(id);
-    if (existing && existing.sha256 === sha256) {
-      rmSync(tmp, { force: true });
-      return { status: 200, manifest: existing };
-    }
-    if (existing && !overwrite) throw new ApiError(409, `plugin "${id}" exists with other bytes; pass overwrite=true to replace it`, 'invalid_request_error', 'plugin_exists', 'id');
-    return { status: 201, manifest: store.commit(tmp, id, sha256, size, summary, description) };
+    const { created, manifest } = store.commit(tmp, id, sha256, size, summary, description, overwrite);
+    return { status: created ? 201 : 200, manifest };
   } catch (e) {
     rmSync(tmp, { force: true });
     if (e instanceof PluginError) throw pluginError(e);
+    if (e instanceof PluginExistsError) throw new ApiError(409, e.message, 'invalid_request_error', 'plugin_exists', 'id');
     throw e;
   }
 }
