@@ -58,6 +58,30 @@ describe('sampler', () => {
     for (let i = 0; i < 2000; i++) seen.add(sample(l, { temperature: 1, topP: 0.8, topK: 0 }, r));
     assert.deepEqual([...seen].sort(), [0, 1]);
   });
+  it('chains top-k (ties at the k-th value kept) before top-p, in proportion within what is kept', () => {
+    const r = new Rng(11);
+    const l = new Float32Array([0.4, 0.3, 0.2, 0.1].map(Math.log));
+    const counts = [0, 0, 0, 0];
+    // top-k 3 renormalises to 4/9, 3/9, 2/9: top-p 0.75 then keeps two tokens (without renormalising, three).
+    for (let i = 0; i < 20000; i++) counts[sample(l, { temperature: 1, topP: 0.75, topK: 3 }, r)]++;
+    assert.deepEqual([counts[2], counts[3]], [0, 0]);
+    assert.ok(Math.abs(counts[0] / 20000 - 4 / 7) < 0.015);
+    const seen = new Set<number>();
+    for (let i = 0; i < 500; i++) seen.add(sample(new Float32Array([5, 5, 5, 5, 1]), { temperature: 1, topP: 1, topK: 3 }, r));
+    assert.deepEqual([...seen].sort(), [0, 1, 2, 3]);
+  });
+  it('samples a near-uniform 152k vocabulary without a sort, and exactly', () => {
+    const V = 151936;
+    const l = new Float32Array(V).map((_, i) => (i % 2 ? 0 : Math.log(3))); // even ids 3x as likely as odd
+    const r = new Rng(4);
+    let even = 0;
+    for (let i = 0; i < 4000; i++) even += sample(l, { temperature: 1, topP: 1, topK: 0 }, r) % 2 === 0 ? 1 : 0;
+    assert.ok(Math.abs(even / 4000 - 0.75) < 0.03);
+    // top-p 0.5 is reached inside the even ids; ties at the threshold are kept: every even id, no odd one.
+    let odd = 0;
+    for (let i = 0; i < 200; i++) odd += sample(l, { temperature: 1, topP: 0.5, topK: 0 }, r) % 2;
+    assert.equal(odd, 0);
+  });
   it('reports log-probabilities and the top alternatives in order', () => {
     const { logprob, top } = logprobs(new Float32Array([0, Math.log(3)]), 0, 2);
     assert.ok(Math.abs(logprob - Math.log(0.25)) < 1e-6);
