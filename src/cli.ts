@@ -11,7 +11,7 @@ import type { DonorRef } from './stethoscope/build.ts';
 import { resolveDestroy, resolveMerge } from './stethoscope/resolve.ts';
 import { SpecError } from './stethoscope/spec.ts';
 import { OverlayLoader, type OverlaySpec } from './views/overlays.ts';
-import { Engine, type Device } from './engine/engine.ts';
+import { Engine, type Device, type Quantize } from './engine/engine.ts';
 import { generate } from './engine/generate.ts';
 import { argmax } from './engine/sampler.ts';
 import { ModelTokenizer } from './engine/tokenizer.ts';
@@ -35,9 +35,9 @@ commands:
       --seed N  --dtype bf16|f16|f32  --shard-mb N
   generate                   stream a completion to stdout
       --model DIR --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-p P]
-      [--top-k K] [--seed N] [--stop S]... [--device cpu|cuda]
+      [--top-k K] [--seed N] [--stop S]... [--device cpu|cuda] [--quantize int4]
   logits                     print {"ids","logits","greedy"} JSON, computed as the server computes it
-      --model DIR --ids 1,2,3 [--greedy N] [--merge JSON] [--destroy JSON] [--device cpu|cuda]
+      --model DIR --ids 1,2,3 [--greedy N] [--merge JSON] [--destroy JSON] [--device cpu|cuda] [--quantize int4]
       (--merge/--destroy take the API's JSON; a merge's "from" is a plugin file or checkpoint dir)
 
   extract                    write a plugin from a fine-tune, with an audit of the modules left out
@@ -74,6 +74,13 @@ function int(v: string | undefined, name: string, dflt?: number): number | undef
   const n = Number(v);
   if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got "${v}"`);
   return n;
+}
+
+/** --quantize, else SFN_QUANTIZE, else none. */
+function quantize(v: string | undefined): Quantize {
+  const q = v ?? (process.env.SFN_QUANTIZE || 'none');
+  if (q !== 'none' && q !== 'int4') throw new UsageError(`--quantize must be none or int4, got "${q}"`);
+  return q;
 }
 
 /** --device, else SFN_DEVICE, else cpu. */
@@ -114,7 +121,7 @@ async function cmdMakeModel(args: string[]): Promise<void> {
 async function cmdLogits(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' }, device: { type: 'string' }, merge: { type: 'string' }, destroy: { type: 'string' } },
+    options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' }, device: { type: 'string' }, quantize: { type: 'string' }, merge: { type: 'string' }, destroy: { type: 'string' } },
   });
   if (!values.ids) throw new UsageError('logits needs --ids 1,2,3');
   const ids = values.ids.split(',').map((s) => {
@@ -123,7 +130,7 @@ async function cmdLogits(args: string[]): Promise<void> {
     return n;
   });
   const greedyN = int(values.greedy, 'greedy', 0)!;
-  const engine = await Engine.load(resolveModelDir(values.model), { threads: int(values.threads, 'threads'), device: device(values.device) });
+  const engine = await Engine.load(resolveModelDir(values.model), { threads: int(values.threads, 'threads'), device: device(values.device), quantize: quantize(values.quantize) });
   const view = stethoscopeView(engine, values.merge, values.destroy);
   // All positions' logits from one prefill, then greedy decoding on the same cache (ignoring EOS).
   const cache = engine.newCache(1);
@@ -182,12 +189,13 @@ async function cmdGenerate(args: string[]): Promise<void> {
       stop: { type: 'string', multiple: true },
       threads: { type: 'string' },
       device: { type: 'string' },
+      quantize: { type: 'string' },
     },
   });
   if (values.prompt === undefined) throw new UsageError('generate needs --prompt TEXT');
   const dir = resolveModelDir(values.model);
   const tokenizer = ModelTokenizer.fromDir(dir);
-  const engine = await Engine.load(dir, { threads: int(values.threads, 'threads'), device: device(values.device) });
+  const engine = await Engine.load(dir, { threads: int(values.threads, 'threads'), device: device(values.device), quantize: quantize(values.quantize) });
   const text = values.chat ? tokenizer.applyChatTemplate([{ role: 'user', content: values.prompt }]) : values.prompt;
   const ids = tokenizer.encode(text);
   const controller = new AbortController();

@@ -17,6 +17,7 @@ import { View, type Tensor } from '../views/view.ts';
 import { buildDecoderGraph, MASKED } from './graph.ts';
 import { graphShape, isTransposed, toGraphLayout, toHfLayout } from './layout.ts';
 import { KvCache } from './kv-cache.ts';
+import { quantizeInt4, type Int4Weight } from './quantize.ts';
 
 export interface EngineOptions {
   /** onnxruntime intra-op threads; defaults to the machine's cores. */
@@ -34,7 +35,17 @@ export interface EngineOptions {
   device?: Device;
   /** Where warnings go (console.warn by default). */
   warn?: (message: string) => void;
+  /**
+   * 'int4': the serving session's frozen linear weights (q/k/v, gate/up/down) become block-wise int4
+   * MatMulNBits initializers. Swappable weights stay fp32 inputs, and the research session stays fp32.
+   */
+  quantize?: Quantize;
 }
+
+export type Quantize = 'none' | 'int4';
+
+/** The frozen kinds that --quantize int4 quantizes (everything a view cannot swap on the serving session). */
+const QUANTIZED_KINDS = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']);
 
 export type Device = 'cpu' | 'cuda';
 
@@ -176,7 +187,17 @@ export class Engine {
       if (kind === 'research' || PLUGGABLE_KINDS.includes(p.kind)) inputs.add(name);
     }
     const frozen = new Map([...this.weights].filter(([n]) => !inputs.has(n)));
-    const graph = buildDecoderGraph(this.spec, { inputs, frozen });
+    let quantized: Map<string, Int4Weight> | undefined;
+    if (kind === 'serving' && this.options.quantize === 'int4') {
+      quantized = new Map();
+      for (const [name, data] of frozen) {
+        const p = parseName(name)!;
+        if (p.param !== 'weight' || !QUANTIZED_KINDS.has(p.kind)) continue;
+        const [K, N] = graphShape(this.spec, name, this.shapes.get(name)!);
+        quantized.set(name, quantizeInt4(data, K, N));
+      }
+    }
+    const graph = buildDecoderGraph(this.spec, { inputs, frozen, quantized });
     const options: ort.InferenceSession.SessionOptions = {
       externalData: graph.external,
       graphOptimizationLevel: 'all',

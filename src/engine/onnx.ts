@@ -5,8 +5,8 @@
 import onnxProto from 'onnx-proto';
 
 const { onnx } = onnxProto;
-type DataType = 'float32' | 'int64';
-const ELEM: Record<DataType, number> = { float32: onnx.TensorProto.DataType.FLOAT, int64: onnx.TensorProto.DataType.INT64 };
+type DataType = 'float32' | 'int64' | 'uint8';
+const ELEM: Record<DataType, number> = { float32: onnx.TensorProto.DataType.FLOAT, int64: onnx.TensorProto.DataType.INT64, uint8: onnx.TensorProto.DataType.UINT8 };
 
 /** A dimension: a fixed size or a symbolic name (batch, sequence, ...). */
 export type Dim = number | string;
@@ -56,11 +56,16 @@ export class GraphBuilder {
 
   /** A float32 weight kept out of the proto (which is capped at 2 GiB): onnxruntime reads it from memory. */
   externalFloat(name: string, data: Float32Array, dims: number[]): string {
+    return this.externalTensor(name, 'float32', new Uint8Array(data.buffer, data.byteOffset, data.byteLength), dims);
+  }
+
+  /** Any tensor kept out of the proto, from its raw little-endian bytes. */
+  externalTensor(name: string, type: DataType, data: Uint8Array, dims: number[]): string {
     const path = `w${this.external.length}.bin`;
-    this.external.push({ path, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
+    this.external.push({ path, data });
     this.initializers.push({
       name,
-      dataType: ELEM.float32,
+      dataType: ELEM[type],
       dims,
       dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
       externalData: [

@@ -27,6 +27,7 @@ export const ServerConfig = z.object({
   modelRoots: z.array(z.string().min(1)),
   shutdownGraceSeconds: z.number().min(0),
   device: z.enum(['cpu', 'cuda']),
+  quantize: z.enum(['none', 'int4']),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 
@@ -56,6 +57,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
       'model-root': { type: 'string', multiple: true },
       'shutdown-grace-s': { type: 'string' },
       device: { type: 'string' },
+      quantize: { type: 'string' },
     },
   });
   const raw = {
@@ -78,6 +80,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
     modelRoots: values['model-root'] ?? csv(env.SFN_MODEL_ROOTS),
     shutdownGraceSeconds: num(values['shutdown-grace-s'] ?? env.SFN_SHUTDOWN_GRACE_S) ?? 30,
     device: values.device ?? (env.SFN_DEVICE || 'cpu'),
+    quantize: values.quantize ?? (env.SFN_QUANTIZE || 'none'),
   };
   const parsed = ServerConfig.safeParse(raw);
   if (!parsed.success) {

@@ -41,7 +41,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const modelName = config.servedModelName ?? (builtin ? 'sfn-tiny' : basename(modelDir.replace(/\/+$/, '')));
   const host = new EngineHost({
     modelDir,
-    engine: { threads: config.threads, device: config.device },
+    engine: { threads: config.threads, device: config.device, quantize: config.quantize },
     scheduler: { maxBatch: config.maxBatch, maxRunning: config.maxRunning, maxWaiting: config.maxWaiting, prefillChunk: config.prefillChunk, maxContext: config.maxContext },
     overlayCacheBytes: config.pluginCacheBytes,
   });
@@ -138,7 +138,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   log(`sfn: listening on ${url}, serving "${modelName}" from ${modelDir} (loading...)`);
   host.ready.then(
-    () => log(`sfn: model loaded; ready on ${host.device} (${host.spec!.numLayers} layers, hidden ${host.spec!.hiddenSize}, context ${servedContext(config.maxContext, host.spec!)})`),
+    () => log(`sfn: model loaded; ready on ${host.device}${config.quantize === 'int4' ? ', frozen weights int4' : ''} (${host.spec!.numLayers} layers, hidden ${host.spec!.hiddenSize}, context ${servedContext(config.maxContext, host.spec!)})`),
     (e) => log(`sfn: ERROR: the model failed to load: ${(e as Error).message}`),
   );
 
