@@ -13,8 +13,8 @@ import { Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { toFloat32, toFloat32Transposed } from '../model/dtype.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
 import { expectedParams, parseName, PLUGGABLE_KINDS } from '../model/names.ts';
-import { View, type Tensor } from '../views/view.ts';
-import { buildDecoderGraph, MASKED } from './graph.ts';
+import { View, type ResolvedView, type Tensor } from '../views/view.ts';
+import { buildDecoderGraph, MASKED, NORM_KINDS, slotInput } from './graph.ts';
 import { graphShape, isTransposed, toGraphLayout, toHfLayout } from './layout.ts';
 import { KvCache } from './kv-cache.ts';
 import { quantizeInt4, type Int4Weight } from './quantize.ts';
@@ -55,7 +55,12 @@ interface DecoderSession {
   kind: SessionKind;
   session: ort.InferenceSession;
   inputs: ReadonlySet<string>;
+  /** Plugin slots of the graph (1: none). */
+  slots: number;
 }
+
+/** Views per run on the serving session: rows of up to this many views (differing in o_proj/norms) share a run. */
+export const PLUGIN_SLOTS = 4;
 
 export class ViewError extends Error {
   override name = 'ViewError';
@@ -67,6 +72,11 @@ export interface ForwardOptions {
   logits?: 'last' | 'all';
   /** The cache row that rows[0] goes to; rows cover [firstRow, firstRow + rows.length). */
   firstRow?: number;
+  /**
+   * One view per row instead of `view`: rows of up to PLUGIN_SLOTS views that `sharesRuns` accepts run
+   * together on the serving session, each with its own o_proj and norms.
+   */
+  rowViews?: View[];
 }
 
 export class Engine {
@@ -75,6 +85,12 @@ export class Engine {
   /** Graph-layout tensors of overlays, keyed by the HF-layout array they came from. */
   private readonly layoutCache = new WeakMap<Float32Array, Float32Array>();
   private readonly tensorCache = new WeakMap<Float32Array, ort.Tensor>();
+  private readonly normNames: ReadonlySet<string>;
+  private readonly oProjNames: ReadonlySet<string>;
+  private readonly rowNormBuffers = new Map<string, Float32Array>();
+  private readonly falseTensor = new ort.Tensor('bool', Uint8Array.from([0]), []);
+  private readonly trueTensor = new ort.Tensor('bool', Uint8Array.from([1]), []);
+  private readonly zeroMask = new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
   readonly shapes: Map<string, number[]>;
   readonly baseView: View;
   /** The device sessions actually run on ('cpu' after a CUDA fallback). */
@@ -91,6 +107,9 @@ export class Engine {
   ) {
     this.shapes = expectedParams(spec);
     this.baseView = new View(fingerprint);
+    const names = [...this.shapes.keys()];
+    this.normNames = new Set(names.filter((n) => NORM_KINDS.includes(parseName(n)!.kind)));
+    this.oProjNames = new Set(names.filter((n) => parseName(n)!.kind === 'o_proj' && parseName(n)!.param === 'weight'));
     this.device = options.device ?? 'cpu';
   }
 
@@ -197,7 +216,8 @@ export class Engine {
         quantized.set(name, quantizeInt4(data, K, N));
       }
     }
-    const graph = buildDecoderGraph(this.spec, { inputs, frozen, quantized });
+    const slots = kind === 'serving' ? PLUGIN_SLOTS : 1;
+    const graph = buildDecoderGraph(this.spec, { inputs, frozen, quantized, slots });
     const options: ort.InferenceSession.SessionOptions = {
       externalData: graph.external,
       graphOptimizationLevel: 'all',
@@ -222,7 +242,7 @@ export class Engine {
     } else {
       session = await ort.InferenceSession.create(graph.bytes, options);
     }
-    return { kind, session, inputs };
+    return { kind, session, inputs, slots };
   }
 
   private researchSession(): Promise<DecoderSession> {
@@ -284,10 +304,13 @@ export class Engine {
     for (const r of rows) for (const id of r) {
       if (!Number.isInteger(id) || id < 0 || id >= spec.vocabSize) throw new RangeError(`token id ${id} is outside the vocabulary (0..${spec.vocabSize - 1})`);
     }
-    const view = opts.view ?? this.baseView;
+    const rowViews = opts.rowViews;
+    if (rowViews && rowViews.length !== B) throw new RangeError(`${rowViews.length} row views for ${B} rows`);
+    const view = opts.view ?? rowViews?.[0] ?? this.baseView;
     // Resolved once per run: this is the decode hot path.
     const resolved = view.resolve();
-    const session = await this.sessionForTensors(resolved.tensors);
+    const mix = rowViews ? this.mixFor(rowViews) : null;
+    const session = mix ? this.serving : await this.sessionForTensors(resolved.tensors);
     cache.reserve(S);
     const C = cache.capacity;
 
@@ -330,10 +353,20 @@ export class Engine {
       feeds[`past.${l}.key`] = new ort.Tensor('float32', r.keys, [B, kvH, D, C]);
       feeds[`past.${l}.value`] = new ort.Tensor('float32', r.values, [B, kvH, C, D]);
     }
-    for (const name of session.inputs) {
-      const over = resolved.tensors.get(name);
-      const data = over ? this.graphData(name, over) : this.weights.get(name)!;
-      feeds[name] = this.feedTensor(data, graphShape(spec, name, this.shapes.get(name)!));
+    if (mix) this.mixedFeeds(feeds, session, mix, B);
+    else {
+      for (const name of session.inputs) {
+        const over = resolved.tensors.get(name);
+        const data = over ? this.graphData(name, over) : this.weights.get(name)!;
+        const shape = graphShape(spec, name, this.shapes.get(name)!);
+        // Slotted graphs take norms per row; one row's weight broadcasts over all rows.
+        feeds[name] = this.feedTensor(data, session.slots > 1 && this.normNames.has(name) ? [1, 1, shape[0]] : shape);
+        if (session.slots > 1 && this.oProjNames.has(name)) for (let k = 1; k < session.slots; k++) feeds[slotInput(name, k)] = feeds[name];
+      }
+      if (session.slots > 1) {
+        feeds.mixed = this.falseTensor;
+        for (let k = 0; k < session.slots; k++) feeds[`slot_mask.${k}`] = this.zeroMask;
+      }
     }
 
     const out = await session.session.run(feeds);
@@ -352,6 +385,67 @@ export class Engine {
       for (let i = 0; i < m; i++, k++) result[b].push(logits.subarray(k * V, (k + 1) * V));
     }
     return result;
+  }
+
+  /**
+   * Whether rows of this view can share a serving run with rows of other such views: it replaces only o_proj
+   * and norms (which the graph takes per slot / per row) and gates no layer.
+   */
+  sharesRuns(view: View): boolean {
+    const { tensors, gates } = view.resolve();
+    if (gates.size > 0) return false;
+    for (const name of tensors.keys()) if (!this.oProjNames.has(name) && !this.normNames.has(name)) return false;
+    return true;
+  }
+
+  /** Distinct views of a run's rows and each row's slot; null when they are all one view. */
+  private mixFor(rowViews: View[]): { views: ResolvedView[]; slotOf: number[] } | null {
+    const index = new Map<string, number>();
+    const views: ResolvedView[] = [];
+    const slotOf = rowViews.map((v) => {
+      let k = index.get(v.fingerprint);
+      if (k === undefined) {
+        if (!this.sharesRuns(v)) throw new ViewError('a view that replaces more than o_proj and norms cannot share a run with other views');
+        k = views.length;
+        index.set(v.fingerprint, k);
+        views.push(v.resolve());
+      }
+      return k;
+    });
+    if (views.length === 1) return null;
+    if (views.length > this.serving.slots) throw new ViewError(`${views.length} views in one run; the serving graph has ${this.serving.slots} plugin slots`);
+    return { views, slotOf };
+  }
+
+  private mixedFeeds(feeds: Record<string, ort.Tensor>, session: DecoderSession, mix: { views: ResolvedView[]; slotOf: number[] }, B: number): void {
+    const { spec } = this;
+    const H = spec.hiddenSize;
+    const pick = (name: string, v: ResolvedView) => {
+      const over = v.tensors.get(name);
+      return over ? this.graphData(name, over) : this.weights.get(name)!;
+    };
+    for (const name of session.inputs) {
+      const shape = graphShape(spec, name, this.shapes.get(name)!);
+      if (this.normNames.has(name)) {
+        // Each row's own norm weight, in a buffer reused across runs (fresh memory is slow to touch here).
+        let buf = this.rowNormBuffers.get(name);
+        if (!buf || buf.length < B * H) this.rowNormBuffers.set(name, (buf = new Float32Array(Math.max(B, 8) * H)));
+        const perSlot = mix.views.map((v) => pick(name, v));
+        for (let b = 0; b < B; b++) buf.set(perSlot[mix.slotOf[b]], b * H);
+        feeds[name] = new ort.Tensor('float32', buf.subarray(0, B * H), [B, 1, H]);
+      } else if (this.oProjNames.has(name)) {
+        for (let k = 0; k < session.slots; k++) feeds[slotInput(name, k)] = this.feedTensor(pick(name, mix.views[Math.min(k, mix.views.length - 1)]), shape);
+      } else {
+        // embed_tokens / lm_head: no view that shares runs replaces them.
+        feeds[name] = this.feedTensor(this.weights.get(name)!, shape);
+      }
+    }
+    feeds.mixed = this.trueTensor;
+    for (let k = 0; k < session.slots; k++) {
+      const m = new Float32Array(B);
+      for (let b = 0; b < B; b++) m[b] = mix.slotOf[b] === k ? 1 : 0;
+      feeds[`slot_mask.${k}`] = new ort.Tensor('float32', m, [B, 1, 1]);
+    }
   }
 
   /** Logits of every position of `ids`, from an empty cache (the `sfn logits` computation). */

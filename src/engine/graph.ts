@@ -38,7 +38,20 @@ export interface GraphOptions {
    * weights are never quantized (MatMulNBits on a graph input is an order of magnitude slower than fp32).
    */
   quantized?: ReadonlyMap<string, Int4Weight>;
+  /**
+   * Plugin slots (>= 2) let one run carry rows of several views that differ only in o_proj and the norms:
+   * norm weights become per-row inputs [rows, 1, H] (rows 1 broadcasts), and each layer's o_proj is an If:
+   * with `mixed` false a plain MatMul on the view's weight, with it true the sum over slots k of
+   * (x * slot_mask.k) W_k, where slot_mask.k [B,1,1] marks the rows of slot k and `slot{k}.<o_proj name>` is
+   * its weight (slot 0 under the plain name).
+   */
+  slots?: number;
 }
+
+export const NORM_KINDS: readonly ModuleKind[] = ['input_layernorm', 'post_attention_layernorm', 'norm'];
+
+/** The input that carries slot k's weight for a slotted parameter (slot 0: the parameter's own name). */
+export const slotInput = (name: string, k: number): string => (k === 0 ? name : `slot${k}.${name}`);
 
 export interface DecoderGraph {
   bytes: Uint8Array;
@@ -48,6 +61,7 @@ export interface DecoderGraph {
 
 export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderGraph {
   const b = new GraphBuilder();
+  const slots = opts.slots ?? 1;
   const { hiddenSize: H, numHeads: nh, numKvHeads: nkv, headDim: D, numLayers: L } = spec;
   const G = nh / nkv;
   const shapes = expectedParams(spec);
@@ -61,7 +75,8 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
     declared.add(name);
     const shape = graphShape(spec, name, shapes.get(name)!);
     if (opts.inputs.has(name)) {
-      b.input(name, 'float32', shape);
+      const perRow = slots > 1 && NORM_KINDS.includes(kind);
+      b.input(name, 'float32', perRow ? [`${name}.rows`, 1, shape[0]] : shape);
       weightInputs.push(name);
     } else {
       const data = opts.frozen.get(name);
@@ -78,6 +93,8 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const newMask = b.input('new_mask', 'float32', ['batch', 1, 'seq', 'seq']);
   const select = b.input('select', 'int64', ['selected']);
   const layerGate = b.input('layer_gate', 'float32', [L]);
+  const mixed = slots > 1 ? b.input('mixed', 'bool', []) : '';
+  const slotMasks = Array.from({ length: slots > 1 ? slots : 0 }, (_, k) => b.input(`slot_mask.${k}`, 'float32', [`slot_mask.${k}.rows`, 1, 1]));
 
   // ---- shared constants ----
   const axisLast = b.constInt64([-1], 'axes_last');
@@ -108,16 +125,40 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   // The causal/padding mask of the new rows, tiled over the G query heads that share a kv head: [B,1,G*S,S].
   const newMaskG = G === 1 ? newMask : b.op('Tile', [newMask, b.constInt64([1, 1, G, 1])], {}, 'new_mask_tiled');
 
-  // RMSNorm in the op pattern onnxruntime fuses into SimplifiedLayerNormalization.
+  // RMSNorm in the op pattern onnxruntime fuses into SimplifiedLayerNormalization. A per-row weight (plugin
+  // slots) multiplies after a fused norm with unit scale, which keeps the fusion.
+  const ones = slots > 1 ? b.constFloat(new Float32Array(H).fill(1), [H], 'ones_h') : '';
   const rmsNorm = (x: string, weight: string, prefix: string): string => {
     const variance = b.op('ReduceMean', [b.op('Pow', [x, two])], { axes: [-1], keepdims: 1 });
     const normed = b.op('Div', [x, b.op('Sqrt', [b.op('Add', [variance, eps])])]);
+    if (slots > 1 && opts.inputs.has(weight)) return b.op('Mul', [b.op('Mul', [normed, ones]), weight], {}, `${prefix}.out`);
     return b.op('Mul', [normed, weight], {}, `${prefix}.out`);
   };
 
+  const slottedMatMul = (x: string, name: string, nodeName: string): string => {
+    const shape = graphShape(spec, name, shapes.get(name)!);
+    for (let k = 1; k < slots; k++) b.input(slotInput(name, k), 'float32', shape);
+    const out = [{ name: '', type: 'float32' as const, dims: ['batch', 'seq', shape[1]] }];
+    return b.op('If', [mixed], {
+      then_branch: b.subgraph(`${nodeName}.mixed`, (g) => {
+        let sum = '';
+        for (let k = 0; k < slots; k++) {
+          const y = g.op('MatMul', [g.op('Mul', [x, slotMasks[k]]), slotInput(name, k)]);
+          sum = k === 0 ? y : g.op('Add', [sum, y]);
+        }
+        return [{ ...out[0], name: sum }];
+      }),
+      else_branch: b.subgraph(`${nodeName}.single`, (g) => [{ ...out[0], name: g.op('MatMul', [x, name]) }]),
+    }, nodeName);
+  };
+
   const linear = (x: string, layer: number | null, kind: ModuleKind, bias: boolean, prefix: string): string => {
-    const q = opts.quantized?.get(formatName({ layer, kind, param: 'weight' }));
-    const y = q ? int4MatMul(x, formatName({ layer, kind, param: 'weight' }), q, `${prefix}.${kind}`) : b.op('MatMul', [x, w(layer, kind)], {}, `${prefix}.${kind}`);
+    const name = formatName({ layer, kind, param: 'weight' });
+    const q = opts.quantized?.get(name);
+    let y: string;
+    if (q) y = int4MatMul(x, name, q, `${prefix}.${kind}`);
+    else if (slots > 1 && kind === 'o_proj' && opts.inputs.has(name)) y = slottedMatMul(x, w(layer, kind), `${prefix}.${kind}`);
+    else y = b.op('MatMul', [x, w(layer, kind)], {}, `${prefix}.${kind}`);
     return bias ? b.op('Add', [y, w(layer, kind, 'bias')], {}, `${prefix}.${kind}.bias_add`) : y;
   };
 

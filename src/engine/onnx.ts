@@ -5,14 +5,19 @@
 import onnxProto from 'onnx-proto';
 
 const { onnx } = onnxProto;
-type DataType = 'float32' | 'int64' | 'uint8';
-const ELEM: Record<DataType, number> = { float32: onnx.TensorProto.DataType.FLOAT, int64: onnx.TensorProto.DataType.INT64, uint8: onnx.TensorProto.DataType.UINT8 };
+type DataType = 'float32' | 'int64' | 'uint8' | 'bool';
+const ELEM: Record<DataType, number> = {
+  float32: onnx.TensorProto.DataType.FLOAT,
+  int64: onnx.TensorProto.DataType.INT64,
+  uint8: onnx.TensorProto.DataType.UINT8,
+  bool: onnx.TensorProto.DataType.BOOL,
+};
 
 /** A dimension: a fixed size or a symbolic name (batch, sequence, ...). */
 export type Dim = number | string;
 
 /** An integer attribute is a plain number; a float one is `{ f }` (1.0 must not turn into an int). */
-type Attr = number | number[] | string | { f: number } | { floats: number[] } | { tensor: onnxProto.onnx.ITensorProto };
+type Attr = number | number[] | string | { f: number } | { floats: number[] } | { tensor: onnxProto.onnx.ITensorProto } | { graph: onnxProto.onnx.IGraphProto };
 
 /** Weight data that lives outside the model proto, handed to onnxruntime as an in-memory "external file". */
 export interface ExternalTensor {
@@ -28,6 +33,20 @@ export class GraphBuilder {
   readonly external: ExternalTensor[] = [];
   private counter = 0;
   private usesMs = false;
+
+  /** `prefix` keeps a subgraph's generated names apart from its parent's (names are global in a model). */
+  constructor(private readonly prefix = '') {}
+
+  /**
+   * A subgraph for an If branch: `fill` adds nodes to a child builder (referring to this graph's values by
+   * name) and returns the values it outputs.
+   */
+  subgraph(name: string, fill: (g: GraphBuilder) => { name: string; type: DataType; dims: Dim[] }[]): { graph: onnxProto.onnx.IGraphProto } {
+    const g = new GraphBuilder(`${name}/`);
+    const outs = fill(g);
+    if (g.usesMs) this.usesMs = true;
+    return { graph: { name, node: g.nodes, initializer: g.initializers, output: outs.map((o) => valueInfo(o.name, o.type, o.dims)) } };
+  }
 
   /** Declares a graph input. */
   input(name: string, type: DataType, dims: Dim[]): string {
@@ -91,7 +110,7 @@ export class GraphBuilder {
   }
 
   private fresh(prefix: string): string {
-    return `${prefix}_${this.counter++}`;
+    return `${this.prefix}${prefix}_${this.counter++}`;
   }
 
   /** Serialises the model; opset 17 (LayerNormalization-era ops, Split/ReduceMean with tensor inputs). */
@@ -127,5 +146,6 @@ function attribute(name: string, v: Attr): onnxProto.onnx.IAttributeProto {
   if (Array.isArray(v)) return { name, type: T.INTS, ints: v };
   if ('f' in v) return { name, type: T.FLOAT, f: v.f };
   if ('floats' in v) return { name, type: T.FLOATS, floats: v.floats };
+  if ('graph' in v) return { name, type: T.GRAPH, g: v.graph };
   return { name, type: T.TENSOR, t: v.tensor };
 }

@@ -4,9 +4,14 @@
  * decode step is one forward over rows [0, n) of that lane. New requests join between steps: their prompt
  * is prefilled alone on their row, in chunks, alternating with decode steps so that neither starves.
  * Lanes take turns round-robin. A cancelled request leaves at the next step.
+ *
+ * Views that replace only o_proj and norms (plugins, o_proj merges, the backbone itself) share one "mixed"
+ * lane: its rows may carry up to PLUGIN_SLOTS different views and still decode in one run, so streams on
+ * four plugins cost one step, not four. A view that does not fit there (more distinct views, or a full lane)
+ * gets a lane of its own, as other views do.
  */
 import type { View } from '../views/view.ts';
-import type { Engine } from './engine.ts';
+import { PLUGIN_SLOTS, type Engine } from './engine.ts';
 import { Sequence, type Finish, type GeneratedToken, type GenerateParams } from './generate.ts';
 import type { KvCache } from './kv-cache.ts';
 import { logprobs, type TokenLogprob } from './sampler.ts';
@@ -53,6 +58,7 @@ interface Running {
   job: Job;
   seq: Sequence;
   lane: Lane;
+  view: View;
   /** Prompt tokens not yet prefilled. */
   pending: number[];
   /** Token to feed at the next decode step. */
@@ -64,15 +70,19 @@ interface Running {
 }
 
 interface Lane {
-  view: View;
+  /** The lane's one view; null for the mixed lane, whose rows carry their own. */
+  view: View | null;
   cache: KvCache;
   rows: Running[];
 }
 
+const MIXED = 'mixed';
+
 export interface SchedulerStats {
   running: number;
   waiting: number;
-  lanes: { fingerprint: string; rows: number }[];
+  /** Lanes by key: a view fingerprint, or 'mixed'. */
+  lanes: { key: string; rows: number }[];
   cacheBytes: number;
   steps: number;
 }
@@ -115,7 +125,7 @@ export class Scheduler {
     return {
       running: this.byId.size,
       waiting: this.waiting.length,
-      lanes: [...this.lanes.entries()].map(([fingerprint, l]) => ({ fingerprint, rows: l.rows.length })),
+      lanes: [...this.lanes.entries()].map(([key, l]) => ({ key, rows: l.rows.length })),
       cacheBytes,
       steps: this.steps,
     };
@@ -124,7 +134,7 @@ export class Scheduler {
   /** Overlay ids (plugin sha256s) of the views of running and waiting requests. */
   views(): { running: string[]; waiting: string[] } {
     const ids = (views: View[]) => [...new Set(views.flatMap((v) => v.overlays.map((o) => o.id)))];
-    return { running: ids([...this.lanes.values()].map((l) => l.view)), waiting: ids(this.waiting.map((j) => j.view)) };
+    return { running: ids([...this.byId.values()].map((r) => r.view)), waiting: ids(this.waiting.map((j) => j.view)) };
   }
 
   private kick(): void {
@@ -158,19 +168,25 @@ export class Scheduler {
         continue;
       }
       const fp = job.view.fingerprint;
-      let lane = this.lanes.get(fp);
+      let key = fp;
+      if (this.engine.sharesRuns(job.view)) {
+        const mixed = this.lanes.get(MIXED);
+        const views = new Set(mixed?.rows.map((r) => r.view.fingerprint)).add(fp);
+        if (!mixed || (mixed.rows.length < this.options.maxBatch && views.size <= PLUGIN_SLOTS)) key = MIXED;
+      }
+      let lane = this.lanes.get(key);
       if (lane && lane.rows.length >= this.options.maxBatch) {
         i++;
         continue;
       }
       if (!lane) {
-        lane = { view: job.view, cache: this.engine.newCache(this.options.maxBatch), rows: [] };
-        this.lanes.set(fp, lane);
+        lane = { view: key === MIXED ? null : job.view, cache: this.engine.newCache(this.options.maxBatch), rows: [] };
+        this.lanes.set(key, lane);
       }
       this.waiting.splice(i, 1);
       const row = lane.rows.length;
       lane.cache.reset(row);
-      const r: Running = { job, seq: new Sequence(job.params, this.tokenizer), lane, pending: job.promptIds.slice(), next: null, cancelled: false, failed: false, promptLps: [] };
+      const r: Running = { job, seq: new Sequence(job.params, this.tokenizer), lane, view: job.view, pending: job.promptIds.slice(), next: null, cancelled: false, failed: false, promptLps: [] };
       lane.rows.push(r);
       this.byId.set(job.id, r);
     }
@@ -233,7 +249,7 @@ export class Scheduler {
     const row = r.lane.rows.indexOf(r);
     const chunk = r.pending.splice(0, this.options.prefillChunk);
     const wantAll = r.job.promptLogprobs !== undefined;
-    const [out] = await this.engine.forward(r.lane.cache, [chunk], { view: r.lane.view, firstRow: row, logits: wantAll ? 'all' : 'last' });
+    const [out] = await this.engine.forward(r.lane.cache, [chunk], { view: r.view, firstRow: row, logits: wantAll ? 'all' : 'last' });
     if (wantAll) {
       // Position t's logits score prompt token t+1; the first prompt token has no score.
       const done = r.job.promptIds.length - r.pending.length - chunk.length;
@@ -253,7 +269,7 @@ export class Scheduler {
 
   private async decode(lane: Lane): Promise<void> {
     const rows = lane.rows.map((r) => (r.next !== null && !r.cancelled && !r.seq.finish ? [r.next] : []));
-    const out = await this.engine.forward(lane.cache, rows, { view: lane.view, firstRow: 0 });
+    const out = await this.engine.forward(lane.cache, rows, lane.view ? { view: lane.view, firstRow: 0 } : { rowViews: lane.rows.map((r) => r.view), firstRow: 0 });
     lane.rows.forEach((r, i) => {
       if (rows[i].length) this.emit(r, out[i][0]);
     });

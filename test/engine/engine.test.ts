@@ -197,3 +197,37 @@ describe('device selection', () => {
     }
   });
 });
+
+describe('rows of several plugins in one run', () => {
+  it('gives every row the logits of its own view, on the serving session, for prefill and decode', async () => {
+    const A = await Engine.load(fixtureDir('A'), { threads: 1 });
+    try {
+      const b = loadCheckpoint(fixtureDir('B'));
+      const o = oracle('A');
+      const oProj = A.baseView.with(tensorOverlay(pick(b.tensors, (n) => n.includes('o_proj'))));
+      const norms = A.baseView.with(tensorOverlay(pick(b.tensors, (n) => n.includes('norm'))));
+      const both = A.baseView.with(tensorOverlay(pick(b.tensors, (n) => n.includes('norm') || n.includes('o_proj'))));
+      const views = [oProj, A.baseView, norms, oProj, both];
+      assert.ok(views.every((v) => A.sharesRuns(v)));
+      assert.ok(!A.sharesRuns(A.baseView.with(tensorOverlay(pick(b.tensors, (n) => n.includes('q_proj'))))));
+      const ids = o.ids.slice(0, 6);
+      const want = await Promise.all(views.map((v) => A.logits(ids, v)));
+      // Prefill of all rows in one run (rows of different lengths), then decode steps, all mixed.
+      const cache = A.newCache(views.length);
+      const first = await A.forward(cache, views.map((_, i) => ids.slice(0, 3 + (i % 2))), { rowViews: views, logits: 'all' });
+      first.forEach((rows, i) => rows.forEach((l, t) => assert.ok(maxAbsDiff(l, want[i][t]) < TOL, `row ${i} position ${t}`)));
+      // Decode: rows that prefilled 3 tokens take token 3 and then 4; rows with 4 take token 4 and then 5.
+      const pos = views.map((_, i) => 3 + (i % 2));
+      for (let s = 0; s < 2; s++) {
+        const out = await A.forward(cache, views.map((_, i) => [ids[pos[i]]]), { rowViews: views });
+        out.forEach(([l], i) => assert.ok(maxAbsDiff(l, want[i][pos[i]]) < TOL, `decode row ${i} position ${pos[i]}`));
+        for (let i = 0; i < pos.length; i++) pos[i]++;
+      }
+      // The expectation itself: the o_proj row matches M1's oracle, and the norm and o_proj rows differ from A.
+      assert.ok(maxAbsDiff(want[0][5], oracle('M1_o_proj').logits[5]) < TOL);
+      assert.ok(maxAbsDiff(want[2][5], want[1][5]) > 1e-3 && maxAbsDiff(want[0][5], want[1][5]) > 1e-3);
+    } finally {
+      await A.release();
+    }
+  });
+});
