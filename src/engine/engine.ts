@@ -90,7 +90,7 @@ export class Engine {
   private readonly rowNormBuffers = new Map<string, Float32Array>();
   private readonly falseTensor = new ort.Tensor('bool', Uint8Array.from([0]), []);
   private readonly trueTensor = new ort.Tensor('bool', Uint8Array.from([1]), []);
-  private readonly zeroMask = new ort.Tensor('float32', new Float32Array(1), [1, 1, 1]);
+  private readonly zeroMask = new ort.Tensor('float32', new Float32Array(1), [1, 1]);
   readonly shapes: Map<string, number[]>;
   readonly baseView: View;
   /** The device sessions actually run on ('cpu' after a CUDA fallback). */
@@ -353,7 +353,7 @@ export class Engine {
       feeds[`past.${l}.key`] = new ort.Tensor('float32', r.keys, [B, kvH, D, C]);
       feeds[`past.${l}.value`] = new ort.Tensor('float32', r.values, [B, kvH, C, D]);
     }
-    if (mix) this.mixedFeeds(feeds, session, mix, B);
+    if (mix) this.mixedFeeds(feeds, session, mix, B, S);
     else {
       for (const name of session.inputs) {
         const over = resolved.tensors.get(name);
@@ -417,7 +417,7 @@ export class Engine {
     return { views, slotOf };
   }
 
-  private mixedFeeds(feeds: Record<string, ort.Tensor>, session: DecoderSession, mix: { views: ResolvedView[]; slotOf: number[] }, B: number): void {
+  private mixedFeeds(feeds: Record<string, ort.Tensor>, session: DecoderSession, mix: { views: ResolvedView[]; slotOf: number[] }, B: number, S: number): void {
     const { spec } = this;
     const H = spec.hiddenSize;
     const pick = (name: string, v: ResolvedView) => {
@@ -442,9 +442,9 @@ export class Engine {
     }
     feeds.mixed = this.trueTensor;
     for (let k = 0; k < session.slots; k++) {
-      const m = new Float32Array(B);
-      for (let b = 0; b < B; b++) m[b] = mix.slotOf[b] === k ? 1 : 0;
-      feeds[`slot_mask.${k}`] = new ort.Tensor('float32', m, [B, 1, 1]);
+      const m = new Float32Array(B * S);
+      for (let b = 0; b < B; b++) if (mix.slotOf[b] === k) m.fill(1, b * S, (b + 1) * S);
+      feeds[`slot_mask.${k}`] = new ort.Tensor('float32', m, [1, B * S]);
     }
   }
 

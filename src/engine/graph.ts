@@ -41,9 +41,9 @@ export interface GraphOptions {
   /**
    * Plugin slots (>= 2) let one run carry rows of several views that differ only in o_proj and the norms:
    * norm weights become per-row inputs [rows, 1, H] (rows 1 broadcasts), and each layer's o_proj is an If:
-   * with `mixed` false a plain MatMul on the view's weight, with it true the sum over slots k of
-   * (x * slot_mask.k) W_k, where slot_mask.k [B,1,1] marks the rows of slot k and `slot{k}.<o_proj name>` is
-   * its weight (slot 0 under the plain name).
+   * with `mixed` false the product with the view's weight, with it true the sum over slots k of the product
+   * with W_k of x masked by slot_mask.k [1, B*S] (1 at the positions of slot k's rows); `slot{k}.<o_proj
+   * name>` is slot k's weight (slot 0 under the plain name).
    */
   slots?: number;
 }
@@ -94,7 +94,8 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const select = b.input('select', 'int64', ['selected']);
   const layerGate = b.input('layer_gate', 'float32', [L]);
   const mixed = slots > 1 ? b.input('mixed', 'bool', []) : '';
-  const slotMasks = Array.from({ length: slots > 1 ? slots : 0 }, (_, k) => b.input(`slot_mask.${k}`, 'float32', [`slot_mask.${k}.rows`, 1, 1]));
+  // slot_mask.k [1, B*S]: 1 at the flattened positions of slot k's rows.
+  const slotMasks = Array.from({ length: slots > 1 ? slots : 0 }, (_, k) => b.input(`slot_mask.${k}`, 'float32', [1, `slot_mask.${k}.positions`]));
 
   // ---- shared constants ----
   const axisLast = b.constInt64([-1], 'axes_last');
@@ -105,6 +106,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   // ---- embeddings ----
   const embed = w(null, 'embed_tokens');
   let h = b.op('Gather', [embed, ids], { axis: 0 }, 'embed_tokens.out'); // [B,S,H]
+  const shapeBSH = b.op('Shape', [h], {}, 'shape_bsh');
 
   // ---- rotary embedding: cos/sin [B,S,1,D/2], computed once for all layers ----
   const invFreq = b.constFloat(ropeInvFreq(spec), [D / 2], 'rope.inv_freq');
@@ -135,21 +137,29 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
     return b.op('Mul', [normed, weight], {}, `${prefix}.out`);
   };
 
-  const slottedMatMul = (x: string, name: string, nodeName: string): string => {
-    const shape = graphShape(spec, name, shapes.get(name)!);
-    for (let k = 1; k < slots; k++) b.input(slotInput(name, k), 'float32', shape);
-    const out = [{ name: '', type: 'float32' as const, dims: ['batch', 'seq', shape[1]] }];
-    return b.op('If', [mixed], {
-      then_branch: b.subgraph(`${nodeName}.mixed`, (g) => {
-        let sum = '';
-        for (let k = 0; k < slots; k++) {
-          const y = g.op('MatMul', [g.op('Mul', [x, slotMasks[k]]), slotInput(name, k)]);
-          sum = k === 0 ? y : g.op('Add', [sum, y]);
-        }
-        return [{ ...out[0], name: sum }];
-      }),
-      else_branch: b.subgraph(`${nodeName}.single`, (g) => [{ ...out[0], name: g.op('MatMul', [x, name]) }]),
-    }, nodeName);
+  // x [B,S,K] times a weight held [N, K] (o_proj): (W x^T)^T, so that the weight is the streamed left operand
+  // and never repacked, whatever the row count. With plugin slots, an If picks the single-view product or
+  // the sum over slots of W_k (x^T * slot_mask.k).
+  const rowsRight = (x: string, name: string, nodeName: string): string => {
+    const [N, K] = graphShape(spec, name, shapes.get(name)!);
+    const xT = b.op('Transpose', [b.op('Reshape', [x, b.constInt64([-1, K])])], { perm: [1, 0] }, `${nodeName}.xT`); // [K, B*S]
+    let yT: string;
+    if (slots > 1) {
+      for (let k = 1; k < slots; k++) b.input(slotInput(name, k), 'float32', [N, K]);
+      const out = { type: 'float32' as const, dims: [N, 'positions'] };
+      yT = b.op('If', [mixed], {
+        then_branch: b.subgraph(`${nodeName}.mixed`, (g) => {
+          let sum = '';
+          for (let k = 0; k < slots; k++) {
+            const y = g.op('MatMul', [slotInput(name, k), g.op('Mul', [xT, slotMasks[k]])]);
+            sum = k === 0 ? y : g.op('Add', [sum, y]);
+          }
+          return [{ ...out, name: sum }];
+        }),
+        else_branch: b.subgraph(`${nodeName}.single`, (g) => [{ ...out, name: g.op('MatMul', [name, xT]) }]),
+      }, `${nodeName}.T`);
+    } else yT = b.op('MatMul', [name, xT], {}, `${nodeName}.T`);
+    return b.op('Reshape', [b.op('Transpose', [yT], { perm: [1, 0] }), shapeBSH], {}, nodeName);
   };
 
   const linear = (x: string, layer: number | null, kind: ModuleKind, bias: boolean, prefix: string): string => {
@@ -157,7 +167,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
     const q = opts.quantized?.get(name);
     let y: string;
     if (q) y = int4MatMul(x, name, q, `${prefix}.${kind}`);
-    else if (slots > 1 && kind === 'o_proj' && opts.inputs.has(name)) y = slottedMatMul(x, w(layer, kind), `${prefix}.${kind}`);
+    else if (kind === 'o_proj') y = rowsRight(x, w(layer, kind), `${prefix}.${kind}`);
     else y = b.op('MatMul', [x, w(layer, kind)], {}, `${prefix}.${kind}`);
     return bias ? b.op('Add', [y, w(layer, kind, 'bias')], {}, `${prefix}.${kind}.bias_add`) : y;
   };

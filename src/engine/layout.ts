@@ -3,7 +3,9 @@
  * [in, out] (onnxruntime's MatMul has no transB). The head is the exception: it stays [vocab, hidden] and the
  * graph computes (W x^T)^T, because a non-constant [hidden, vocab] right operand is repacked on every run
  * with more than one row (measured on the 151936 x 896 head: 37 ms at 2 rows vs 20 ms this way, 15.4 vs
- * 17.2 ms at 1 row). The embedding is [vocab, hidden] as in HF, so a tied model holds its matrix once.
+ * 17.2 ms at 1 row). o_proj stays [out, in] too and is computed the same way: it is a graph input (swappable)
+ * and a run with plugin slots multiplies by up to four of them, each of which would otherwise be repacked.
+ * The embedding is [vocab, hidden] as in HF, so a tied model holds its matrix once.
  */
 import type { ModelSpec } from '../model/config.ts';
 import { toFloat32Transposed } from '../model/dtype.ts';
@@ -13,7 +15,7 @@ import { LINEAR_KINDS, parseName } from '../model/names.ts';
 export function isTransposed(_spec: ModelSpec, name: string): boolean {
   const p = parseName(name);
   if (!p || p.param !== 'weight') return false;
-  return LINEAR_KINDS.has(p.kind) && p.kind !== 'lm_head';
+  return LINEAR_KINDS.has(p.kind) && p.kind !== 'lm_head' && p.kind !== 'o_proj';
 }
 
 export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
