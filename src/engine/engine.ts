@@ -90,7 +90,7 @@ export class Engine {
   private readonly rowNormBuffers = new Map<string, Float32Array>();
   private readonly falseTensor = new ort.Tensor('bool', Uint8Array.from([0]), []);
   private readonly trueTensor = new ort.Tensor('bool', Uint8Array.from([1]), []);
-  private readonly zeroMask = new ort.Tensor('float32', new Float32Array(1), [1, 1]);
+  private readonly noPositions = new ort.Tensor('int64', new BigInt64Array(0), [0]);
   readonly shapes: Map<string, number[]>;
   readonly baseView: View;
   /** The device sessions actually run on ('cpu' after a CUDA fallback). */
@@ -364,8 +364,10 @@ export class Engine {
         if (session.slots > 1 && this.oProjNames.has(name)) for (let k = 1; k < session.slots; k++) feeds[slotInput(name, k)] = feeds[name];
       }
       if (session.slots > 1) {
+        // Read only by the mixed branch, but every input must be fed.
         feeds.mixed = this.falseTensor;
-        for (let k = 0; k < session.slots; k++) feeds[`slot_mask.${k}`] = this.zeroMask;
+        for (let k = 0; k < session.slots; k++) feeds[`slot_positions.${k}`] = this.noPositions;
+        feeds.slot_order = this.noPositions;
       }
     }
 
@@ -441,11 +443,20 @@ export class Engine {
       }
     }
     feeds.mixed = this.trueTensor;
+    const order = new BigInt64Array(B * S);
+    let column = 0;
     for (let k = 0; k < session.slots; k++) {
-      const m = new Float32Array(B * S);
-      for (let b = 0; b < B; b++) if (mix.slotOf[b] === k) m.fill(1, b * S, (b + 1) * S);
-      feeds[`slot_mask.${k}`] = new ort.Tensor('float32', m, [1, B * S]);
+      const positions: bigint[] = [];
+      for (let b = 0; b < B; b++) {
+        if (mix.slotOf[b] !== k) continue;
+        for (let t = 0; t < S; t++) {
+          order[b * S + t] = BigInt(column++);
+          positions.push(BigInt(b * S + t));
+        }
+      }
+      feeds[`slot_positions.${k}`] = new ort.Tensor('int64', BigInt64Array.from(positions), [positions.length]);
     }
+    feeds.slot_order = new ort.Tensor('int64', order, [B * S]);
   }
 
   /** Logits of every position of `ids`, from an empty cache (the `sfn logits` computation). */

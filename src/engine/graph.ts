@@ -41,9 +41,9 @@ export interface GraphOptions {
   /**
    * Plugin slots (>= 2) let one run carry rows of several views that differ only in o_proj and the norms:
    * norm weights become per-row inputs [rows, 1, H] (rows 1 broadcasts), and each layer's o_proj is an If:
-   * with `mixed` false the product with the view's weight, with it true the sum over slots k of the product
-   * with W_k of x masked by slot_mask.k [1, B*S] (1 at the positions of slot k's rows); `slot{k}.<o_proj
-   * name>` is slot k's weight (slot 0 under the plain name).
+   * with `mixed` false the product with the view's weight, with it true each slot's rows (slot_positions.k)
+   * times that slot's weight, put back in position order (slot_order); `slot{k}.<o_proj name>` is slot k's
+   * weight (slot 0 under the plain name).
    */
   slots?: number;
 }
@@ -94,8 +94,10 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const select = b.input('select', 'int64', ['selected']);
   const layerGate = b.input('layer_gate', 'float32', [L]);
   const mixed = slots > 1 ? b.input('mixed', 'bool', []) : '';
-  // slot_mask.k [1, B*S]: 1 at the flattened positions of slot k's rows.
-  const slotMasks = Array.from({ length: slots > 1 ? slots : 0 }, (_, k) => b.input(`slot_mask.${k}`, 'float32', [1, `slot_mask.${k}.positions`]));
+  // slot_positions.k: the flattened positions (b*S + t) of slot k's rows; slot_order: where each position's
+  // column lands when the slots' products are concatenated in slot order (its inverse permutation).
+  const slotPositions = Array.from({ length: slots > 1 ? slots : 0 }, (_, k) => b.input(`slot_positions.${k}`, 'int64', [`slot_positions.${k}.n`]));
+  const slotOrder = slots > 1 ? b.input('slot_order', 'int64', ['positions']) : '';
 
   // ---- shared constants ----
   const axisLast = b.constInt64([-1], 'axes_last');
@@ -139,7 +141,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
 
   // x [B,S,K] times a weight held [N, K] (o_proj): (W x^T)^T, so that the weight is the streamed left operand
   // and never repacked, whatever the row count. With plugin slots, an If picks the single-view product or
-  // the sum over slots of W_k (x^T * slot_mask.k).
+  // per slot, W_k times the columns of that slot's rows.
   const rowsRight = (x: string, name: string, nodeName: string): string => {
     const [N, K] = graphShape(spec, name, shapes.get(name)!);
     const xT = b.op('Transpose', [b.op('Reshape', [x, b.constInt64([-1, K])])], { perm: [1, 0] }, `${nodeName}.xT`); // [K, B*S]
@@ -149,12 +151,9 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
       const out = { type: 'float32' as const, dims: [N, 'positions'] };
       yT = b.op('If', [mixed], {
         then_branch: b.subgraph(`${nodeName}.mixed`, (g) => {
-          let sum = '';
-          for (let k = 0; k < slots; k++) {
-            const y = g.op('MatMul', [slotInput(name, k), g.op('Mul', [xT, slotMasks[k]])]);
-            sum = k === 0 ? y : g.op('Add', [sum, y]);
-          }
-          return [{ ...out, name: sum }];
+          // Each slot multiplies only its own rows' columns, so the compute stays that of one product.
+          const parts = slotPositions.map((idx, k) => g.op('MatMul', [slotInput(name, k), g.op('Gather', [xT, idx], { axis: 1 })]));
+          return [{ ...out, name: g.op('Gather', [g.op('Concat', parts, { axis: 1 }), slotOrder], { axis: 1 }) }];
         }),
         else_branch: b.subgraph(`${nodeName}.single`, (g) => [{ ...out, name: g.op('MatMul', [name, xT]) }]),
       }, `${nodeName}.T`);
