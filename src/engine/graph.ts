@@ -110,21 +110,30 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   let h = b.op('Gather', [embed, ids], { axis: 0 }, 'embed_tokens.out'); // [B,S,H]
   const shapeBSH = b.op('Shape', [h], {}, 'shape_bsh');
 
-  // ---- rotary embedding: cos/sin [B,S,1,D/2], computed once for all layers ----
-  const invFreq = b.constFloat(ropeInvFreq(spec), [D / 2], 'rope.inv_freq');
-  const posF = b.op('Cast', [pos], { to: 1 }, 'rope.pos_f');
-  const freqs = b.op('Mul', [b.op('Unsqueeze', [posF, axisLast]), invFreq], {}, 'rope.freqs'); // [B,S,D/2]
-  const axis2 = b.constInt64([2], 'axes_2');
-  const cos = b.op('Unsqueeze', [b.op('Cos', [freqs]), axis2], {}, 'rope.cos');
-  const sin = b.op('Unsqueeze', [b.op('Sin', [freqs]), axis2], {}, 'rope.sin');
+  // ---- rotary embedding: onnxruntime's RotaryEmbedding over cos/sin tables of every position ----
+  // Each angle is the float32 product position x inv_freq, as transformers computes it, then cos/sin.
+  const half = D / 2;
+  const invF = Float32Array.from(ropeInvFreq(spec));
+  const maxPos = spec.maxPositionEmbeddings;
+  const cosTable = new Float32Array(maxPos * half);
+  const sinTable = new Float32Array(maxPos * half);
+  for (let p = 0; p < maxPos; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = Math.fround(p * invF[i]);
+      cosTable[p * half + i] = Math.cos(angle);
+      sinTable[p * half + i] = Math.sin(angle);
+    }
+  }
+  const cosCache = b.externalFloat('rope.cos_cache', cosTable, [maxPos, half]);
+  const sinCache = b.externalFloat('rope.sin_cache', sinTable, [maxPos, half]);
+  // x [B,S,heads*D] -> the same with rotate_half applied per head (transformers' non-interleaved RoPE).
+  const rope = (x: string, heads: number, name: string): string =>
+    b.op('RotaryEmbedding', [x, pos, cosCache, sinCache], { interleaved: 0, num_heads: heads }, name, 'com.microsoft');
 
-  // rotate_half as in transformers: [x1, x2] -> [x1*cos - x2*sin, x2*cos + x1*sin]
-  const rope = (x: string, prefix: string): string => {
-    const [x1, x2] = b.opN('Split', [x], 2, { axis: -1 }, `${prefix}.rope_split`);
-    const r1 = b.op('Sub', [b.op('Mul', [x1, cos]), b.op('Mul', [x2, sin])]);
-    const r2 = b.op('Add', [b.op('Mul', [x2, cos]), b.op('Mul', [x1, sin])]);
-    return b.op('Concat', [r1, r2], { axis: -1 }, `${prefix}.rope`);
-  };
+  // [C, S]: how the concatenated scores split back into cache and new rows.
+  const capacityDim = b.op('Slice', [b.op('Shape', [pastMask]), b.constInt64([3]), b.constInt64([4])]);
+  const seqDim = b.op('Slice', [b.op('Shape', [ids]), b.constInt64([1]), b.constInt64([2])]);
+  const scoreSplit = b.op('Concat', [capacityDim, seqDim], { axis: 0 }, 'score_split');
 
   // The causal/padding mask of the new rows, tiled over the G query heads that share a kv head: [B,1,G*S,S].
   const newMaskG = G === 1 ? newMask : b.op('Tile', [newMask, b.constInt64([1, 1, G, 1])], {}, 'new_mask_tiled');
@@ -188,11 +197,9 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
 
   const attention = (x: string, l: number): string => {
     const p = `model.layers.${l}.self_attn`;
-    let q = b.op('Reshape', [linear(x, l, 'q_proj', spec.qkvBias, p), shapeQ]); // [B,S,nh,D]
-    let k = b.op('Reshape', [linear(x, l, 'k_proj', spec.qkvBias, p), shapeKv]); // [B,S,nkv,D]
+    const q = b.op('Reshape', [rope(linear(x, l, 'q_proj', spec.qkvBias, p), nh, `${p}.q.rope`), shapeQ]); // [B,S,nh,D]
+    const k = b.op('Reshape', [rope(linear(x, l, 'k_proj', spec.qkvBias, p), nkv, `${p}.k.rope`), shapeKv]); // [B,S,nkv,D]
     const v = b.op('Reshape', [linear(x, l, 'v_proj', spec.qkvBias, p), shapeKv]);
-    q = rope(q, `${p}.q`);
-    k = rope(k, `${p}.k`);
     // Queries [B,nh,S,D] regrouped as [B,nkv,G*S,D]: head h = kv*G + g, as transformers' repeat_kv pairs them.
     const qT = b.op('Mul', [b.op('Transpose', [q], { perm: [0, 2, 1, 3] }), scale]);
     const qg = b.op('Reshape', [qT, shapeGrouped], {}, `${p}.q_grouped`);
@@ -203,17 +210,13 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
     const pastK = b.input(`past.${l}.key`, 'float32', ['batch', nkv, D, 'capacity']);
     const pastV = b.input(`past.${l}.value`, 'float32', ['batch', nkv, 'capacity', D]);
 
-    // Scores against the cache and against the new rows; one softmax across both, done by hand.
+    // Scores against the cache and against the new rows, one softmax over both (the scores are small next to
+    // the cache, which is never concatenated), then the two halves weight their values.
     const sPast = b.op('Add', [b.op('MatMul', [qg, pastK]), pastMask], {}, `${p}.scores_past`); // [B,nkv,G*S,C]
     const sNew = b.op('Add', [b.op('MatMul', [qg, kNew]), newMaskG], {}, `${p}.scores_new`); // [B,nkv,G*S,S]
-    const m = b.op('Max', [
-      b.op('ReduceMax', [sPast], { axes: [-1], keepdims: 1 }),
-      b.op('ReduceMax', [sNew], { axes: [-1], keepdims: 1 }),
-    ]);
-    const ePast = b.op('Exp', [b.op('Sub', [sPast, m])]);
-    const eNew = b.op('Exp', [b.op('Sub', [sNew, m])]);
-    const den = b.op('Add', [b.op('ReduceSum', [ePast, axisLast], { keepdims: 1 }), b.op('ReduceSum', [eNew, axisLast], { keepdims: 1 })]);
-    const ctx = b.op('Div', [b.op('Add', [b.op('MatMul', [ePast, pastV]), b.op('MatMul', [eNew, vNew])]), den], {}, `${p}.context`);
+    const probs = b.op('Softmax', [b.op('Concat', [sPast, sNew], { axis: -1 })], { axis: -1 }, `${p}.probs`);
+    const [pPast, pNew] = b.opN('Split', [probs, scoreSplit], 2, { axis: -1 }, `${p}.probs_split`);
+    const ctx = b.op('Add', [b.op('MatMul', [pPast, pastV]), b.op('MatMul', [pNew, vNew])], {}, `${p}.context`);
     const heads = b.op('Transpose', [b.op('Reshape', [ctx, shapeHeads])], { perm: [0, 2, 1, 3] }); // [B,S,nh,D]
     return linear(b.op('Reshape', [heads, shapeMerged]), l, 'o_proj', spec.oBias, p);
   };
