@@ -100,7 +100,6 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const slotOrder = slots > 1 ? b.input('slot_order', 'int64', ['positions']) : '';
 
   // ---- shared constants ----
-  const axisLast = b.constInt64([-1], 'axes_last');
   const eps = b.constFloat([spec.rmsNormEps], [], 'rms_eps');
   const two = b.constFloat([2], [], 'two');
   const scale = b.constFloat([1 / Math.sqrt(D)], [], 'attn_scale');
