@@ -194,11 +194,37 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const shapeHeads = b.constInt64([0, nh, -1, D], 'shape_heads');
   const shapeMerged = b.constInt64([0, 0, nh * D], 'shape_merged');
 
+  // q, k and v projections. Frozen fp32 ones are one initializer [H, (nh + 2 nkv) D] and one MatMul, split
+  // after: one larger product streams better than three small ones, with fewer nodes.
+  const qkv = (x: string, l: number, p: string): string[] => {
+    const kinds = ['q_proj', 'k_proj', 'v_proj'] as const;
+    const names = kinds.map((kind) => formatName({ layer: l, kind, param: 'weight' }));
+    if (names.some((n) => opts.inputs.has(n) || opts.quantized?.has(n))) return kinds.map((kind) => linear(x, l, kind, spec.qkvBias, p));
+    const widths = [nh * D, nkv * D, nkv * D];
+    const total = widths[0] + widths[1] + widths[2];
+    const rowsIn = graphShape(spec, names[0], shapes.get(names[0])!)[0];
+    const fused = new Float32Array(rowsIn * total);
+    let offset = 0;
+    names.forEach((n, i) => {
+      const data = opts.frozen.get(n)!;
+      for (let r = 0; r < rowsIn; r++) fused.set(data.subarray(r * widths[i], (r + 1) * widths[i]), r * total + offset);
+      offset += widths[i];
+    });
+    let y = b.op('MatMul', [x, b.externalFloat(`${p}.qkv_proj.weight`, fused, [rowsIn, total])], {}, `${p}.qkv_proj`);
+    if (spec.qkvBias) {
+      const bias = new Float32Array(total);
+      kinds.reduce((o, kind, i) => (bias.set(opts.frozen.get(formatName({ layer: l, kind, param: 'bias' }))!, o), o + widths[i]), 0);
+      y = b.op('Add', [y, b.constFloat(bias, [total], `${p}.qkv_proj.bias`)], {}, `${p}.qkv_proj.bias_add`);
+    }
+    return b.opN('Split', [y, b.constInt64(widths)], 3, { axis: -1 }, `${p}.qkv_split`);
+  };
+
   const attention = (x: string, l: number): string => {
     const p = `model.layers.${l}.self_attn`;
-    const q = b.op('Reshape', [rope(linear(x, l, 'q_proj', spec.qkvBias, p), nh, `${p}.q.rope`), shapeQ]); // [B,S,nh,D]
-    const k = b.op('Reshape', [rope(linear(x, l, 'k_proj', spec.qkvBias, p), nkv, `${p}.k.rope`), shapeKv]); // [B,S,nkv,D]
-    const v = b.op('Reshape', [linear(x, l, 'v_proj', spec.qkvBias, p), shapeKv]);
+    const [qLin, kLin, vLin] = qkv(x, l, p);
+    const q = b.op('Reshape', [rope(qLin, nh, `${p}.q.rope`), shapeQ]); // [B,S,nh,D]
+    const k = b.op('Reshape', [rope(kLin, nkv, `${p}.k.rope`), shapeKv]); // [B,S,nkv,D]
+    const v = b.op('Reshape', [vLin, shapeKv]);
     // Queries [B,nh,S,D] regrouped as [B,nkv,G*S,D]: head h = kv*G + g, as transformers' repeat_kv pairs them.
     const qT = b.op('Mul', [b.op('Transpose', [q], { perm: [0, 2, 1, 3] }), scale]);
     const qg = b.op('Reshape', [qT, shapeGrouped], {}, `${p}.q_grouped`);
