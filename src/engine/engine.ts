@@ -321,9 +321,13 @@ export class Engine {
     const select: number[] = [];
     for (let b = 0; b < B; b++) {
       const n = counts[b];
+      const start = cache.lengths[first + b];
+      // RoPE reads its cos/sin tables at these positions: the model's own limit is a hard one.
+      if (start + n > spec.maxPositionEmbeddings) throw new RangeError(`row ${first + b} would reach position ${start + n - 1}; the model has ${spec.maxPositionEmbeddings} positions`);
       for (let i = 0; i < S; i++) {
         ids[b * S + i] = BigInt(i < n ? rows[b][i] : 0);
-        pos[b * S + i] = BigInt(cache.lengths[first + b] + i);
+        // Padding repeats the row's last position (its outputs are discarded) so it stays inside the tables.
+        pos[b * S + i] = BigInt(Math.min(spec.maxPositionEmbeddings - 1, start + Math.max(0, Math.min(i, n - 1))));
         const rowBase = (b * S + i) * S;
         if (i < n) newMask.fill(0, rowBase, rowBase + i + 1);
         else newMask[rowBase + i] = 0;

@@ -231,3 +231,17 @@ describe('rows of several plugins in one run', () => {
     }
   });
 });
+
+describe('positions', () => {
+  it('refuses to run past the model\'s max_position_embeddings (RoPE tables end there)', async () => {
+    const A = await Engine.load(fixtureDir('A'), { threads: 1 });
+    try {
+      const max = A.spec.maxPositionEmbeddings;
+      const cache = A.newCache(1);
+      await assert.rejects(A.forward(cache, [Array.from({ length: max + 1 }, (_, i) => i % 50)]), /position/);
+      assert.equal(cache.lengths[0], 0, 'nothing was appended');
+    } finally {
+      await A.release();
+    }
+  });
+});
