@@ -11,7 +11,7 @@ import type { DonorRef } from './stethoscope/build.ts';
 import { resolveDestroy, resolveMerge } from './stethoscope/resolve.ts';
 import { SpecError } from './stethoscope/spec.ts';
 import { OverlayLoader, type OverlaySpec } from './views/overlays.ts';
-import { Engine, type Device, type Quantize } from './engine/engine.ts';
+import { Engine, type Device, type EngineOptions, type Quantize } from './engine/engine.ts';
 import { generate } from './engine/generate.ts';
 import { argmax } from './engine/sampler.ts';
 import { ModelTokenizer } from './engine/tokenizer.ts';
@@ -76,18 +76,20 @@ function int(v: string | undefined, name: string, dflt?: number): number | undef
   return n;
 }
 
-/** --quantize, else SFN_QUANTIZE, else none. */
-function quantize(v: string | undefined): Quantize {
-  const q = v ?? (process.env.SFN_QUANTIZE || 'none');
-  if (q !== 'none' && q !== 'int4') throw new UsageError(`--quantize must be none or int4, got "${q}"`);
-  return q;
+/** One of `allowed`: the flag, else the environment variable, else the first allowed value. */
+function choice<T extends string>(name: string, flag: string | undefined, env: string, allowed: readonly T[]): T {
+  const v = flag ?? (process.env[env] || allowed[0]);
+  if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`--${name} must be ${allowed.join(' or ')}, got "${v}"`);
+  return v as T;
 }
 
-/** --device, else SFN_DEVICE, else cpu. */
-function device(v: string | undefined): Device {
-  const d = v ?? (process.env.SFN_DEVICE || 'cpu');
-  if (d !== 'cpu' && d !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got "${d}"`);
-  return d;
+/** --threads, --device (SFN_DEVICE) and --quantize (SFN_QUANTIZE), as `generate` and `logits` take them. */
+function engineOptions(values: { threads?: string; device?: string; quantize?: string }): EngineOptions {
+  return {
+    threads: int(values.threads, 'threads'),
+    device: choice<Device>('device', values.device, 'SFN_DEVICE', ['cpu', 'cuda']),
+    quantize: choice<Quantize>('quantize', values.quantize, 'SFN_QUANTIZE', ['none', 'int4']),
+  };
 }
 
 function num(v: string | undefined, name: string): number | undefined {
@@ -130,7 +132,7 @@ async function cmdLogits(args: string[]): Promise<void> {
     return n;
   });
   const greedyN = int(values.greedy, 'greedy', 0)!;
-  const engine = await Engine.load(resolveModelDir(values.model), { threads: int(values.threads, 'threads'), device: device(values.device), quantize: quantize(values.quantize) });
+  const engine = await Engine.load(resolveModelDir(values.model), engineOptions(values));
   const view = stethoscopeView(engine, values.merge, values.destroy);
   // All positions' logits from one prefill, then greedy decoding on the same cache (ignoring EOS).
   const cache = engine.newCache(1);
@@ -195,7 +197,7 @@ async function cmdGenerate(args: string[]): Promise<void> {
   if (values.prompt === undefined) throw new UsageError('generate needs --prompt TEXT');
   const dir = resolveModelDir(values.model);
   const tokenizer = ModelTokenizer.fromDir(dir);
-  const engine = await Engine.load(dir, { threads: int(values.threads, 'threads'), device: device(values.device), quantize: quantize(values.quantize) });
+  const engine = await Engine.load(dir, engineOptions(values));
   const text = values.chat ? tokenizer.applyChatTemplate([{ role: 'user', content: values.prompt }]) : values.prompt;
   const ids = tokenizer.encode(text);
   const controller = new AbortController();
@@ -330,48 +332,30 @@ async function cmdFreezePlan(args: string[]): Promise<void> {
   process.stdout.write((values.json ? JSON.stringify(plan, null, 2) : freezePlanTable(plan)) + '\n');
 }
 
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  'make-model': cmdMakeModel,
+  logits: cmdLogits,
+  generate: cmdGenerate,
+  extract: cmdExtract,
+  export: cmdExport,
+  delta: cmdDelta,
+  eval: cmdEval,
+  'freeze-plan': cmdFreezePlan,
+  // Loaded on demand: the server's modules are not needed by the other commands.
+  serve: async (args) => (await import('./server/serve.ts')).serveCommand(args),
+};
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
-    switch (cmd) {
-      case 'make-model':
-        await cmdMakeModel(rest);
-        return 0;
-      case 'logits':
-        await cmdLogits(rest);
-        return 0;
-      case 'generate':
-        await cmdGenerate(rest);
-        return 0;
-      case 'extract':
-        await cmdExtract(rest);
-        return 0;
-      case 'export':
-        await cmdExport(rest);
-        return 0;
-      case 'delta':
-        await cmdDelta(rest);
-        return 0;
-      case 'eval':
-        await cmdEval(rest);
-        return 0;
-      case 'freeze-plan':
-        await cmdFreezePlan(rest);
-        return 0;
-      case 'serve': {
-        const { serveCommand } = await import('./server/serve.ts');
-        await serveCommand(rest);
-        return 0;
-      }
-      case undefined:
-      case '-h':
-      case '--help':
-      case 'help':
-        process.stdout.write(USAGE + '\n');
-        return cmd === undefined ? 2 : 0;
-      default:
-        throw new UsageError(`unknown command "${cmd}"`);
+    if (cmd === undefined || ['-h', '--help', 'help'].includes(cmd)) {
+      process.stdout.write(USAGE + '\n');
+      return cmd === undefined ? 2 : 0;
     }
+    const run = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
+    if (!run) throw new UsageError(`unknown command "${cmd}"`);
+    await run(rest);
+    return 0;
   } catch (e) {
     const err = e as Error & { code?: string };
     if (e instanceof UsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {

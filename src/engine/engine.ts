@@ -398,7 +398,10 @@ export class Engine {
    * and norms (which the graph takes per slot / per row) and gates no layer.
    */
   sharesRuns(view: View): boolean {
-    const { tensors, gates } = view.resolve();
+    return this.sharesRunsResolved(view.resolve());
+  }
+
+  private sharesRunsResolved({ tensors, gates }: ResolvedView): boolean {
     if (gates.size > 0) return false;
     for (const name of tensors.keys()) if (!this.oProjNames.has(name) && !this.normNames.has(name)) return false;
     return true;
@@ -411,10 +414,11 @@ export class Engine {
     const slotOf = rowViews.map((v) => {
       let k = index.get(v.fingerprint);
       if (k === undefined) {
-        if (!this.sharesRuns(v)) throw new ViewError('a view that replaces more than o_proj and norms cannot share a run with other views');
+        const resolved = v.resolve();
+        if (!this.sharesRunsResolved(resolved)) throw new ViewError('a view that replaces more than o_proj and norms cannot share a run with other views');
         k = views.length;
         index.set(v.fingerprint, k);
-        views.push(v.resolve());
+        views.push(resolved);
       }
       return k;
     });

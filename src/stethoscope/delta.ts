@@ -147,29 +147,24 @@ export async function computeDelta(a: WeightSource, b: WeightSource, opts: Delta
     if (!m) modules.set(key, (m = { kind: p.kind, layer: p.layer, elements: 0, l2: 0, a_l2: 0, rel_l2: 0, histogram: new Float64Array(nb) as unknown as number[] }));
     let k = kinds.get(p.kind);
     if (!k) kinds.set(p.kind, (k = { n: 0, s1: 0, s2: 0, s3: 0, s4: 0, d2: 0, a2: 0 }));
-    // Streamed in chunks from both sources: memory is two chunks, whatever the model.
-    let d2 = 0;
-    let a2 = 0;
-    let s1 = 0;
-    let s2 = 0;
-    let s3 = 0;
-    let s4 = 0;
+    // Streamed in chunks from both sources: memory is two chunks, whatever the model. Sums go straight into
+    // the module's and the kind's totals.
     for (let off = 0; off < total; off += CHUNK) {
       const len = Math.min(CHUNK, total - off);
       const x = a.readRange(name, off, bufA.subarray(0, len));
       const y = b.readRange(name, off, bufB.subarray(0, len));
       const r = accumulate(x, y, m.histogram as unknown as Float64Array);
-      d2 += r.d2;
-      a2 += r.a2;
-      s1 += r.s1;
-      s2 += r.s2;
-      s3 += r.s3;
-      s4 += r.s4;
+      m.l2 += r.d2; // squared until the end
+      m.a_l2 += r.a2;
+      k.s1 += r.s1;
+      k.s2 += r.s2;
+      k.s3 += r.s3;
+      k.s4 += r.s4;
+      k.d2 += r.d2;
+      k.a2 += r.a2;
     }
     m.elements += total;
-    m.l2 += d2; // squared until the end
-    m.a_l2 += a2;
-    Object.assign(k, { n: k.n + total, s1: k.s1 + s1, s2: k.s2 + s2, s3: k.s3 + s3, s4: k.s4 + s4, d2: k.d2 + d2, a2: k.a2 + a2 });
+    k.n += total;
     opts.onProgress?.(++done, names.length, name);
     await new Promise((r) => setImmediate(r));
   }

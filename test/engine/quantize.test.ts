@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { Engine } from '../../src/engine/engine.ts';
+import { transpose2d } from '../../src/engine/layout.ts';
 import { GraphBuilder } from '../../src/engine/onnx.ts';
 import { dequantizeInt4, quantizeInt4 } from '../../src/engine/quantize.ts';
 import { Rng } from '../../src/engine/random.ts';
@@ -74,12 +75,8 @@ describe('--quantize int4 engine', () => {
       const p = parseName(n)!;
       if (p.param !== 'weight' || !['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj'].includes(p.kind)) continue;
       const [outF, inF] = t.shape;
-      const g = new Float32Array(inF * outF);
-      for (let i = 0; i < outF; i++) for (let k = 0; k < inF; k++) g[k * outF + i] = t.data[i * inF + k];
-      const d = dequantizeInt4(quantizeInt4(g, inF, outF));
-      const hf = new Float32Array(outF * inF);
-      for (let i = 0; i < outF; i++) for (let k = 0; k < inF; k++) hf[i * inF + k] = d[k * outF + i];
-      out.set(n, { ...t, data: hf });
+      const d = dequantizeInt4(quantizeInt4(transpose2d(t.data, outF, inF), inF, outF));
+      out.set(n, { ...t, data: transpose2d(d, inF, outF) });
     }
     return out;
   };
