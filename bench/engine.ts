@@ -53,7 +53,8 @@ async function roofline(): Promise<{ bytes: number; time: () => Promise<number>;
     externalData: b.external,
     intraOpNumThreads: threads,
     graphOptimizationLevel: 'all',
-    extra: { session: { intra_op: { allow_spinning: '0' } } },
+    // The engine's thread settings (one op: spinning between ops changes nothing here).
+    extra: { session: { intra_op: { allow_spinning: '1' }, force_spinning_stop: '1' } },
   });
   const x = new ort.Tensor('float32', new Float32Array(K).fill(1), [1, K]);
   return {

@@ -24,7 +24,10 @@ export interface EngineOptions {
   threads?: number;
   /** Make every weight an input in the serving session too (slower; for tests of the research path). */
   allInputs?: boolean;
-  /** Let idle onnxruntime threads spin-wait (off by default). */
+  /**
+   * Let onnxruntime's intra-op threads spin-wait between the ops of a run (on by default; they stop spinning
+   * when the run ends either way). false: they sleep between ops.
+   */
   spin?: boolean;
   /** Write onnxruntime's per-op profile (chrome trace JSON) with this file prefix. */
   profilePrefix?: string;
@@ -87,6 +90,8 @@ export class Engine {
   private readonly tensorCache = new WeakMap<Float32Array, ort.Tensor>();
   private readonly normNames: ReadonlySet<string>;
   private readonly oProjNames: ReadonlySet<string>;
+  /** The parameter the head multiplies by (embed_tokens when tied). */
+  private readonly headName: string;
   private readonly rowNormBuffers = new Map<string, Float32Array>();
   private readonly falseTensor = new ort.Tensor('bool', Uint8Array.from([0]), []);
   private readonly trueTensor = new ort.Tensor('bool', Uint8Array.from([1]), []);
@@ -111,6 +116,7 @@ export class Engine {
     this.normNames = new Set(names.filter((n) => NORM_KINDS.includes(parseName(n)!.kind)));
     this.oProjNames = new Set(names.filter((n) => parseName(n)!.kind === 'o_proj' && parseName(n)!.param === 'weight'));
     this.device = options.device ?? 'cpu';
+    this.headName = spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
   }
 
   /** Loads a Hugging Face model directory. */
@@ -217,16 +223,18 @@ export class Engine {
       }
     }
     const slots = kind === 'serving' ? PLUGIN_SLOTS : 1;
-    const graph = buildDecoderGraph(this.spec, { inputs, frozen, quantized, slots });
+    const backboneHead = kind === 'serving' ? this.weights.get(this.headName) : undefined;
+    const graph = buildDecoderGraph(this.spec, { inputs, frozen, quantized, slots, backboneHead });
     const options: ort.InferenceSession.SessionOptions = {
       externalData: graph.external,
       graphOptimizationLevel: 'all',
       intraOpNumThreads: this.options.threads ?? availableParallelism(),
       executionMode: 'sequential',
-      // Idle intra-op threads spin by default, taking cores from everything else in the process (the HTTP
-      // server, other sessions); decode runs back to back gain nothing measurable from it.
+      // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step: 5-10% of a
+      // step); spinning without force_spinning_stop went on after each run, taking a core from the rest of
+      // the process (26 ms of CPU per idle 50 ms).
       // MatmulTransposeFusion would turn the head's (W x^T)^T into a transB product: 18.4 vs 16.3 ms at one row.
-      extra: { session: { intra_op: { allow_spinning: this.options.spin ? '1' : '0' } }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
+      extra: { session: { intra_op: { allow_spinning: this.options.spin === false ? '0' : '1' }, force_spinning_stop: '1' }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
       ...(this.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${this.options.profilePrefix}-${kind}` } : {}),
     };
     let session: ort.InferenceSession;
@@ -373,6 +381,7 @@ export class Engine {
         for (let k = 0; k < session.slots; k++) feeds[`slot_positions.${k}`] = this.noPositions;
         feeds.slot_order = this.noPositions;
       }
+      if (session.kind === 'serving') feeds.head_backbone = resolved.tensors.has(this.headName) ? this.falseTensor : this.trueTensor;
     }
 
     const out = await session.session.run(feeds);
@@ -451,6 +460,7 @@ export class Engine {
       }
     }
     feeds.mixed = this.trueTensor;
+    feeds.head_backbone = this.trueTensor;
     const order = new BigInt64Array(B * S);
     let column = 0;
     for (let k = 0; k < session.slots; k++) {

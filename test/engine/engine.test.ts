@@ -91,6 +91,21 @@ describe('engine on fixture A', () => {
     assert.ok(maxAbsDiff((await A.logits(o.ids))[3], o.logits[3]) < TOL);
   });
 
+  it('swaps the head through a view, and goes back to the backbone\'s own (prepacked) head after it', async () => {
+    const view = A.baseView.with(tensorOverlay(pick(b.tensors, (n) => n === 'lm_head.weight')));
+    const got = await A.logits(o.ids, view);
+    const ref = referenceLogits(a.spec, new Map([...a.tensors, ['lm_head.weight', b.tensors.get('lm_head.weight')!]]), o.ids);
+    got.forEach((l, i) => assert.ok(maxAbsDiff(l, ref[i]) < TOL, `position ${i}`));
+    assert.ok(maxAbsDiff(got[3], o.logits[3]) > 1e-3, 'the swapped head must change the logits');
+    // A batch of the backbone and a decode step over it, right after the swapped run.
+    const cache = A.newCache(2);
+    const [[l1], [l2]] = await A.forward(cache, [o.ids.slice(0, 6), o.ids.slice(0, 4)]);
+    assert.ok(maxAbsDiff(l1, o.logits[5]) < TOL);
+    assert.ok(maxAbsDiff(l2, o.logits[3]) < TOL);
+    const [[d1]] = await A.forward(cache, [[o.ids[6]], []]);
+    assert.ok(maxAbsDiff(d1, o.logits[6]) < TOL);
+  });
+
   it('A with o_proj zeroed over layers 1-2 gives D_zero\'s oracle logits', async () => {
     const dz = oracle('D_zero_o_proj_1-2');
     const zeros = new Map<string, Tensor>();
