@@ -171,7 +171,7 @@ async function main() {
 
   log(`churn: ${CHURN} plugins with embed_tokens through a ${CACHE_MB} MiB cache`);
   const rssChurnStart = rssBytes(pid);
-  const evictionsBefore = await metric('sfn_plugin_cache_evictions');
+  const evictionsBefore = await metric('sfn_plugin_cache_evictions_total');
   let cacheMax = 0;
   let churnErrors = 0;
   for (let i = 0; i < CHURN; i++) await upload(`e${i}`, ['embed_tokens', 'o_proj'], 1 + 0.01 * (i + 1));
@@ -183,7 +183,7 @@ async function main() {
     }
   }
   const rssChurnEnd = rssBytes(pid);
-  const evictions = (await metric('sfn_plugin_cache_evictions')) - evictionsBefore;
+  const evictions = (await metric('sfn_plugin_cache_evictions_total')) - evictionsBefore;
   const embedBytes = base.tensors.get('model.embed_tokens.weight')!.data.byteLength;
 
   const exited = new Promise((r) => child.once('exit', r));

@@ -33,52 +33,58 @@ export class Metrics {
     const r = this.registry;
     collectDefaultMetrics({ register: r, prefix: 'sfn_' });
     const labelNames = ['model_name'] as const;
-    let last: WorkerStats | null = null;
-    // One worker round trip per scrape, shared by all gauges below.
-    const refresh = async () => {
-      last = await src.stats();
-    };
+    // One worker round trip per scrape, shared by all metrics below: prom-client collects them concurrently,
+    // so the first collect starts the request and the others await the same one.
+    let pending: Promise<WorkerStats | null> | null = null;
+    const current = () => (pending ??= src.stats().finally(() => (pending = null)));
     new Gauge({
       name: 'vllm:num_requests_running', help: 'Requests in decode or prefill (running batch rows).', labelNames, registers: [r],
       async collect() {
-        await refresh();
+        const last = await current();
         this.set({ model_name: src.modelName() }, last?.running ?? 0);
       },
     });
     new Gauge({
       name: 'vllm:num_requests_waiting', help: 'Requests queued for a batch row.', labelNames, registers: [r],
-      collect() {
+      async collect() {
+        const last = await current();
         this.set({ model_name: src.modelName() }, last?.waiting ?? 0);
       },
     });
     new Gauge({
       name: 'vllm:gpu_cache_usage_perc', help: 'KV-cache occupancy as a fraction: running rows / maximum running rows (sfn runs on CPU; the name is vLLM\'s).', labelNames, registers: [r],
-      collect() {
+      async collect() {
+        const last = await current();
         this.set({ model_name: src.modelName() }, (last?.running ?? 0) / src.maxRunning);
       },
     });
     new Gauge({
       name: 'sfn_kv_cache_bytes', help: 'Bytes held by KV caches of active lanes.', registers: [r],
-      collect() {
+      async collect() {
+        const last = await current();
         this.set(last?.cacheBytes ?? 0);
       },
     });
     new Gauge({
       name: 'vllm:lora_requests_info', help: 'Plugins (served as vLLM serves LoRA adapters) in running and waiting requests.',
       labelNames: ['running_lora_adapters', 'waiting_lora_adapters', 'max_lora'], registers: [r],
-      collect() {
+      async collect() {
+        const last = await current();
         this.reset();
         const p = last ? src.pluginsInUse(last) : { running: [], waiting: [] };
         this.set({ running_lora_adapters: p.running.join(','), waiting_lora_adapters: p.waiting.join(','), max_lora: String(src.maxPlugins) }, Date.now() / 1000);
       },
     });
     const overlay = (name: string, help: string, pick: (s: WorkerStats) => number) =>
-      new Gauge({ name, help, registers: [r], collect() { this.set(last ? pick(last) : 0); } });
-    overlay('sfn_plugin_cache_hits', 'Plugin tensor cache hits since start.', (s) => s.overlays.hits);
-    overlay('sfn_plugin_cache_misses', 'Plugin tensor cache misses (loads from disk) since start.', (s) => s.overlays.misses);
-    overlay('sfn_plugin_cache_evictions', 'Plugins evicted from the tensor cache since start.', (s) => s.overlays.evictions);
+      new Gauge({ name, help, registers: [r], async collect() { const last = await current(); this.set(last ? pick(last) : 0); } });
+    // Totals kept by the engine worker, exposed as counters (reset, then the total) so that rate() works.
+    const total = (name: string, help: string, pick: (s: WorkerStats) => number) =>
+      new Counter({ name, help, registers: [r], async collect() { const last = await current(); this.reset(); this.inc(last ? pick(last) : 0); } });
+    total('sfn_plugin_cache_hits_total', 'Plugin tensor cache hits.', (s) => s.overlays.hits);
+    total('sfn_plugin_cache_misses_total', 'Plugin tensor cache misses (loads from disk).', (s) => s.overlays.misses);
+    total('sfn_plugin_cache_evictions_total', 'Plugins evicted from the tensor cache.', (s) => s.overlays.evictions);
     overlay('sfn_plugin_cache_bytes', 'Bytes of plugin tensors held by the cache.', (s) => s.overlays.bytes);
-    overlay('sfn_engine_steps', 'Forward runs (prefill chunks and decode steps) since start.', (s) => s.steps);
+    total('sfn_engine_steps_total', 'Forward runs (prefill chunks and decode steps).', (s) => s.steps);
 
     this.ttft = new Histogram({ name: 'vllm:time_to_first_token_seconds', help: 'Time to first token.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
     this.tpot = new Histogram({ name: 'vllm:time_per_output_token_seconds', help: 'Time per output token after the first.', labelNames, buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5], registers: [r] });

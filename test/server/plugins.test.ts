@@ -103,6 +103,24 @@ describe('plugins over HTTP', () => {
     assert.ok(models.data.some((m) => m.id === 'A:m1' && m.parent === 'A'));
   });
 
+  it('counts plugin cache hits and misses as Prometheus counters', async () => {
+    const scrape = async () => {
+      const text = await (await fetch(`${srv.url}/metrics`)).text();
+      const value = (name: string) => {
+        assert.match(text, new RegExp(`^# TYPE ${name} counter$`, 'm'));
+        return Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)![1]);
+      };
+      return { hits: value('sfn_plugin_cache_hits_total'), misses: value('sfn_plugin_cache_misses_total'), steps: value('sfn_engine_steps_total') };
+    };
+    const before = await scrape();
+    assert.ok(before.misses >= 1, 'the plugins above were loaded from disk');
+    await score('A:m1');
+    const after = await scrape();
+    assert.ok(after.hits > before.hits, 'a cached plugin is a hit');
+    assert.equal(after.misses, before.misses);
+    assert.ok(after.steps > before.steps);
+  });
+
   it('is idempotent for identical bytes, 409 for different bytes, replaced with overwrite', async () => {
     const file = join(tmp, 'm1.safetensors');
     assert.equal((await upload('m1', readFileSync(file))).status, 200);
