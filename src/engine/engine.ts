@@ -362,8 +362,8 @@ export class Engine {
     };
     for (let l = 0; l < spec.numLayers; l++) {
       const r = cache.rows(l, first, B);
-      feeds[`past.${l}.key`] = new ort.Tensor('float32', r.keys, [B, kvH, D, C]);
-      feeds[`past.${l}.value`] = new ort.Tensor('float32', r.values, [B, kvH, C, D]);
+      feeds[`past.${l}.key`] = new ort.Tensor('float32', r.keys, [B, kvH, C, D]);
+      feeds[`past.${l}.value`] = new ort.Tensor('float32', r.values, [B, kvH, D, C]);
     }
     if (mix) this.mixedFeeds(feeds, session, mix, B, S);
     else {

@@ -8,16 +8,17 @@
  *
  * KV cache: the engine owns per-layer buffers and feeds them as inputs (wrapped, not copied); the graph
  * attends over [past (masked beyond each row's length) | new rows] without concatenating them, and outputs
- * only the new rows' keys and values, which the engine appends. Past keys are stored transposed
- * ([batch, kv_heads, head_dim, capacity]) so that Q.K^T is a plain MatMul over the buffer.
+ * only the new rows' keys and values, which the engine appends. Keys are stored [batch, kv_heads, capacity,
+ * head_dim] and values transposed ([.., head_dim, capacity]): both products then take the cache as the
+ * transposed right operand (see matMulT).
  *
  * Inputs (B batch rows, S new tokens per row, C cache capacity, N selected positions):
  *   input_ids [B,S] int64, position_ids [B,S] int64,
  *   past_mask [B,1,1,C] f32 (0 = attend, -1e30 = masked), new_mask [B,1,S,S] f32 (causal + padding),
  *   select [N] int64 (flat indices b*S+s of the positions whose logits are wanted),
  *   layer_gate [L] f32 (1 = layer on, 0 = layer removed: its residual contributions are gated off),
- *   past.{l}.key [B,kvH,D,C], past.{l}.value [B,kvH,C,D], and the swappable weights.
- * Outputs: logits [N,V], present.{l}.key [B,kvH,D,S], present.{l}.value [B,kvH,S,D].
+ *   past.{l}.key [B,kvH,C,D], past.{l}.value [B,kvH,D,C], and the swappable weights.
+ * Outputs: logits [N,V], present.{l}.key [B,kvH,S,D], present.{l}.value [B,kvH,D,S].
  */
 import type { ModelSpec } from '../model/config.ts';
 import { ropeInvFreq } from '../model/config.ts';
@@ -194,6 +195,10 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   };
 
   // ---- attention: grouped-query, over [past | new] without concatenation ----
+  // x [.., M, K] times y [.., N, K] transposed (onnxruntime's FusedMatMul). The cache is always the right
+  // operand, which onnxruntime packs on every call; packing it from the transposed side is faster, for
+  // decode (at context 2048: Q.K^T 2.0 -> 1.6 ms, P.V 2.2 -> 1.4 ms per step) and no slower for prefill.
+  const matMulT = (x: string, y: string) => b.op('FusedMatMul', [x, y], { transB: 1 }, undefined, 'com.microsoft');
   const shapeQ = b.constInt64([0, 0, nh, D], 'shape_q');
   const shapeKv = b.constInt64([0, 0, nkv, D], 'shape_kv');
   const shapeGrouped = b.constInt64([0, nkv, -1, D], 'shape_grouped');
@@ -234,20 +239,20 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
     // Queries [B,nh,S,D] regrouped as [B,nkv,G*S,D]: head h = kv*G + g, as transformers' repeat_kv pairs them.
     const qT = b.op('Mul', [b.op('Transpose', [q], { perm: [0, 2, 1, 3] }), scale]);
     const qg = b.op('Reshape', [qT, shapeGrouped], {}, `${p}.q_grouped`);
-    const kNew = b.op('Transpose', [k], { perm: [0, 2, 3, 1] }, `present.${l}.key`); // [B,nkv,D,S]
-    const vNew = b.op('Transpose', [v], { perm: [0, 2, 1, 3] }, `present.${l}.value`); // [B,nkv,S,D]
-    b.output(kNew, 'float32', ['batch', nkv, D, 'seq']);
-    b.output(vNew, 'float32', ['batch', nkv, 'seq', D]);
-    const pastK = b.input(`past.${l}.key`, 'float32', ['batch', nkv, D, 'capacity']);
-    const pastV = b.input(`past.${l}.value`, 'float32', ['batch', nkv, 'capacity', D]);
+    const kNew = b.op('Transpose', [k], { perm: [0, 2, 1, 3] }, `present.${l}.key`); // [B,nkv,S,D]
+    const vNew = b.op('Transpose', [v], { perm: [0, 2, 3, 1] }, `present.${l}.value`); // [B,nkv,D,S]
+    b.output(kNew, 'float32', ['batch', nkv, 'seq', D]);
+    b.output(vNew, 'float32', ['batch', nkv, D, 'seq']);
+    const pastK = b.input(`past.${l}.key`, 'float32', ['batch', nkv, 'capacity', D]);
+    const pastV = b.input(`past.${l}.value`, 'float32', ['batch', nkv, D, 'capacity']);
 
     // Scores against the cache and against the new rows, one softmax over both (the scores are small next to
     // the cache, which is never concatenated), then the two halves weight their values.
-    const sPast = b.op('Add', [b.op('MatMul', [qg, pastK]), pastMask], {}, `${p}.scores_past`); // [B,nkv,G*S,C]
-    const sNew = b.op('Add', [b.op('MatMul', [qg, kNew]), newMaskG], {}, `${p}.scores_new`); // [B,nkv,G*S,S]
+    const sPast = b.op('Add', [matMulT(qg, pastK), pastMask], {}, `${p}.scores_past`); // [B,nkv,G*S,C]
+    const sNew = b.op('Add', [matMulT(qg, kNew), newMaskG], {}, `${p}.scores_new`); // [B,nkv,G*S,S]
     const probs = b.op('Softmax', [b.op('Concat', [sPast, sNew], { axis: -1 })], { axis: -1 }, `${p}.probs`);
     const [pPast, pNew] = b.opN('Split', [probs, scoreSplit], 2, { axis: -1 }, `${p}.probs_split`);
-    const ctx = b.op('Add', [b.op('MatMul', [pPast, pastV]), b.op('MatMul', [pNew, vNew])], {}, `${p}.context`);
+    const ctx = b.op('Add', [matMulT(pPast, pastV), matMulT(pNew, vNew)], {}, `${p}.context`);
     const heads = b.op('Transpose', [b.op('Reshape', [ctx, shapeHeads])], { perm: [0, 2, 1, 3] }); // [B,S,nh,D]
     return linear(b.op('Reshape', [heads, shapeMerged]), l, 'o_proj', spec.oBias, p);
   };

@@ -3,7 +3,8 @@
  * copied). Each run returns only the new rows' keys and values, which are appended here, so a generated
  * token costs O(new rows), never a copy of the whole cache. Capacity grows in steps; only a growth copies.
  *
- * Layout per layer: keys [B, kvH, D, C] (transposed, so Q.K^T is a plain MatMul), values [B, kvH, C, D].
+ * Layout per layer: keys [B, kvH, C, D], values transposed [B, kvH, D, C] (the graph multiplies by both as
+ * transposed right operands; see graph.ts).
  */
 import type { ModelSpec } from '../model/config.ts';
 import { MASKED } from './graph.ts';
@@ -42,23 +43,23 @@ export class KvCache {
     const need = this.maxLength + extra;
     if (need <= this.capacity) return;
     const cap = Math.ceil(need / this.step) * this.step;
-    const { batch: B, kvH, D, capacity: old } = this;
+    const { batch: B, kvH, D, capacity: oldCap } = this;
+    // Keys: each (row, head) block of C x D positions moves whole; values: each (row, head, dim) line of C.
+    const grow = (old: Float32Array, lines: number, lineOld: number, lineNew: number) => {
+      const buf = new Float32Array(B * kvH * D * cap);
+      for (let r = 0; r < lines; r++) buf.set(old.subarray(r * lineOld, (r + 1) * lineOld), r * lineNew);
+      return buf;
+    };
     for (let l = 0; l < this.keys.length; l++) {
-      const k = new Float32Array(B * kvH * D * cap);
-      const ok = this.keys[l];
-      for (let r = 0; r < B * kvH * D; r++) k.set(ok.subarray(r * old, r * old + old), r * cap);
-      this.keys[l] = k;
-      const v = new Float32Array(B * kvH * cap * D);
-      const ov = this.values[l];
-      for (let r = 0; r < B * kvH; r++) v.set(ov.subarray(r * old * D, (r + 1) * old * D), r * cap * D);
-      this.values[l] = v;
+      this.keys[l] = grow(this.keys[l], B * kvH, oldCap * D, cap * D);
+      this.values[l] = grow(this.values[l], B * kvH * D, oldCap, cap);
     }
     this.capacity = cap;
   }
 
   /**
-   * Appends the first counts[b] of S new rows of each batch row, for one layer. keyNew is [B,kvH,D,S],
-   * valueNew [B,kvH,S,D], as the graph outputs them. Call `advance` once all layers are appended.
+   * Appends the first counts[b] of S new rows of each batch row, for one layer. keyNew is [B,kvH,S,D] and
+   * valueNew [B,kvH,D,S], as the graph outputs them. Call `advance` once all layers are appended.
    */
   append(layer: number, keyNew: Float32Array, valueNew: Float32Array, S: number, counts: number[], first = 0): void {
     const { kvH, D, capacity: C } = this;
@@ -67,19 +68,18 @@ export class KvCache {
     for (let i = 0; i < counts.length; i++) {
       const n = counts[i];
       const b = first + i;
-      const bh0 = i * kvH; // row in the run's outputs
       if (n === 0) continue;
       const t = this.lengths[b];
       if (t + n > C) throw new Error('KV cache overflow: reserve() before running');
       for (let h = 0; h < kvH; h++) {
         const bh = b * kvH + h;
-        const oh = bh0 + h;
+        const oh = i * kvH + h; // row in the run's outputs
+        K.set(keyNew.subarray(oh * S * D, (oh * S + n) * D), (bh * C + t) * D);
         for (let d = 0; d < D; d++) {
           const src = (oh * D + d) * S;
           const dst = (bh * D + d) * C + t;
-          for (let s = 0; s < n; s++) K[dst + s] = keyNew[src + s];
+          for (let s = 0; s < n; s++) V[dst + s] = valueNew[src + s];
         }
-        V.set(valueNew.subarray(oh * S * D, (oh * S + n) * D), (bh * C + t) * D);
       }
     }
   }
