@@ -282,16 +282,16 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const picked = b.op('Gather', [flat, select], { axis: 0 }, 'select_positions'); // [N,H]
   // The head is [V,H]: logits = (W picked^T)^T, so that the big matrix is streamed, never repacked.
   const head = spec.tieWordEmbeddings ? embed : w(null, 'lm_head');
-  const swapped = (g: GraphBuilder, name?: string) => g.op('Transpose', [g.op('MatMul', [head, g.op('Transpose', [picked], { perm: [1, 0] })], {}, 'lm_head')], { perm: [1, 0] }, name); // [N,V]
+  const inputHead = (g: GraphBuilder, name?: string) => g.op('Transpose', [g.op('MatMul', [head, g.op('Transpose', [picked], { perm: [1, 0] })], {}, 'lm_head')], { perm: [1, 0] }, name); // [N,V]
   if (opts.backboneHead && opts.inputs.has(head)) {
     // A prepacked copy of the backbone's head (transB: the same [V,H] data), for views that keep it.
     b.externalFloat('lm_head.backbone', opts.backboneHead, [spec.vocabSize, H]);
-    const out = [{ type: 'float32' as const, dims: ['selected', spec.vocabSize] }];
+    const out = { type: 'float32' as const, dims: ['selected', spec.vocabSize] };
     b.op('If', [b.input('head_backbone', 'bool', [])], {
-      then_branch: b.subgraph('head.backbone', (g) => [{ ...out[0], name: g.op('Gemm', [picked, 'lm_head.backbone'], { transB: 1 }) }]),
-      else_branch: b.subgraph('head.view', (g) => [{ ...out[0], name: swapped(g) }]),
+      then_branch: b.subgraph('head.backbone', (g) => [{ ...out, name: g.op('Gemm', [picked, 'lm_head.backbone'], { transB: 1 }) }]),
+      else_branch: b.subgraph('head.view', (g) => [{ ...out, name: inputHead(g) }]),
     }, 'logits');
-  } else swapped(b, 'logits');
+  } else inputHead(b, 'logits');
   b.output('logits', 'float32', ['selected', spec.vocabSize]);
 
   return { bytes: b.build(`sfn-${spec.arch}`), external: b.external, weightInputs };

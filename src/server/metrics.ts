@@ -75,7 +75,7 @@ export class Metrics {
         this.set({ running_lora_adapters: p.running.join(','), waiting_lora_adapters: p.waiting.join(','), max_lora: String(src.maxPlugins) }, Date.now() / 1000);
       },
     });
-    const overlay = (name: string, help: string, pick: (s: WorkerStats) => number) =>
+    const gauge = (name: string, help: string, pick: (s: WorkerStats) => number) =>
       new Gauge({ name, help, registers: [r], async collect() { const last = await current(); this.set(last ? pick(last) : 0); } });
     // Totals kept by the engine worker, exposed as counters (reset, then the total) so that rate() works.
     const total = (name: string, help: string, pick: (s: WorkerStats) => number) =>
@@ -83,7 +83,7 @@ export class Metrics {
     total('sfn_plugin_cache_hits_total', 'Plugin tensor cache hits.', (s) => s.overlays.hits);
     total('sfn_plugin_cache_misses_total', 'Plugin tensor cache misses (loads from disk).', (s) => s.overlays.misses);
     total('sfn_plugin_cache_evictions_total', 'Plugins evicted from the tensor cache.', (s) => s.overlays.evictions);
-    overlay('sfn_plugin_cache_bytes', 'Bytes of plugin tensors held by the cache.', (s) => s.overlays.bytes);
+    gauge('sfn_plugin_cache_bytes', 'Bytes of plugin tensors held by the cache.', (s) => s.overlays.bytes);
     total('sfn_engine_steps_total', 'Forward runs (prefill chunks and decode steps).', (s) => s.steps);
 
     this.ttft = new Histogram({ name: 'vllm:time_to_first_token_seconds', help: 'Time to first token.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
