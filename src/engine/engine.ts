@@ -230,9 +230,9 @@ export class Engine {
       graphOptimizationLevel: 'all',
       intraOpNumThreads: this.options.threads ?? availableParallelism(),
       executionMode: 'sequential',
-      // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step: 5-10% of a
-      // step); spinning without force_spinning_stop went on after each run, taking a core from the rest of
-      // the process (26 ms of CPU per idle 50 ms).
+      // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step: 4-6% of a
+      // step, measured on one set of weights); spinning without force_spinning_stop went on after each run,
+      // taking a core from the rest of the process (26 ms of CPU per idle 50 ms).
       // MatmulTransposeFusion would turn the head's (W x^T)^T into a transB product: 18.4 vs 16.3 ms at one row.
       extra: { session: { intra_op: { allow_spinning: this.options.spin === false ? '0' : '1' }, force_spinning_stop: '1' }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
       ...(this.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${this.options.profilePrefix}-${kind}` } : {}),
