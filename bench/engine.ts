@@ -40,7 +40,7 @@ const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
  * where it landed (four 1 GiB buffers of one process differed by up to 20%), and the model's weights are
  * spread over hundreds of allocations, so one buffer made the ratio a draw. Returns a function that times one run.
  */
-async function roofline(): Promise<{ bytes: number; time: () => Promise<number>; release: () => Promise<void> }> {
+async function roofline(): Promise<{ bytes: number; matmuls: number; time: () => Promise<number>; release: () => Promise<void> }> {
   const K = 4096;
   const N = 8192;
   const PARTS = 8;
@@ -68,6 +68,7 @@ async function roofline(): Promise<{ bytes: number; time: () => Promise<number>;
   const x = new ort.Tensor('float32', new Float32Array(K).fill(1), [1, K]);
   return {
     bytes,
+    matmuls: PARTS,
     time: async () => {
       const t0 = performance.now();
       await s.run({ x });
@@ -194,7 +195,7 @@ async function main() {
     threads,
     weight_bytes_per_token: weightBytes,
     load_s: +loadS.toFixed(2),
-    roofline: { matmul_bytes: roof.bytes, matmuls: 8, ms: +median(roofTimes).toFixed(2), gb_per_s: +gbps.toFixed(2), tokens_per_s: +rooflineTps.toFixed(2) },
+    roofline: { matmul_bytes: roof.bytes, matmuls: roof.matmuls, ms: +median(roofTimes).toFixed(2), gb_per_s: +gbps.toFixed(2), tokens_per_s: +rooflineTps.toFixed(2) },
     decode_tokens_per_s: { ctx128: +d128.toFixed(2), ctx2048: +d2048.toFixed(2) },
     first_step_of_block_tokens_per_s: { ctx128: +(1000 / median(firstTimes[0])).toFixed(2), ctx2048: +(1000 / median(firstTimes[1])).toFixed(2) },
     decode_vs_roofline: { ctx128: +(d128 / rooflineTps).toFixed(3), ctx2048: +(d2048 / rooflineTps).toFixed(3), target: 0.9 },
