@@ -60,6 +60,8 @@ interface DecoderSession {
   inputs: ReadonlySet<string>;
   /** Plugin slots of the graph (1: none). */
   slots: number;
+  /** Whether the graph holds a prepacked copy of the backbone's head (and takes `head_backbone`). */
+  headCopy: boolean;
 }
 
 /** Views per run on the serving session: rows of up to this many views (differing in o_proj/norms) share a run. */
@@ -250,7 +252,7 @@ export class Engine {
     } else {
       session = await ort.InferenceSession.create(graph.bytes, options);
     }
-    return { kind, session, inputs, slots };
+    return { kind, session, inputs, slots, headCopy: backboneHead !== undefined };
   }
 
   private researchSession(): Promise<DecoderSession> {
@@ -285,6 +287,12 @@ export class Engine {
       this.tensorCache.set(data, t);
     }
     return t;
+  }
+
+  /** A parameter as a resolved view has it, in graph layout: its overlay's tensor, else the backbone's. */
+  private viewWeight(name: string, view: ResolvedView): Float32Array {
+    const over = view.tensors.get(name);
+    return over ? this.graphData(name, over) : this.weights.get(name)!;
   }
 
   private graphData(name: string, t: Tensor): Float32Array {
@@ -368,8 +376,7 @@ export class Engine {
     if (mix) this.mixedFeeds(feeds, session, mix, B, S);
     else {
       for (const name of session.inputs) {
-        const over = resolved.tensors.get(name);
-        const data = over ? this.graphData(name, over) : this.weights.get(name)!;
+        const data = this.viewWeight(name, resolved);
         const shape = graphShape(spec, name, this.shapes.get(name)!);
         // Slotted graphs take norms per row; one row's weight broadcasts over all rows.
         feeds[name] = this.feedTensor(data, session.slots > 1 && this.normNames.has(name) ? [1, 1, shape[0]] : shape);
@@ -381,7 +388,7 @@ export class Engine {
         for (let k = 0; k < session.slots; k++) feeds[`slot_positions.${k}`] = this.noPositions;
         feeds.slot_order = this.noPositions;
       }
-      if (session.kind === 'serving') feeds.head_backbone = resolved.tensors.has(this.headName) ? this.falseTensor : this.trueTensor;
+      if (session.headCopy) feeds.head_backbone = resolved.tensors.has(this.headName) ? this.falseTensor : this.trueTensor;
     }
 
     const out = await session.session.run(feeds);
@@ -439,28 +446,24 @@ export class Engine {
   private mixedFeeds(feeds: Record<string, ort.Tensor>, session: DecoderSession, mix: { views: ResolvedView[]; slotOf: number[] }, B: number, S: number): void {
     const { spec } = this;
     const H = spec.hiddenSize;
-    const pick = (name: string, v: ResolvedView) => {
-      const over = v.tensors.get(name);
-      return over ? this.graphData(name, over) : this.weights.get(name)!;
-    };
     for (const name of session.inputs) {
       const shape = graphShape(spec, name, this.shapes.get(name)!);
       if (this.normNames.has(name)) {
         // Each row's own norm weight, in a buffer reused across runs (fresh memory is slow to touch here).
         let buf = this.rowNormBuffers.get(name);
         if (!buf || buf.length < B * H) this.rowNormBuffers.set(name, (buf = new Float32Array(Math.max(B, 8) * H)));
-        const perSlot = mix.views.map((v) => pick(name, v));
+        const perSlot = mix.views.map((v) => this.viewWeight(name, v));
         for (let b = 0; b < B; b++) buf.set(perSlot[mix.slotOf[b]], b * H);
         feeds[name] = new ort.Tensor('float32', buf.subarray(0, B * H), [B, 1, H]);
       } else if (this.oProjNames.has(name)) {
-        for (let k = 0; k < session.slots; k++) feeds[slotInput(name, k)] = this.feedTensor(pick(name, mix.views[Math.min(k, mix.views.length - 1)]), shape);
+        for (let k = 0; k < session.slots; k++) feeds[slotInput(name, k)] = this.feedTensor(this.viewWeight(name, mix.views[Math.min(k, mix.views.length - 1)]), shape);
       } else {
         // embed_tokens / lm_head: no view that shares runs replaces them.
         feeds[name] = this.feedTensor(this.weights.get(name)!, shape);
       }
     }
     feeds.mixed = this.trueTensor;
-    feeds.head_backbone = this.trueTensor;
+    if (session.headCopy) feeds.head_backbone = this.trueTensor;
     const order = new BigInt64Array(B * S);
     let column = 0;
     for (let k = 0; k < session.slots; k++) {
