@@ -35,8 +35,9 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY package.json package-lock.json .npmrc ./
 COPY bin ./bin
 COPY src ./src
+COPY models ./models
 USER sfn
-# Plugins, job results and the built-in model's cache; mount a checkpoint read-only at /model and set SFN_MODEL=/model.
+# Plugins, job results and generated models' cache; with no SFN_MODEL the built-in stories260K (models/) is served. Mount a checkpoint read-only at /model and set SFN_MODEL=/model.
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \

@@ -3,19 +3,16 @@
  * `sfn`: the command line. `make-model`, `generate` and `logits` work on any HF-layout model directory;
  * with no `--model` (and no SFN_MODEL) they use the built-in tiny model, made once and cached.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join, resolve as resolvePath } from 'node:path';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { DonorRef } from './stethoscope/build.ts';
-import { resolveDestroy, resolveMerge } from './stethoscope/resolve.ts';
-import { SpecError } from './stethoscope/spec.ts';
-import { OverlayLoader, type OverlaySpec } from './views/overlays.ts';
-import { Engine, type Device, type EngineOptions, type Quantize } from './engine/engine.ts';
+import type { OverlaySpec } from './views/overlays.ts';
+import { Engine } from './engine/engine.ts';
 import { generate } from './engine/generate.ts';
 import { argmax } from './engine/sampler.ts';
 import { ModelTokenizer } from './engine/tokenizer.ts';
-import { cachedModel, makeModel, PRESETS, type Preset } from './model/make-model.ts';
+import { REASONING_FORMATS, reasoningFormat, type ReasoningFormat } from './engine/prompt.ts';
+import { makeModel, PRESETS, type Preset } from './model/make-model.ts';
 import type { FloatDtype } from './model/dtype.ts';
 import { readSpec } from './model/config.ts';
 import { extractPlugin, parseModuleSets } from './plugins/extract.ts';
@@ -24,7 +21,9 @@ import { exportView } from './stethoscope/export.ts';
 import { checkpointSource, computeDelta, pluginSource } from './stethoscope/delta.ts';
 import { writeDeltaOutputs } from './stethoscope/plots.ts';
 import { parseJsonl, resultsJsonl, runEval, type EvalSettings } from './stethoscope/eval.ts';
-import { localBackend } from './stethoscope/local-backend.ts';
+import { localLab } from './stethoscope/local-lab.ts';
+
+import { choice, cliDonor, engineOptions, int, num, resolveModelDir, stethoscopeView, UsageError } from './cli/common.ts';
 
 const USAGE = `usage: sfn <command> [options]
 
@@ -48,56 +47,23 @@ commands:
       [--bins N] [--every K]   (B: a checkpoint dir, or a plugin file laid over A)
   eval                       a JSONL set ({id, prompt | messages, answer}) under a view: accuracy, tokens, levels
       --data FILE --out DIR [--model DIR] [--plugin F] [--merge JSON] [--destroy JSON] [--max-tokens N]
-      [--temperature T] [--seed N] [--reasoning --min-thinking N --max-thinking N --wait N] [--levels]
+      [--temperature T] [--seed N] [--reasoning --min-thinking N --max-thinking N --wait N
+      --reasoning-format auto|think|s1] [--levels]
       [--concurrency N] [--no-chat]
+  levels                     levels I-IV of given outputs ({prompt | messages, output, answer?} per JSONL line);
+      with --calibrate, lines also carry a human "label": agreement and the best thresholds of a grid
+      --data FILE [--model DIR] [--plugin F] [--merge JSON] [--destroy JSON] [--thresholds JSON]
+      (scored under the model, or the view that --plugin/--merge/--destroy describe)
+  destruction-table          the paper's Table 3: levels of each prompt's output, per method x module kind
+      --modules K1,K2 --layers A-B --prompts FILE.jsonl --out DIR [--methods zero,reinit,remove]
+      [--model DIR] [--max-tokens N] [--seed N] [--scorer backbone|view] [--thresholds JSON]
+  merge-table                the paper's Table 1: A, B, M1, M2, M3 (or --rows) over one set: accuracy, tokens, levels
+      --data SET.jsonl --out DIR (--from B | --rows JSON) [--model DIR] [--max-tokens N] [--levels]
+      [--scorer backbone|view] [--concurrency N] [--no-chat]
   freeze-plan                trainable parameters of the Freeze module sets
       --model DIR [--json]
 
-With no --model and no SFN_MODEL, the built-in tiny model is used (random weights, random text).`;
-
-export class UsageError extends Error {}
-
-/** The model directory to use: --model, then SFN_MODEL, then the built-in tiny model (with a notice). */
-export function resolveModelDir(flag: string | undefined, log: (s: string) => void = (s) => process.stderr.write(s + '\n')): string {
-  const dir = flag ?? process.env.SFN_MODEL;
-  if (dir) return dir;
-  const { dir: tiny, made } = cachedModel('tiny', 0);
-  log(
-    `sfn: no model configured (--model or SFN_MODEL); using the built-in tiny model at ${tiny}` +
-      `${made ? ' (just made)' : ''}. Its weights are random, so its text is random too.`,
-  );
-  return tiny;
-}
-
-function int(v: string | undefined, name: string, dflt?: number): number | undefined {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got "${v}"`);
-  return n;
-}
-
-/** One of `allowed`: the flag, else the environment variable, else the first allowed value. */
-function choice<T extends string>(name: string, flag: string | undefined, env: string, allowed: readonly T[]): T {
-  const v = flag ?? (process.env[env] || allowed[0]);
-  if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`--${name} must be ${allowed.join(' or ')}, got "${v}"`);
-  return v as T;
-}
-
-/** --threads, --device (SFN_DEVICE) and --quantize (SFN_QUANTIZE), as `generate` and `logits` take them. */
-function engineOptions(values: { threads?: string; device?: string; quantize?: string }): EngineOptions {
-  return {
-    threads: int(values.threads, 'threads'),
-    device: choice<Device>('device', values.device, 'SFN_DEVICE', ['cpu', 'cuda']),
-    quantize: choice<Quantize>('quantize', values.quantize, 'SFN_QUANTIZE', ['none', 'int4']),
-  };
-}
-
-function num(v: string | undefined, name: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got "${v}"`);
-  return n;
-}
+With no --model and no SFN_MODEL, the built-in model stories260K (a trained 260K-parameter TinyStories model) is used.`;
 
 async function cmdMakeModel(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
@@ -149,33 +115,6 @@ async function cmdLogits(args: string[]): Promise<void> {
   await engine.release();
 }
 
-/** A donor for `--merge` on the command line: a safetensors file (a plugin) or a checkpoint directory. */
-function cliDonor(from: string, param: string): DonorRef {
-  if (!existsSync(from)) throw new UsageError(`${param}: "${from}" does not exist`);
-  if (statSync(from).isDirectory()) return { kind: 'dir', path: from, id: `dir:${resolvePath(from)}` };
-  return { kind: 'file', path: from, id: createHash('sha256').update(readFileSync(from)).digest('hex') };
-}
-
-/** The view `--merge` / `--destroy` describe (the same JSON the API takes), or the backbone. */
-function stethoscopeView(engine: Engine, merge?: string, destroy?: string, plugins: OverlaySpec[] = []) {
-  const json = (s: string, flag: string) => {
-    try {
-      return JSON.parse(s);
-    } catch (e) {
-      throw new UsageError(`${flag}: not JSON: ${(e as Error).message}`);
-    }
-  };
-  const overlays: OverlaySpec[] = [...plugins];
-  try {
-    if (merge) overlays.push(resolveMerge(engine.spec, json(merge, '--merge'), cliDonor));
-    if (destroy) overlays.push(resolveDestroy(engine.spec, json(destroy, '--destroy')));
-  } catch (e) {
-    if (e instanceof SpecError) throw new UsageError(e.message);
-    throw e;
-  }
-  return new OverlayLoader(engine, Number.MAX_SAFE_INTEGER).view({ overlays });
-}
-
 async function cmdGenerate(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -198,8 +137,8 @@ async function cmdGenerate(args: string[]): Promise<void> {
   const dir = resolveModelDir(values.model);
   const tokenizer = ModelTokenizer.fromDir(dir);
   const engine = await Engine.load(dir, engineOptions(values));
-  const text = values.chat ? tokenizer.applyChatTemplate([{ role: 'user', content: values.prompt }]) : values.prompt;
-  const ids = tokenizer.encode(text);
+  // Plain prompts as transformers' tokenizer(text) encodes them (BOS where the tokenizer adds one).
+  const ids = values.chat ? tokenizer.encode(tokenizer.applyChatTemplate([{ role: 'user', content: values.prompt }])) : tokenizer.encodePrompt(values.prompt);
   const controller = new AbortController();
   process.once('SIGINT', () => controller.abort());
   const it = generate(engine, tokenizer, ids, {
@@ -287,9 +226,11 @@ async function cmdEval(args: string[]): Promise<void> {
       model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string' }, plugin: { type: 'string', multiple: true }, merge: { type: 'string' }, destroy: { type: 'string' },
       'max-tokens': { type: 'string' }, temperature: { type: 'string' }, seed: { type: 'string' }, reasoning: { type: 'boolean', default: false }, 'min-thinking': { type: 'string' },
       'max-thinking': { type: 'string' }, wait: { type: 'string' }, levels: { type: 'boolean', default: false }, concurrency: { type: 'string' }, 'no-chat': { type: 'boolean', default: false },
+      'reasoning-format': { type: 'string' },
     },
   });
   if (!values.data || !values.out) throw new UsageError('eval needs --data FILE.jsonl --out DIR');
+  const format = choice<ReasoningFormat>('reasoning-format', values['reasoning-format'], 'SFN_REASONING_FORMAT', REASONING_FORMATS);
   let items;
   try {
     items = parseJsonl(readFileSync(values.data, 'utf8'));
@@ -298,6 +239,13 @@ async function cmdEval(args: string[]): Promise<void> {
   }
   const dir = resolveModelDir(values.model);
   const tok = ModelTokenizer.fromDir(dir);
+  if (values.reasoning) {
+    try {
+      reasoningFormat(tok, format);
+    } catch (e) {
+      throw new UsageError(`--reasoning-format: ${(e as Error).message}`);
+    }
+  }
   const engine = await Engine.load(dir);
   const plugins: OverlaySpec[] = (values.plugin ?? []).map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
   const view = stethoscopeView(engine, values.merge, values.destroy, plugins);
@@ -307,12 +255,12 @@ async function cmdEval(args: string[]): Promise<void> {
     temperature: num(values.temperature, 'temperature') ?? 0,
     seed: int(values.seed, 'seed'),
     chat: !values['no-chat'],
-    reasoning: values.reasoning ? { minThinkingTokens: int(values['min-thinking'], 'min-thinking'), maxThinkingTokens: int(values['max-thinking'], 'max-thinking'), wait: int(values.wait, 'wait') } : undefined,
+    reasoning: values.reasoning ? { minThinkingTokens: int(values['min-thinking'], 'min-thinking'), maxThinkingTokens: int(values['max-thinking'], 'max-thinking'), wait: int(values.wait, 'wait'), format } : undefined,
     levels: values.levels!,
     concurrency,
   };
   const t0 = performance.now();
-  const { summary, results } = await runEval(items, tok, localBackend(engine, tok, view, concurrency), settings, (done, total, last) => {
+  const { summary, results } = await runEval(items, tok, localLab(engine, tok, concurrency), { run: view, scorer: engine.baseView }, settings, (done, total, last) => {
     const w = 30;
     const f = Math.round((done / total) * w);
     const correct = last.correct ? 'correct' : 'wrong';
@@ -341,6 +289,9 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   delta: cmdDelta,
   eval: cmdEval,
   'freeze-plan': cmdFreezePlan,
+  levels: async (args) => (await import('./cli/commands/lab.ts')).cmdLevels(args),
+  'destruction-table': async (args) => (await import('./cli/commands/lab.ts')).cmdDestructionTable(args),
+  'merge-table': async (args) => (await import('./cli/commands/lab.ts')).cmdMergeTable(args),
   // Loaded on demand: the server's modules are not needed by the other commands.
   serve: async (args) => (await import('./server/serve.ts')).serveCommand(args),
 };

@@ -35,11 +35,14 @@ export interface GenerateParams extends Partial<SamplingParams> {
 
 /**
  * Budget forcing as in s1 (Muennighoff et al., 2025). While fewer than `minTokens` thinking tokens exist,
- * an attempt to end thinking (the end-of-thinking token or EOS) is replaced by `waitIds` ("Wait"), at most
- * `wait` times, and suppressed after that; at `maxTokens` thinking tokens the block is closed by force.
+ * an attempt to end thinking (the first token of `endIds`, or EOS) is replaced by `waitIds` ("Wait"), at most
+ * `wait` times, and suppressed after that; at `maxTokens` thinking tokens the block is closed by force. Once
+ * thinking may end, the first token of `endIds` is followed by the rest of the delimiter (s1's
+ * `<|im_start|>answer\n`), and an EOS is replaced by the whole delimiter: the answer is still generated.
  */
 export interface ReasoningParams {
-  endId: number;
+  /** The tokens that close thinking and open the answer: `</think>`, or s1's `<|im_start|>answer\n`. */
+  endIds: number[];
   waitIds: number[];
   minTokens: number;
   maxTokens: number | null;
@@ -54,7 +57,7 @@ export interface GeneratedToken {
   channel: Channel;
   /** Set when budget forcing put this token in place of the model's choice. */
   forced?: boolean;
-  /** The end-of-thinking token: it closes the reasoning part and belongs to neither text. */
+  /** A token of the end-of-thinking delimiter: it closes the reasoning part and belongs to neither text. */
   closesReasoning?: boolean;
   /** Text released by this token (may be empty while a multi-byte character or a stop string is pending). */
   text: string;
@@ -109,6 +112,8 @@ export class Sequence {
   thinkingTokens = 0;
   waitsUsed = 0;
   private forced: number[] = [];
+  /** Delimiter tokens still to come before the answer begins. */
+  private closing = 0;
   private detok: Detokenizer | null;
 
   constructor(
@@ -134,20 +139,36 @@ export class Sequence {
     let id = sample(logits, this.sampling, this.rng);
     const r = this.params.reasoning;
     if (r && this.phase === 'reasoning') {
-      const ending = id === r.endId || this.stopIds.has(id);
-      if (r.maxTokens !== null && this.thinkingTokens >= r.maxTokens) return this.acceptId(r.endId, raw, true);
+      const [endId, ...endRest] = r.endIds;
+      if (r.maxTokens !== null && this.thinkingTokens >= r.maxTokens) return this.close(raw, true);
+      let ending = id === endId || this.stopIds.has(id);
       if (ending && this.thinkingTokens < r.minTokens) {
         if (this.waitsUsed < r.wait && r.waitIds.length) {
           this.waitsUsed++;
           this.forced.push(...r.waitIds);
           return this.acceptId(this.forced.shift()!, raw, true);
         }
-        logits[r.endId] = -Infinity;
+        logits[endId] = -Infinity;
         for (const s of this.stopIds) logits[s] = -Infinity;
         id = sample(logits, this.sampling, this.rng);
+        ending = false;
+      }
+      // An EOS inside thinking ends thinking, not the reply: the delimiter takes its place.
+      if (ending && id !== endId) return this.close(raw, true);
+      if (ending) {
+        this.forced.push(...endRest);
+        this.closing = r.endIds.length;
       }
     }
     return this.acceptId(id, raw);
+  }
+
+  /** Starts the end-of-thinking delimiter in place of the model's choice. */
+  private close(raw: Float32Array, forced: boolean): GeneratedToken {
+    const ids = this.params.reasoning!.endIds;
+    this.forced.push(...ids.slice(1));
+    this.closing = ids.length;
+    return this.acceptId(ids[0], raw, forced);
   }
 
   /** Takes a chosen token (from `accept`, or forced by the caller). */
@@ -157,17 +178,19 @@ export class Sequence {
     if (forced) out.forced = true;
     if (rawLogits && this.params.logprobs !== undefined) Object.assign(out, logprobs(rawLogits, id, this.params.logprobs));
     if (this.phase === 'reasoning') {
-      if (id === this.params.reasoning!.endId) {
-        // Thinking ends here; the answer is detokenized afresh so that no text straddles the two.
-        this.phase = 'content';
+      if (this.closing > 0) {
+        // A delimiter token; after its last one the answer is detokenized afresh, so no text straddles the two.
         out.closesReasoning = true;
-        this.detok = this.tokenizer ? new Detokenizer(this.tokenizer) : null;
+        if (--this.closing === 0) {
+          this.phase = 'content';
+          this.detok = this.tokenizer ? new Detokenizer(this.tokenizer) : null;
+        }
       } else if (!this.stopIds.has(id)) {
         this.thinkingTokens++;
         out.text = this.detok ? this.detok.push(id) : '';
         this.reasoningText += out.text;
       }
-      if (!this.stopIds.has(id)) {
+      if (!this.stopIds.has(id) || out.closesReasoning) {
         if (this.generated.length >= this.params.maxTokens) this.finish = { reason: 'length', tokens: this.generated.length };
         return out;
       }

@@ -1,4 +1,5 @@
 /** Messages between the HTTP thread (the host) and the engine's worker thread. */
+import { createHash } from 'node:crypto';
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import type { OverlaySpec, OverlayStats } from '../views/overlays.ts';
@@ -14,6 +15,14 @@ export interface WorkerInit {
   overlayCacheBytes: number;
 }
 
+/** A view spec's fingerprint: the backbone's when there are no overlays, else a hash of it and the overlays' ids. */
+export function viewFingerprint(backbone: string, overlays: readonly OverlaySpec[]): string {
+  if (overlays.length === 0) return backbone;
+  const h = createHash('sha256').update(backbone);
+  for (const o of overlays) h.update(`\0${o.type}:${o.id}`);
+  return h.digest('hex').slice(0, 32);
+}
+
 /** The context limit actually served: the configured one, capped by the model. */
 export function servedContext(configured: number, spec: ModelSpec): number {
   return Math.min(configured, spec.maxPositionEmbeddings);
@@ -22,6 +31,14 @@ export function servedContext(configured: number, spec: ModelSpec): number {
 /** What a request runs on: the backbone plus overlays, described so that the worker can load them. */
 export interface ViewSpec {
   overlays: OverlaySpec[];
+  /** What the caller asked for, echoed in responses (`sfn` field) so an output can be traced to its spec. */
+  trace?: ViewTrace;
+}
+
+export interface ViewTrace {
+  /** The backbone's fingerprint when no overlay applies, else a hash of it and the overlays' ids. */
+  view: string;
+  overlays: ({ type: 'plugin'; id: string; sha256: string } | { type: 'merge'; spec: unknown } | { type: 'destroy'; spec: unknown })[];
 }
 
 export type JobParams = Omit<GenerateParams, 'signal' | 'view' | 'logitsProcessor'>;

@@ -21,16 +21,22 @@ export class ChatTemplateError extends Error {
 export class ModelTokenizer {
   private readonly tok: Tokenizer;
   private readonly template: Template | null;
+  /** The chat template's source ('' when there is none), for format detection (ChatML or not). */
+  readonly chatTemplateSource: string;
   readonly eosIds: number[];
   readonly bosToken: string | null;
   readonly eosToken: string | null;
   private readonly specialIds: Set<number>;
+  /** tokenizer_config.json's add_bos_token / add_eos_token when set: Llama-family tokenizers in transformers honour them over tokenizer.json. */
+  private readonly addBos: boolean | null;
+  private readonly addEos: boolean | null;
 
   constructor(tokenizerJson: object, tokenizerConfig: Record<string, unknown>, eosIds: number[]) {
     this.tok = new Tokenizer(tokenizerJson, tokenizerConfig);
     const tpl = tokenizerConfig.chat_template;
     const source = typeof tpl === 'string' ? tpl : Array.isArray(tpl) ? (tpl.find((t) => t?.name === 'default')?.template as string | undefined) : undefined;
     this.template = source ? new Template(source) : null;
+    this.chatTemplateSource = source ?? '';
     this.bosToken = tokenText(tokenizerConfig.bos_token);
     this.eosToken = tokenText(tokenizerConfig.eos_token);
     const ids = new Set(eosIds);
@@ -39,6 +45,8 @@ export class ModelTokenizer {
       if (id !== undefined) ids.add(id);
     }
     this.eosIds = [...ids];
+    this.addBos = typeof tokenizerConfig.add_bos_token === 'boolean' ? tokenizerConfig.add_bos_token : null;
+    this.addEos = typeof tokenizerConfig.add_eos_token === 'boolean' ? tokenizerConfig.add_eos_token : null;
     this.specialIds = new Set([...this.tok.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
   }
 
@@ -55,6 +63,29 @@ export class ModelTokenizer {
 
   encode(text: string, addSpecialTokens = false): number[] {
     return this.tok.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  /**
+   * A plain-text prompt as transformers' `tokenizer(text)` encodes it by default: tokenizer.json's post-processor
+   * (BOS for Llama-family tokenizers), with add_bos_token / add_eos_token from tokenizer_config.json taking
+   * precedence where they are set. Chat-template output is encoded with `encode` instead (the template writes
+   * its own special tokens, and transformers' apply_chat_template adds none).
+   */
+  encodePrompt(text: string): number[] {
+    const ids = this.encode(text, true);
+    const bos = this.bosToken === null ? undefined : this.tok.token_to_id(this.bosToken);
+    const eos = this.eosToken === null ? undefined : this.tok.token_to_id(this.eosToken);
+    if (bos !== undefined && this.addBos !== null) {
+      const has = ids[0] === bos && this.encode(text)[0] !== bos;
+      if (this.addBos && !has) ids.unshift(bos);
+      if (!this.addBos && has) ids.shift();
+    }
+    if (eos !== undefined && this.addEos !== null) {
+      const has = ids.length > 0 && ids[ids.length - 1] === eos && this.encode(text).at(-1) !== eos;
+      if (this.addEos && !has) ids.push(eos);
+      if (!this.addEos && has) ids.pop();
+    }
+    return ids;
   }
 
   decode(ids: number[], skipSpecialTokens = true): string {

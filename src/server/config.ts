@@ -4,6 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { REASONING_FORMATS } from '../engine/prompt.ts';
 
 const csv = (s: string | undefined) => (s ? s.split(',').map((x) => x.trim()).filter(Boolean) : []);
 
@@ -28,6 +29,7 @@ export const ServerConfig = z.object({
   shutdownGraceSeconds: z.number().min(0),
   device: z.enum(['cpu', 'cuda']),
   quantize: z.enum(['none', 'int4']),
+  reasoningFormat: z.enum(REASONING_FORMATS),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 
@@ -58,6 +60,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
       'shutdown-grace-s': { type: 'string' },
       device: { type: 'string' },
       quantize: { type: 'string' },
+      'reasoning-format': { type: 'string' },
     },
   });
   const raw = {
@@ -81,6 +84,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
     shutdownGraceSeconds: num(values['shutdown-grace-s'] ?? env.SFN_SHUTDOWN_GRACE_S) ?? 30,
     device: values.device ?? (env.SFN_DEVICE || 'cpu'),
     quantize: values.quantize ?? (env.SFN_QUANTIZE || 'none'),
+    reasoningFormat: values['reasoning-format'] ?? (env.SFN_REASONING_FORMAT || 'auto'),
   };
   const parsed = ServerConfig.safeParse(raw);
   if (!parsed.success) {

@@ -43,7 +43,21 @@ export function errorResponse(c: Context, e: ApiError): Response {
 
 /** A zod failure as a 400 naming the first offending field by its path (e.g. `messages.0.role`). */
 export function fromZod(error: z.ZodError): ApiError {
-  const issue = error.issues[0];
+  // An unknown field first: a misspelt "layer" also leaves "layers" missing, and the typo is the cause.
+  const issue = error.issues.find((i) => i.code === 'unrecognized_keys') ?? error.issues[0];
+  if (issue.code === 'unrecognized_keys') {
+    // A misspelt field would otherwise run another experiment than the one asked for: name it.
+    const field = [...issue.path.map(String), issue.keys[0]].join('.');
+    const more = issue.keys.length > 1 ? ` (and ${issue.keys.slice(1).map((k) => `"${k}"`).join(', ')})` : '';
+    return badRequest(`${field}: unknown field${more}`, field, 'unknown_field');
+  }
   const path = issue.path.map(String).join('.');
   return badRequest(path ? `${path}: ${issue.message}` : issue.message, path || null);
+}
+
+/** An input error from the library layers (they name the offending field as `param`) as a 400; anything else as it is. */
+export function asBadRequest(e: unknown): unknown {
+  if (e instanceof ApiError) return e;
+  if (e instanceof Error && 'param' in e && typeof e.param === 'string') return badRequest(e.message, e.param);
+  return e;
 }

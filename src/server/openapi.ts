@@ -18,7 +18,7 @@ export function buildOpenApiDocument(): unknown {
     throw new Error('not serving: this app only describes the API');
   };
   const app = createApp({
-    serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never },
+    serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never, reasoningFormat: 'auto' },
     plugins: { store: {} as PluginStore, backbone: never, backboneName: 'backbone', maxPluginBytes: 1, modelRoots: [] },
     stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never, jobs: {} as JobManager, modelRoots: [], pluginFile: never, backboneDir: '', serving: {} as ServingContext, backboneName: 'backbone', plugins: { store: {} as PluginStore }, checkpoints: {} as CheckpointRegistry },
     auth: { apiKeys: [], adminKeys: [] },

@@ -3,6 +3,7 @@
  * generate the OpenAPI document (@hono/zod-openapi), so the two cannot drift apart.
  */
 import { z } from '@hono/zod-openapi';
+import { REASONING_FORMATS } from '../engine/prompt.ts';
 import { DestroySpec, MergeSpec } from '../stethoscope/spec.ts';
 
 const Stop = z
@@ -17,13 +18,26 @@ const common = {
   top_k: z.number().int().min(-1).nullish().openapi({ description: 'vLLM extension: keep the k most likely tokens (-1 or 0: off).' }),
   n: z.number().int().min(1).max(16).nullish().openapi({ description: 'Choices per prompt. Default 1.' }),
   stream: z.boolean().nullish(),
-  stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
+  stream_options: z.strictObject({ include_usage: z.boolean().optional(), continuous_usage_stats: z.boolean().optional() }).nullish(),
   stop: Stop,
   seed: z.number().int().min(0).max(2 ** 32 - 1).nullish().openapi({ description: 'Sampling seed; the same seed gives the same output.' }),
   ignore_eos: z.boolean().nullish().openapi({ description: 'vLLM extension: keep generating past EOS.' }),
   presence_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
   frequency_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
   user: z.string().nullish(),
+  // OpenAI bookkeeping fields: accepted and ignored (they change nothing about the output).
+  metadata: z.record(z.string(), z.string()).nullish().openapi({ description: 'Accepted and ignored.' }),
+  store: z.boolean().nullish().openapi({ description: 'Accepted and ignored (nothing is stored).' }),
+  service_tier: z.string().nullish().openapi({ description: 'Accepted and ignored.' }),
+  prompt_cache_key: z.string().nullish().openapi({ description: 'Accepted and ignored.' }),
+  safety_identifier: z.string().nullish().openapi({ description: 'Accepted and ignored.' }),
+  // OpenAI features sfn does not implement: a 400 that says so, rather than an answer that silently lacks them.
+  ...Object.fromEntries(
+    ['tools', 'tool_choice', 'functions', 'function_call', 'parallel_tool_calls', 'response_format', 'audio', 'modalities', 'prediction', 'web_search_options', 'reasoning_effort', 'verbosity'].map((f) => [
+      f,
+      z.null({ error: `"${f}" is not supported by sfn` }).optional().openapi({ description: 'Not supported: any value but null is a 400.' }),
+    ]),
+  ),
   logit_bias: z
     .record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100))
     .nullish()
@@ -40,7 +54,7 @@ const common = {
 };
 
 export const CompletionRequest = z
-  .object({
+  .strictObject({
     ...common,
     prompt: z
       .union([z.string(), z.array(z.string()).min(1), z.array(z.number().int().min(0)).min(1), z.array(z.array(z.number().int().min(0)).min(1)).min(1)])
@@ -63,7 +77,7 @@ const Message = z.object({
 });
 
 export const ChatCompletionRequest = z
-  .object({
+  .strictObject({
     ...common,
     messages: z.array(Message).min(1),
     max_tokens: z.number().int().min(1).nullish().openapi({ description: 'Deprecated alias of max_completion_tokens.' }),
@@ -75,7 +89,14 @@ export const ChatCompletionRequest = z
       .nullish()
       .openapi({
         description:
-          'sfn extension. `reasoning` opens a thinking block (`<think>`) and applies budget forcing (s1): the thinking comes back as `reasoning_content`. Default `chat`.',
+          'sfn extension. `reasoning` opens a thinking block and applies budget forcing (s1): the thinking comes back as `reasoning_content` (and `reasoning`). Default `chat`.',
+      }),
+    reasoning_format: z
+      .enum(REASONING_FORMATS)
+      .nullish()
+      .openapi({
+        description:
+          'Reasoning mode: `think` (`<think>`...`</think>`), `s1` (`<|im_start|>think` ... `<|im_start|>answer`, for ChatML models without think tokens), or `auto` (think when both tags are single tokens, else s1 on a ChatML template). Default: the server\'s --reasoning-format.',
       }),
     min_thinking_tokens: z.number().int().min(0).nullish().openapi({
       description: 'Reasoning mode: until this many thinking tokens exist, the end-of-thinking token and EOS are suppressed; each early attempt to end appends "Wait" (at most `wait` times).',
@@ -95,6 +116,13 @@ const Usage = z
   })
   .openapi('Usage');
 
+export const ViewTraceSchema = z
+  .object({
+    view: z.string().openapi({ description: "The view's fingerprint (the backbone's when nothing is overlaid)." }),
+    overlays: z.array(z.record(z.string(), z.unknown())).openapi({ description: 'The overlays that ran, in order: {type: plugin, id, sha256} | {type: merge | destroy, spec (with defaults filled in)}.' }),
+  })
+  .openapi('ViewTrace', { description: 'sfn extension: the view that produced this output.' });
+
 const CompletionLogprobs = z.object({
   tokens: z.array(z.string()),
   token_logprobs: z.array(z.number().nullable()),
@@ -110,6 +138,7 @@ export const CompletionResponse = z
     model: z.string(),
     choices: z.array(z.object({ index: z.number().int(), text: z.string(), logprobs: CompletionLogprobs.nullable(), finish_reason: z.enum(['stop', 'length']).nullable() })),
     usage: Usage,
+    sfn: ViewTraceSchema.optional(),
   })
   .openapi('CompletionResponse');
 
@@ -125,12 +154,13 @@ export const ChatCompletionResponse = z
     choices: z.array(
       z.object({
         index: z.number().int(),
-        message: z.object({ role: z.literal('assistant'), content: z.string().nullable(), reasoning_content: z.string().nullable().optional() }),
+        message: z.object({ role: z.literal('assistant'), content: z.string().nullable(), reasoning_content: z.string().nullable().optional(), reasoning: z.string().nullable().optional() }),
         logprobs: ChatLogprobs.nullable(),
         finish_reason: z.enum(['stop', 'length']).nullable(),
       }),
     ),
     usage: Usage,
+    sfn: ViewTraceSchema.optional(),
   })
   .openapi('ChatCompletionResponse');
 

@@ -5,7 +5,7 @@
  */
 import { serve, type ServerType } from '@hono/node-server';
 import { basename } from 'node:path';
-import { resolveModelDir } from '../cli.ts';
+import { BUILTIN_NAME, resolveModelDir } from '../cli/common.ts';
 import { EngineHost } from '../engine/host.ts';
 import { servedContext } from '../engine/protocol.ts';
 import { ModelTokenizer } from '../engine/tokenizer.ts';
@@ -19,9 +19,9 @@ import { JobManager } from '../stethoscope/jobs.ts';
 import { CheckpointRegistry } from '../stethoscope/checkpoints.ts';
 import type { DonorRef } from '../stethoscope/build.ts';
 import { resolveDestroy, resolveMerge } from '../stethoscope/resolve.ts';
-import { SpecError } from '../stethoscope/spec.ts';
+import { DestroySpec, MergeSpec, parseSpec, SpecError } from '../stethoscope/spec.ts';
 import type { OverlaySpec } from '../views/overlays.ts';
-import type { ViewSpec } from '../engine/protocol.ts';
+import { viewFingerprint, type ViewSpec, type ViewTrace } from '../engine/protocol.ts';
 import { JobRunner } from './jobs.ts';
 import { Metrics } from './metrics.ts';
 import type { ModelEntry, ServingContext } from './routes/openai.ts';
@@ -38,7 +38,7 @@ export interface RunningServer {
 export async function startServer(config: ServerConfig, log: (s: string) => void = (s) => console.log(s)): Promise<RunningServer> {
   const builtin = !config.model;
   const modelDir = resolveModelDir(config.model, log);
-  const modelName = config.servedModelName ?? (builtin ? 'sfn-tiny' : basename(modelDir.replace(/\/+$/, '')));
+  const modelName = config.servedModelName ?? (builtin ? BUILTIN_NAME : basename(modelDir.replace(/\/+$/, '')));
   const host = new EngineHost({
     modelDir,
     engine: { threads: config.threads, device: config.device, quantize: config.quantize },
@@ -72,19 +72,28 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const runner = new JobRunner(host, metrics, () => modelName, { maxRunning: config.maxRunning, maxWaiting: config.maxWaiting });
   const resolveView = (model: string, stethoscope: { merge?: unknown; destroy?: unknown } = {}): ViewSpec => {
     const overlays: OverlaySpec[] = [];
+    const trace: ViewTrace['overlays'] = [];
     if (model !== modelName) {
-      const m = model.startsWith(`${modelName}:`) ? store.get(model.slice(modelName.length + 1)) : undefined;
+      const id = model.startsWith(`${modelName}:`) ? model.slice(modelName.length + 1) : '';
+      const m = id ? store.get(id) : undefined;
       if (!m) throw modelNotFound(model);
       overlays.push({ type: 'file', id: m.sha256, path: store.blobPath(m.sha256) });
+      trace.push({ type: 'plugin', id, sha256: m.sha256 });
     }
     try {
-      if (stethoscope.merge != null) overlays.push(resolveMerge(host.spec!, stethoscope.merge, donor));
-      if (stethoscope.destroy != null) overlays.push(resolveDestroy(host.spec!, stethoscope.destroy));
+      if (stethoscope.merge != null) {
+        overlays.push(resolveMerge(host.spec!, stethoscope.merge, donor));
+        trace.push({ type: 'merge', spec: parseSpec(MergeSpec, stethoscope.merge, 'merge') });
+      }
+      if (stethoscope.destroy != null) {
+        overlays.push(resolveDestroy(host.spec!, stethoscope.destroy));
+        trace.push({ type: 'destroy', spec: parseSpec(DestroySpec, stethoscope.destroy, 'destroy') });
+      }
     } catch (e) {
       if (e instanceof SpecError) throw badRequest(e.message, e.param);
       throw e;
     }
-    return { overlays };
+    return { overlays, trace: { view: viewFingerprint(host.fingerprint ?? '', overlays), overlays: trace } };
   };
   const serving: ServingContext = {
     runner,
@@ -92,6 +101,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     vocabSize: () => host.spec!.vocabSize,
     maxContext: () => servedContext(config.maxContext, host.spec!),
     resolveView,
+    reasoningFormat: config.reasoningFormat,
     models: (): ModelEntry[] => [
       { id: modelName, created, parent: null },
       ...store.list().map((m) => ({ id: `${modelName}:${m.id}`, created: m.created, parent: modelName })),

@@ -6,10 +6,11 @@
  * its level. The same code runs behind the server's job endpoint and `sfn eval`; only the backend differs.
  */
 import { z } from 'zod';
-import type { JobParams } from '../engine/protocol.ts';
+import type { Lab } from './lab.ts';
 import { chatPrompt, type ReasoningOptions } from '../engine/prompt.ts';
 import type { ModelTokenizer } from '../engine/tokenizer.ts';
-import { answerMatches, DEFAULT_THRESHOLDS, level, nllAndPmi, repetition, type Level, type LevelThresholds } from './levels.ts';
+import { judge } from './judge.ts';
+import { answerMatches, DEFAULT_THRESHOLDS, type Level, type LevelThresholds } from './levels.ts';
 
 export const EvalItem = z.object({
   id: z.union([z.string(), z.number()]).transform(String),
@@ -62,21 +63,6 @@ export interface EvalSettings {
   concurrency: number;
 }
 
-export interface Generation {
-  ids: number[];
-  content: string;
-  reasoning: string;
-  /** Content-channel token ids (what the answer is). */
-  contentIds: number[];
-  finish: string;
-}
-
-export interface EvalBackend {
-  generate(promptIds: number[], params: JobParams): Promise<Generation>;
-  /** Log-probabilities of `answer` after `context` under the intact backbone. */
-  score(context: number[], answer: number[]): Promise<number[]>;
-}
-
 export interface ItemResult {
   id: string;
   answer: string;
@@ -97,24 +83,25 @@ export interface EvalSummary {
   levels: Record<Level, number> | null;
 }
 
-export async function runEval(
+/** Runs a set on `views.run`; levels are scored on `views.scorer` (the intact backbone, or the view itself). */
+export async function runEval<V>(
   items: EvalItem[],
   tok: ModelTokenizer,
-  backend: EvalBackend,
+  lab: Lab<V>,
+  views: { run: V; scorer: V },
   s: EvalSettings,
   progress: (done: number, total: number, last: ItemResult) => void = () => {},
 ): Promise<{ summary: EvalSummary; results: ItemResult[] }> {
   const results: ItemResult[] = new Array(items.length);
   let next = 0;
   let done = 0;
-  const neutral = [tok.eosIds[0] ?? 0];
   const worker = async () => {
     while (next < items.length) {
       const i = next++;
       const item = items[i];
       const messages = item.messages ?? [{ role: 'user', content: item.prompt! }];
-      const { ids, reasoning } = s.chat || s.reasoning ? chatPrompt(tok, messages, s.reasoning) : { ids: tok.encode(item.prompt!), reasoning: undefined };
-      const g = await backend.generate(ids, { maxTokens: s.maxTokens, temperature: s.temperature, seed: s.seed, reasoning });
+      const { ids, reasoning } = s.chat || s.reasoning ? chatPrompt(tok, messages, s.reasoning) : { ids: tok.encodePrompt(item.prompt!), reasoning: undefined };
+      const g = await lab.generate(views.run, ids, { maxTokens: s.maxTokens, temperature: s.temperature, seed: s.seed, reasoning });
       const m = answerMatches(g.content, item.answer);
       const r: ItemResult = {
         id: item.id,
@@ -126,11 +113,7 @@ export async function runEval(
         tokens: g.ids.length,
         finish_reason: g.finish,
       };
-      if (s.levels) {
-        const { nll, pmi } = nllAndPmi(await backend.score(ids, g.contentIds), await backend.score(neutral, g.contentIds));
-        const v = level({ tokens: g.contentIds.length, chars: g.content.length, repetition: repetition(g.contentIds), nll, pmi, matched: m.matched, extracted: m.extracted }, s.thresholds ?? DEFAULT_THRESHOLDS);
-        r.level = v;
-      }
+      if (s.levels) r.level = await judge(tok, (c, a) => lab.score(views.scorer, c, a), ids, { ids: g.contentIds, text: g.content }, item.answer, s.thresholds ?? DEFAULT_THRESHOLDS);
       results[i] = r;
       progress(++done, items.length, r);
     }

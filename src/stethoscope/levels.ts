@@ -1,17 +1,24 @@
 /**
- * Output levels I-IV (the paper's destruction table), scored automatically and reproducibly from metrics the
- * intact backbone gives, with the metrics returned beside each verdict:
+ * Output levels I-IV (the paper's destruction table), scored automatically and reproducibly from metrics a
+ * scoring model gives (the intact backbone by default), with the metrics returned beside each verdict. In order:
  *
- *   I   nonsense:        degenerate repetition, or text the intact backbone finds extremely unlikely
- *   II  irrelevant:      fluent, but low pointwise mutual information between prompt and answer
- *   III context-aware:   on topic
- *   IV  correct:         on topic, and the expected answer matched (when one is given)
+ *   I   nonsense:        empty, or degenerate repetition
+ *   IV  correct:         the expected answer matched (when one is given), and not level I by the above
+ *   I   nonsense:        text the scoring model finds extremely unlikely (gibberish, broken words)
+ *   II  irrelevant:      fluent, but the prompt does not explain it (low PMI), or, with an expected answer,
+ *                        no answer is given at all
+ *   III context-aware:   on topic (and, with an expected answer, an answer given that does not match)
  *
  * Metrics: `repetition` = 1 - distinct n-grams / n-grams over the answer's tokens (n = 3); `nll` = mean
- * -log p(answer token | prompt, earlier answer tokens) under the intact backbone (nats/token); `pmi` = mean
+ * -log p(answer token | prompt, earlier answer tokens) under the scoring model (nats/token); `pmi` = mean
  * [log p(token | prompt, ...) - log p(token | neutral context, ...)] (nats/token): how much the prompt explains
  * the answer; `matched` = the extracted answer equals the expected one after normalisation.
+ *
+ * NLL is in the scoring model's own units: the defaults are calibrated on the built-in stories260K (see the
+ * README's levels section and test/fixtures/levels/); recalibrate `maxNll` for another model.
  */
+
+import { z } from 'zod';
 
 export interface LevelThresholds {
   /** Level I when repetition is at least this (0..1). */
@@ -24,7 +31,13 @@ export interface LevelThresholds {
   minTokens: number;
 }
 
-export const DEFAULT_THRESHOLDS: LevelThresholds = { maxRepetition: 0.5, maxNll: 7, minPmi: 0.05, minTokens: 1 };
+/** Calibrated on 179 hand-labelled outputs of the built-in stories260K (test/fixtures/levels/; README, "Levels"). */
+export const DEFAULT_THRESHOLDS: LevelThresholds = { maxRepetition: 0.75, maxNll: 3.5, minPmi: -0.1, minTokens: 1 };
+
+/** Thresholds as requests and `--thresholds` give them: any subset, the rest default. */
+export const ThresholdsSpec = z
+  .strictObject({ maxRepetition: z.number().min(0).max(1), maxNll: z.number().positive(), minPmi: z.number(), minTokens: z.number().int().min(0) })
+  .partial();
 
 export interface LevelMetrics {
   tokens: number;
@@ -110,8 +123,12 @@ export function level(m: LevelMetrics, t: LevelThresholds = DEFAULT_THRESHOLDS):
   if (m.tokens < t.minTokens) return v('I', `fewer than ${t.minTokens} token(s)`);
   if (m.chars === 0 && t.minTokens > 0) return v('I', 'no visible text');
   if (m.repetition >= t.maxRepetition) return v('I', `degenerate repetition ${m.repetition.toFixed(3)} >= ${t.maxRepetition}`);
-  if (m.nll !== null && m.nll >= t.maxNll) return v('I', `the intact backbone finds it extremely unlikely: NLL ${m.nll.toFixed(3)} >= ${t.maxNll}`);
+  // A correct answer that is not degenerate is level IV, before the likelihood checks: text in a skill the
+  // scoring backbone lacks (a fine-tune's answers) is unlikely under it without being nonsense.
+  if (m.matched) return v('IV', `the expected answer matched (${m.extracted}), without degenerate repetition`);
+  if (m.nll !== null && m.nll >= t.maxNll) return v('I', `the scoring model finds it extremely unlikely: NLL ${m.nll.toFixed(3)} >= ${t.maxNll}`);
   if (m.pmi !== null && m.pmi < t.minPmi) return v('II', `fluent but off-topic: PMI ${m.pmi.toFixed(3)} < ${t.minPmi}`);
-  if (m.matched) return v('IV', `on topic and the expected answer matched (${m.extracted})`);
-  return v('III', m.matched === false ? `on topic, but the answer ${m.extracted === null ? 'was not found' : `"${m.extracted}" does not match`}` : 'on topic (no expected answer given)');
+  // With an expected answer, context-aware means attempting it: fluent text that gives no answer is irrelevant.
+  if (m.matched === false && m.extracted === null) return v('II', 'fluent, but gives no answer to the question');
+  return v('III', m.matched === false ? `on topic, but the answer "${m.extracted}" does not match` : 'on topic (no expected answer given)');
 }

@@ -19,7 +19,7 @@ export const PRESETS: Record<string, ModuleKind[]> = {
 
 const Module = z.enum([...MODULE_KINDS, ...Object.keys(PRESETS)] as [string, ...string[]]);
 
-export const MergeEntry = z.object({
+export const MergeEntry = z.strictObject({
   modules: z.array(Module).min(1),
   layers: z.string().default('all'),
   from: z.string().min(1),
@@ -28,7 +28,7 @@ export const MergeEntry = z.object({
 export const MergeSpec = z.array(MergeEntry).min(1).max(64);
 export type MergeSpec = z.infer<typeof MergeSpec>;
 
-export const DestroyEntry = z.object({
+export const DestroyEntry = z.strictObject({
   method: z.enum(['zero', 'reinit', 'remove']),
   modules: z.array(Module).default([]),
   layers: z.string(),
@@ -77,7 +77,11 @@ export function paramNames(spec: ModelSpec, kinds: ModuleKind[], layers: string,
 export function parseSpec<T>(schema: z.ZodType<T>, raw: unknown, param: string): T {
   const r = schema.safeParse(raw);
   if (!r.success) {
-    const i = r.error.issues[0];
+    const i = r.error.issues.find((x) => x.code === 'unrecognized_keys') ?? r.error.issues[0];
+    if (i.code === 'unrecognized_keys') {
+      const field = [param, ...i.path.map(String), i.keys[0]].join('.');
+      throw new SpecError(`${field}: unknown field`, field);
+    }
     const path = [param, ...i.path.map(String)].join('.');
     throw new SpecError(`${path}: ${i.message}`, path);
   }

@@ -19,7 +19,7 @@ describe('levels', () => {
   it('I: empty output', () => assert.equal(level(m({ tokens: 0 })).level, 'I'));
   it('I: only special tokens, no visible text', () => assert.equal(level(m({ chars: 0 })).level, 'I'));
   it('II: fluent but the prompt does not explain it', () => {
-    const { nll, pmi } = nllAndPmi([-2, -2.5, -1.8], [-2.01, -2.4, -1.9]);
+    const { nll, pmi } = nllAndPmi([-2.2, -2.7, -2.0], [-2.0, -2.4, -1.8]);
     assert.ok(nll! < DEFAULT_THRESHOLDS.maxNll && pmi! < DEFAULT_THRESHOLDS.minPmi);
     assert.equal(level(m({ nll, pmi })).level, 'II');
   });
@@ -34,8 +34,20 @@ describe('levels', () => {
     assert.equal(right.matched, true);
     assert.equal(level(m({ ...right })).level, 'IV');
   });
+  it('IV before II and before the NLL check: a correct, coherent answer is IV though its PMI is low or the backbone finds it unlikely', () => {
+    const right = answerMatches('So Tom has 4 apples.', '4');
+    assert.equal(level(m({ pmi: -0.8, ...right })).level, 'IV');
+    assert.equal(level(m({ nll: DEFAULT_THRESHOLDS.maxNll + 1, ...right })).level, 'IV');
+    assert.equal(level(m({ repetition: 0.9, ...right })).level, 'I', 'a degenerate loop is nonsense even if it ends on the number');
+  });
+  it('II: fluent text that gives no answer to a question with an expected one', () => {
+    const none = answerMatches('They went to the park and played all day.', '4');
+    assert.equal(none.extracted, null);
+    assert.equal(level(m({ ...none })).level, 'II');
+  });
   it('takes thresholds from the caller', () => {
     assert.equal(level(m({ repetition: 0.3 }), { ...DEFAULT_THRESHOLDS, maxRepetition: 0.25 }).level, 'I');
+    assert.equal(level(m({ nll: 3 }), { ...DEFAULT_THRESHOLDS, maxNll: 2.5 }).level, 'I');
     assert.equal(level(m({ repetition: 0.3 })).level, 'III');
   });
 });

@@ -10,7 +10,7 @@ import type { GeneratedToken } from '../../engine/generate.ts';
 import type { JobParams, ViewSpec } from '../../engine/protocol.ts';
 import type { PromptLogprob } from '../../engine/scheduler.ts';
 import type { ModelTokenizer } from '../../engine/tokenizer.ts';
-import { chatPrompt, PromptError } from '../../engine/prompt.ts';
+import { chatPrompt, PromptError, type ReasoningFormat } from '../../engine/prompt.ts';
 import type { AuthConfig } from '../auth.ts';
 import { requireKey } from '../auth.ts';
 import { ApiError, badRequest } from '../errors.ts';
@@ -39,6 +39,8 @@ export interface ServingContext {
   /** `backbone` or `backbone:plugin-id`, with optional merge/destroy specs -> the view to run (404 model_not_found, 400 bad spec). */
   resolveView: (model: string, stethoscope?: { merge?: unknown; destroy?: unknown }) => ViewSpec;
   models: () => ModelEntry[];
+  /** The server's default reasoning format (--reasoning-format). */
+  reasoningFormat: ReasoningFormat;
 }
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -121,8 +123,8 @@ function checkContext(ctx: ServingContext, promptLen: number, maxTokens: number,
 
 function completionPrompts(ctx: ServingContext, tok: ModelTokenizer, prompt: CompletionRequest['prompt']): number[][] {
   let prompts: number[][];
-  if (typeof prompt === 'string') prompts = [tok.encode(prompt)];
-  else if (prompt.length && typeof prompt[0] === 'string') prompts = (prompt as string[]).map((p) => tok.encode(p));
+  if (typeof prompt === 'string') prompts = [tok.encodePrompt(prompt)];
+  else if (prompt.length && typeof prompt[0] === 'string') prompts = (prompt as string[]).map((p) => tok.encodePrompt(p));
   else if (prompt.length && typeof prompt[0] === 'number') prompts = [prompt as number[]];
   else prompts = prompt as number[][];
   const V = ctx.vocabSize();
@@ -215,13 +217,15 @@ async function completions(ctx: ServingContext, c: Context, body: CompletionRequ
         finish_reason: ch.finish,
       })),
       usage: usage(choices, prompts.flatMap((p) => Array(n).fill(p))),
+      sfn: view.trace,
     });
   }
 
   const includeUsage = body.stream_options?.include_usage ?? false;
   return sse(c, async (stream) => {
+    let traced = false; // the view that ran rides on the first chunk
     const chunk = (choicesPart: unknown[], extra: Record<string, unknown> = {}) =>
-      stream.writeSSE({ data: JSON.stringify({ id, object: 'text_completion', created, model: body.model, choices: choicesPart, ...extra }) });
+      stream.writeSSE({ data: JSON.stringify({ id, object: 'text_completion', created, model: body.model, choices: choicesPart, ...extra, ...(traced ? {} : ((traced = true), { sfn: view.trace })) }) });
     const echoed = new Set<number>();
     await runAll(ctx, specs, signal, async (i, e) => {
       const ch = choices[i];
@@ -278,7 +282,7 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
   const tok = ready(ctx);
   const view = ctx.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
   const reasoningMode = body.mode === 'reasoning';
-  for (const f of ['min_thinking_tokens', 'max_thinking_tokens', 'wait'] as const) {
+  for (const f of ['min_thinking_tokens', 'max_thinking_tokens', 'wait', 'reasoning_format'] as const) {
     if (body[f] != null && !reasoningMode) throw badRequest(`${f} needs "mode": "reasoning"`, f);
   }
   if (body.min_thinking_tokens != null && body.max_thinking_tokens != null && body.min_thinking_tokens > body.max_thinking_tokens) {
@@ -293,7 +297,8 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
   let promptIds: number[];
   let reasoning: JobParams['reasoning'];
   try {
-    ({ ids: promptIds, reasoning } = chatPrompt(tok, messages, reasoningMode ? { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait } : undefined));
+    const budget = { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait, format: body.reasoning_format ?? ctx.reasoningFormat };
+    ({ ids: promptIds, reasoning } = chatPrompt(tok, messages, reasoningMode ? budget : undefined));
   } catch (e) {
     if (e instanceof PromptError) throw badRequest(e.message, e.param);
     throw e;
@@ -330,19 +335,22 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
         const reasoningContent = reasoningMode ? ch.tokens.filter((t) => t.channel === 'reasoning').map((t) => t.text).join('') : undefined;
         return {
           index: ch.index,
-          message: { role: 'assistant' as const, content, ...(reasoningMode ? { reasoning_content: reasoningContent } : {}) },
+          // `reasoning` is the field's newer name in vLLM; both carry the same text.
+          message: { role: 'assistant' as const, content, ...(reasoningMode ? { reasoning_content: reasoningContent, reasoning: reasoningContent } : {}) },
           logprobs: k === undefined ? null : { content: ch.tokens.filter((t) => t.channel === 'content').map((t) => chatLogprobEntry(tok, t, body.return_tokens_as_token_ids)) },
           finish_reason: ch.finish,
         };
       }),
       usage: usage(choices, prompts, reasoningMode),
+      sfn: view.trace,
     });
   }
 
   const includeUsage = body.stream_options?.include_usage ?? false;
   return sse(c, async (stream) => {
+    let traced = false; // the view that ran rides on the first chunk
     const chunk = (choicesPart: unknown[], extra: Record<string, unknown> = {}) =>
-      stream.writeSSE({ data: JSON.stringify({ id, object: 'chat.completion.chunk', created, model: body.model, choices: choicesPart, ...extra }) });
+      stream.writeSSE({ data: JSON.stringify({ id, object: 'chat.completion.chunk', created, model: body.model, choices: choicesPart, ...extra, ...(traced ? {} : ((traced = true), { sfn: view.trace })) }) });
     for (const ch of choices) await chunk([{ index: ch.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
     await runAll(ctx, specs, signal, async (i, e) => {
       const ch = choices[i];
@@ -350,7 +358,7 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
         ch.tokens.push(e.token);
         const t = e.token;
         if (!t.text && k === undefined) return;
-        const delta = t.channel === 'reasoning' ? { reasoning_content: t.text } : { content: t.text };
+        const delta = t.channel === 'reasoning' ? { reasoning_content: t.text, reasoning: t.text } : { content: t.text };
         const lp = k !== undefined && t.channel === 'content' ? { content: [chatLogprobEntry(tok, t, body.return_tokens_as_token_ids)] } : null;
         await chunk([{ index: ch.index, delta, logprobs: lp, finish_reason: null }]);
       } else if (e.type === 'done') {

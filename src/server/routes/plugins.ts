@@ -37,7 +37,7 @@ const UploadQuery = z.object({
 });
 
 const ExtractBody = z
-  .object({
+  .strictObject({
     id: z.string(),
     base: z.string().openapi({ description: 'Base checkpoint directory (A), relative to a model root or absolute inside one.' }),
     tuned: z.string().openapi({ description: 'Fine-tuned checkpoint directory (B).' }),

@@ -16,17 +16,19 @@ import { requireUnderRoots } from '../roots.ts';
 import { checkpointSource, computeDelta, pluginSource, type WeightSource } from '../../stethoscope/delta.ts';
 import type { JobManager, JobRecord } from '../../stethoscope/jobs.ts';
 import { renderSvg, sweepSpec, writeDeltaOutputs } from '../../stethoscope/plots.ts';
-import { answerMatches, DEFAULT_THRESHOLDS, level, nllAndPmi, repetition, type LevelThresholds } from '../../stethoscope/levels.ts';
+import { DEFAULT_THRESHOLDS, ThresholdsSpec, type LevelThresholds } from '../../stethoscope/levels.ts';
 import type { ServingContext } from './openai.ts';
-import { chatPrompt } from '../../engine/prompt.ts';
+import { PromptError, REASONING_FORMATS, reasoningFormat } from '../../engine/prompt.ts';
 import { parseName, PLUGGABLE_KINDS } from '../../model/names.ts';
 import { sha256File, type PluginStore } from '../../plugins/store.ts';
 import { writeMergePlugin } from '../../stethoscope/merge.ts';
 import type { CheckpointRegistry } from '../../stethoscope/checkpoints.ts';
 import { commitPluginFile, pluginView } from './plugins.ts';
-import type { GeneratedToken } from '../../engine/generate.ts';
-import { checkItem, EvalDataError, parseJsonl, resultsJsonl, runEval, type EvalBackend, type EvalItem, type EvalSettings } from '../../stethoscope/eval.ts';
-import { collect } from '../../stethoscope/local-backend.ts';
+import { checkItem, EvalDataError, parseJsonl, resultsJsonl, runEval, type EvalItem, type EvalSettings } from '../../stethoscope/eval.ts';
+import { compareViews, ProbePrompt, SCORERS, type ScorerChoice } from '../../stethoscope/probe.ts';
+import { destructionMarkdown, destructionRows, destructionTable, DestructionTableSpec, mergeMarkdown, mergeRows, mergeTable, MergeTableSpec, writeDestructionTable, writeMergeTable } from '../../stethoscope/tables.ts';
+import { serverLab } from '../lab.ts';
+import { asBadRequest } from '../errors.ts';
 import { errorResponses } from '../schemas.ts';
 
 export interface StethoscopeDeps {
@@ -44,13 +46,12 @@ export interface StethoscopeDeps {
   checkpoints: CheckpointRegistry;
 }
 
-const Thresholds = z
-  .object({ maxRepetition: z.number().min(0).max(1), maxNll: z.number().positive(), minPmi: z.number(), minTokens: z.number().int().min(0) })
-  .partial()
-  .openapi({ description: `Level thresholds (defaults ${JSON.stringify(DEFAULT_THRESHOLDS)}).` });
+export const Thresholds = ThresholdsSpec.describe(`Level thresholds (defaults ${JSON.stringify(DEFAULT_THRESHOLDS)}).`);
+
+const Scorer = z.enum(SCORERS).default('backbone').openapi({ description: 'Which model scores NLL and PMI for the levels: the intact backbone (default) or the view that produced the output.' });
 
 const EvalBody = z
-  .object({
+  .strictObject({
     model: z.string().optional().openapi({ description: 'The backbone (default) or `backbone:plugin-id`.' }),
     merge: MergeSpec.nullish(),
     destroy: DestroySpec.nullish(),
@@ -61,28 +62,28 @@ const EvalBody = z
     seed: z.number().int().min(0).optional(),
     chat: z.boolean().default(true),
     mode: z.enum(['chat', 'reasoning']).default('chat'),
+    reasoning_format: z.enum(REASONING_FORMATS).optional().openapi({ description: "Reasoning mode's format (think | s1 | auto); default the server's --reasoning-format." }),
     min_thinking_tokens: z.number().int().min(0).optional(),
     max_thinking_tokens: z.number().int().min(1).optional(),
     wait: z.number().int().min(0).max(64).optional(),
     levels: z.boolean().default(false).openapi({ description: 'Also score each output\'s level I-IV (two scoring passes per item).' }),
     thresholds: Thresholds.optional(),
+    scorer: Scorer,
+    table: MergeTableSpec.optional().describe(
+      "Table mode: the paper's Table 1. Rows A, B, M1, M2, M3 (`from`: the fine-tune B) or any `rows` of merge specs, each evaluated on the set: accuracy, average tokens (and levels).",
+    ),
     concurrency: z.number().int().min(1).max(64).default(4),
   })
   .openapi('EvalRequest');
 
-const ProbePrompt = z.object({
-  prompt: z.string().optional(),
-  messages: z.array(z.object({ role: z.enum(['system', 'user', 'assistant']), content: z.string() })).optional(),
-  answer: z.string().optional().openapi({ description: 'The expected answer: level IV needs it matched.' }),
-});
-
 const MergeBody = z
-  .object({
+  .strictObject({
     model: z.string().optional().openapi({ description: 'The backbone (default) or `backbone:plugin-id`.' }),
     merge: MergeSpec,
     prompts: z.array(ProbePrompt).min(1).max(64).optional(),
     max_tokens: z.number().int().min(1).max(4096).default(64),
     thresholds: Thresholds.optional(),
+    scorer: Scorer,
     save_as: z.string().optional().openapi({ description: 'Save the merged tensors as this plugin id (pluggable kinds only).' }),
     description: z.string().max(1000).optional(),
     overwrite: z.boolean().default(false),
@@ -90,14 +91,18 @@ const MergeBody = z
   .openapi('MergeRequest');
 
 const DestructionBody = z
-  .object({
+  .strictObject({
     model: z.string().optional().openapi({ description: 'The backbone (default) or `backbone:plugin-id`: the intact view.' }),
     destroy: DestroySpec.optional(),
     prompts: z.array(ProbePrompt).min(1).max(64).optional(),
     max_tokens: z.number().int().min(1).max(4096).default(64),
     thresholds: Thresholds.optional(),
+    scorer: Scorer,
+    table: DestructionTableSpec.optional().describe(
+      "Table mode (a job): the paper's Table 3. For every method x module kind, each prompt's greedy output over the destroyed layers, judged with levels; `remove` is one row.",
+    ),
     sweep: z
-      .object({
+      .strictObject({
         method: z.enum(['zero', 'reinit', 'remove']),
         modules: z.array(z.string()).default([]).openapi({ description: 'Module kinds (rows of the heatmap); ignored by remove.' }),
         window: z.number().int().min(1).default(4),
@@ -112,7 +117,7 @@ const DestructionBody = z
   .openapi('DestructionRequest');
 
 const DeltaBody = z
-  .object({
+  .strictObject({
     a: z.string().optional().openapi({ description: 'Checkpoint A: a directory under the model roots. Default: the served backbone.' }),
     b: z.string().optional().openapi({ description: 'Checkpoint B: a directory under the model roots.' }),
     plugin: z.string().optional().openapi({ description: 'Instead of b: a plugin id, laid over the backbone (A defaults to the backbone).' }),
@@ -141,7 +146,7 @@ const Job = z
 const CONTENT_TYPES: Record<string, string> = { '.json': 'application/json', '.csv': 'text/csv', '.svg': 'image/svg+xml', '.html': 'text/html; charset=utf-8', '.jsonl': 'application/x-ndjson' };
 
 const ExportBody = z
-  .object({
+  .strictObject({
     name: z.string().openapi({ description: 'Directory name under <data-dir>/exports/.' }),
     model: z.string().openapi({ description: 'The backbone or `backbone:plugin-id`.' }),
     merge: MergeSpec.nullish(),
@@ -194,47 +199,13 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
   app.use('/v1/stethoscope/destruction', requireKey(auth, 'admin'));
   app.use('/v1/stethoscope/eval', requireKey(auth, 'admin'));
 
-  /** Greedy generation on a view; the tokens with their text. */
-  const generate = async (view: ViewSpec, promptIds: number[], maxTokens: number, signal: AbortSignal) => {
-    deps.serving.runner.admit(1);
-    const ids: number[] = [];
-    let text = '';
-    let finish = 'length';
-    for await (const e of deps.serving.runner.start({ promptIds, view, params: { maxTokens, temperature: 0 } }, signal)) {
-      if (e.type === 'token') (ids.push(e.token.id), (text += e.token.text));
-      else if (e.type === 'done') finish = e.finish.reason;
+  /** Each prompt through the intact and the altered view, both outputs judged with levels I-IV. */
+  const compare = async (intact: ViewSpec, altered: ViewSpec, prompts: ProbePrompt[], opts: { maxTokens: number; thresholds: LevelThresholds; scorer: ScorerChoice; label: string }, signal: AbortSignal) => {
+    try {
+      return await compareViews(serverLab(deps.serving.runner, signal, { wait: false }), deps.serving.tokenizer()!, { intact, altered }, prompts, opts);
+    } catch (e) {
+      throw asBadRequest(e);
     }
-    return { ids, text, finish };
-  };
-  /** Log-probabilities of `answer` after `context` under a view (prompt scoring, no generation). */
-  const score = async (view: ViewSpec, context: number[], answer: number[], signal: AbortSignal): Promise<number[]> => {
-    if (answer.length === 0) return [];
-    deps.serving.runner.admit(1);
-    let lps: number[] = [];
-    for await (const e of deps.serving.runner.start({ promptIds: [...context, ...answer], view, params: { maxTokens: 0 }, promptLogprobs: 0 }, signal)) {
-      if (e.type === 'prompt_logprobs') lps = e.logprobs.slice(context.length).map((p) => p.logprob ?? 0);
-    }
-    return lps;
-  };
-
-  /** Each prompt through the intact and the altered view (greedy), both outputs judged with levels I-IV. */
-  const compare = async (intact: ViewSpec, altered: ViewSpec, prompts: z.infer<typeof ProbePrompt>[], maxTokens: number, thresholds: LevelThresholds, signal: AbortSignal, label: string) => {
-    const tok = deps.serving.tokenizer()!;
-    const neutral = [tok.eosIds[0] ?? 0];
-    const results = [];
-    for (const [i, p] of prompts.entries()) {
-      if ((p.prompt === undefined) === (p.messages === undefined)) throw badRequest(`prompts.${i}: give exactly one of "prompt" and "messages"`, `prompts.${i}`);
-      const promptIds = p.messages ? chatPrompt(tok, p.messages).ids : tok.encode(p.prompt!);
-      const judge = async (out: { ids: number[]; text: string; finish: string }) => {
-        const { nll, pmi } = nllAndPmi(await score(intact, promptIds, out.ids, signal), await score(intact, neutral, out.ids, signal));
-        const match = p.answer === undefined ? { matched: null, extracted: null } : answerMatches(out.text, p.answer);
-        return { text: out.text, finish_reason: out.finish, ...level({ tokens: out.ids.length, chars: out.text.length, repetition: repetition(out.ids), nll, pmi, ...match }, thresholds) };
-      };
-      const a = await generate(intact, promptIds, maxTokens, signal);
-      const b = await generate(altered, promptIds, maxTokens, signal);
-      results.push({ index: i, intact: await judge(a), [label]: await judge(b) });
-    }
-    return results;
   };
 
   app.use('/v1/stethoscope/checkpoints', requireKey(auth, 'admin'));
@@ -245,7 +216,7 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
       method: 'post',
       path: '/v1/stethoscope/checkpoints',
       summary: 'Register a donor checkpoint by name (admin): a directory under the model roots; merges name it in "from".',
-      request: { body: { content: { 'application/json': { schema: z.object({ name: z.string(), path: z.string() }).openapi('CheckpointRequest') } }, required: true } },
+      request: { body: { content: { 'application/json': { schema: z.strictObject({ name: z.string(), path: z.string() }).openapi('CheckpointRequest') } }, required: true } },
       responses: { 201: { description: 'Registered.', content: { 'application/json': { schema: Ckpt } } }, ...errorResponses(400, 401, 403, 409) },
     }),
     (c) => {
@@ -322,7 +293,7 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
         out.plugin = pluginView(r.manifest, deps.backboneName);
         status = 201;
       }
-      if (body.prompts) out.results = await compare(deps.resolveView(model), merged, body.prompts, body.max_tokens, { ...DEFAULT_THRESHOLDS, ...body.thresholds }, c.req.raw.signal, 'merged');
+      if (body.prompts) out.results = await compare(deps.resolveView(model), merged, body.prompts, { maxTokens: body.max_tokens, thresholds: { ...DEFAULT_THRESHOLDS, ...body.thresholds }, scorer: body.scorer, label: 'merged' }, c.req.raw.signal);
       return c.json(out, status) as never;
     },
   );
@@ -350,7 +321,7 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
       if (body.sweep) {
         const sw = body.sweep;
         if ((sw.text === undefined) === (sw.ids === undefined)) throw badRequest('sweep: give exactly one of "text" and "ids"', 'sweep.text');
-        const ids = sw.ids ?? tok.encode(sw.text!).slice(0, 512);
+        const ids = sw.ids ?? tok.encodePrompt(sw.text!).slice(0, 512);
         if (ids.length < 2) throw badRequest('sweep.text: needs at least 2 tokens', 'sweep.text');
         const bad = ids.find((id) => id >= deps.serving.vocabSize());
         if (bad !== undefined) throw badRequest(`sweep.ids: token id ${bad} is outside the vocabulary`, 'sweep.ids');
@@ -379,42 +350,36 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
         return c.json(jobView(job), 202) as never;
       }
 
-      if (!body.destroy) throw badRequest('give "destroy" (or "sweep")', 'destroy');
+      if (body.table) {
+        if (body.destroy || body.sweep || body.prompts) throw badRequest('"table" carries its own prompts and destructions; give it alone', 'table');
+        const t = body.table;
+        t.prompts.forEach((p, i) => {
+          if ((p.prompt === undefined) === (p.messages === undefined)) throw badRequest(`table.prompts.${i}: give exactly one of "prompt" and "messages"`, `table.prompts.${i}`);
+        });
+        // Resolve every row's view now, so a bad spec is a 400 rather than a failed job.
+        const rows = destructionRows(t).map((r) => {
+          try {
+            return deps.resolveView(model, { destroy: r.destroy });
+          } catch (e) {
+            if (e instanceof ApiError && e.param?.startsWith('destroy.0.')) throw badRequest(e.message.replace(/^destroy\.0\./, 'table.'), e.param.replace(/^destroy\.0\./, 'table.'));
+            throw e;
+          }
+        });
+        const ac = new AbortController();
+        const job = deps.jobs.start('destruction-table', body, async (_job, dir, progress) => {
+          const table = await destructionTable(serverLab(deps.serving.runner, ac.signal, { wait: true }), tok, t, { intact, rows }, { maxTokens: body.max_tokens, thresholds, scorer: body.scorer, progress });
+          await writeDestructionTable(table, dir);
+          return { markdown: destructionMarkdown(table), rows: table.rows.map((r) => ({ method: r.method, module: r.module, levels: r.outputs.map((o) => o.level) })), intact: table.intact.map((o) => o.level) };
+        });
+        return c.json(jobView(job), 202) as never;
+      }
+      if (!body.destroy) throw badRequest('give "destroy" (or "sweep" or "table")', 'destroy');
       if (!body.prompts) throw badRequest('give "prompts"', 'prompts');
       const destroyed = deps.resolveView(model, { destroy: body.destroy });
-      const results = await compare(intact, destroyed, body.prompts, body.max_tokens, thresholds, c.req.raw.signal, 'destroyed');
+      const results = await compare(intact, destroyed, body.prompts, { maxTokens: body.max_tokens, thresholds, scorer: body.scorer, label: 'destroyed' }, c.req.raw.signal);
       return c.json({ object: 'stethoscope.destruction', model, destroy: body.destroy, thresholds, results }, 200) as never;
     },
   );
-
-  /** Jobs wait for room in the queue rather than fail on a busy server. */
-  const admitWhenFree = async () => {
-    for (;;) {
-      try {
-        deps.serving.runner.admit(1);
-        return;
-      } catch (e) {
-        if (!(e instanceof ApiError) || e.status !== 429) throw e;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    }
-  };
-  const serverBackend = (view: ViewSpec, intact: ViewSpec, signal: AbortSignal): EvalBackend => ({
-    generate: async (promptIds, params) => {
-      await admitWhenFree();
-      const tokens: GeneratedToken[] = [];
-      let finish = 'length';
-      for await (const e of deps.serving.runner.start({ promptIds, view, params }, signal)) {
-        if (e.type === 'token') tokens.push(e.token);
-        else if (e.type === 'done') finish = e.finish.reason;
-      }
-      return collect(tokens, finish);
-    },
-    score: async (context, answer) => {
-      await admitWhenFree();
-      return score(intact, context, answer, signal);
-    },
-  });
 
   app.openapi(
     createRoute({
@@ -440,8 +405,16 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
       const model = body.model ?? deps.backboneName;
       const view = deps.resolveView(model, { merge: body.merge, destroy: body.destroy });
       const intact = deps.resolveView(deps.backboneName);
-      const reasoning = body.mode === 'reasoning' ? { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait } : undefined;
-      if (reasoning && tok.tokenId('</think>') === undefined) throw badRequest("This model's tokenizer has no </think> token; reasoning mode is unavailable.", 'mode');
+      const reasoning =
+        body.mode === 'reasoning' ? { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait, format: body.reasoning_format ?? deps.serving.reasoningFormat } : undefined;
+      if (reasoning) {
+        try {
+          reasoningFormat(tok, reasoning.format);
+        } catch (e) {
+          if (e instanceof PromptError) throw badRequest(e.message, e.param);
+          throw e;
+        }
+      }
       const settings: EvalSettings = {
         maxTokens: body.max_tokens,
         temperature: body.temperature,
@@ -453,8 +426,29 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
         concurrency: body.concurrency,
       };
       const ac = new AbortController();
+      const lab = () => serverLab(deps.serving.runner, ac.signal, { wait: true });
+      if (body.table) {
+        if (body.merge || body.destroy || body.model) throw badRequest('"table" runs its own rows over the backbone; give no model, merge or destroy', 'table');
+        const rows = mergeRows(body.table, deps.host.spec!).map((row, i) => {
+          let v: ViewSpec;
+          try {
+            v = deps.resolveView(deps.backboneName, { merge: row.merge });
+          } catch (e) {
+            if (e instanceof ApiError && body.table!.rows && e.param?.startsWith('merge')) throw badRequest(`table.rows.${i}.${e.message}`, `table.rows.${i}.${e.param}`);
+            if (e instanceof ApiError && e.param?.startsWith('merge')) throw badRequest(`table.from: ${e.message}`, 'table.from');
+            throw e;
+          }
+          return { row, view: v, scorer: body.scorer === 'view' ? v : intact };
+        });
+        const job = deps.jobs.start('merge-table', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress) => {
+          const { table, results } = await mergeTable(lab(), tok, items, rows, settings, progress);
+          writeMergeTable(table, results, dir);
+          return { markdown: mergeMarkdown(table), rows: table.rows };
+        });
+        return c.json(jobView(job), 202) as never;
+      }
       const job = deps.jobs.start('eval', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress) => {
-        const { summary, results } = await runEval(items, tok, serverBackend(view, intact, ac.signal), settings, (d, t, last) => progress(d, t, last.id));
+        const { summary, results } = await runEval(items, tok, lab(), { run: view, scorer: body.scorer === 'view' ? view : intact }, settings, (d, t, last) => progress(d, t, last.id));
         writeFileSync(join(dir, 'results.jsonl'), resultsJsonl(results));
         writeFileSync(join(dir, 'summary.json'), JSON.stringify({ model, merge: body.merge ?? null, destroy: body.destroy ?? null, settings, ...summary }, null, 2));
         return summary;

@@ -1,0 +1,168 @@
+/**
+ * `sfn levels`, `sfn destruction-table`, `sfn merge-table`: the same stethoscope functions the HTTP API runs,
+ * over an engine in this process.
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { z } from 'zod';
+import { Engine } from '../../engine/engine.ts';
+import { ModelTokenizer } from '../../engine/tokenizer.ts';
+import { parseJsonl, type EvalSettings } from '../../stethoscope/eval.ts';
+import { agreement, calibrate } from '../../stethoscope/calibrate.ts';
+import { DEFAULT_THRESHOLDS, ThresholdsSpec, type Level, type LevelMetrics, type LevelThresholds } from '../../stethoscope/levels.ts';
+import { localLab } from '../../stethoscope/local-lab.ts';
+import { judgeItems, LabelledItem, LevelItem, ProbePrompt, SCORERS, type ScorerChoice } from '../../stethoscope/probe.ts';
+import { destructionMarkdown, destructionRows, destructionTable, DestructionTableSpec, mergeMarkdown, mergeRows, mergeTable, MergeTableSpec, writeDestructionTable, writeMergeTable } from '../../stethoscope/tables.ts';
+import type { OverlaySpec } from '../../views/overlays.ts';
+import { choice, cliDonor, int, num, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
+
+function parse<T>(schema: z.ZodType<T>, raw: unknown, what: string): T {
+  const r = schema.safeParse(raw);
+  if (!r.success) {
+    const i = r.error.issues.find((x) => x.code === 'unrecognized_keys') ?? r.error.issues[0];
+    const path = i.path.map(String).join('.');
+    throw new UsageError(`${what}${path ? `: ${path}` : ''}: ${i.code === 'unrecognized_keys' ? `unknown field "${i.keys[0]}"` : i.message}`);
+  }
+  return r.data;
+}
+
+function json(text: string, flag: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`${flag}: not JSON: ${(e as Error).message}`);
+  }
+}
+
+/** A JSONL file, each line checked against `schema`; errors name the line. */
+function jsonl<T>(path: string, schema: z.ZodType<T>): T[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new UsageError(`${path}: ${(e as Error).message}`);
+  }
+  const out = text
+    .split('\n')
+    .map((line, i) => [line, i] as const)
+    .filter(([line]) => line.trim())
+    .map(([line, i]) => parse(schema, json(line, `${path} line ${i + 1}`), `${path} line ${i + 1}`));
+  if (!out.length) throw new UsageError(`${path}: no items`);
+  return out;
+}
+
+const thresholds = (v: string | undefined): LevelThresholds => ({ ...DEFAULT_THRESHOLDS, ...(v ? parse(ThresholdsSpec, json(v, '--thresholds'), '--thresholds') : {}) });
+
+async function load(model: string | undefined) {
+  const dir = resolveModelDir(model);
+  const tok = ModelTokenizer.fromDir(dir);
+  return { dir, tok, engine: await Engine.load(dir) };
+}
+
+const progressBar = (label: string) => (done: number, total: number, message: string) => {
+  const w = 30;
+  const f = Math.round((done / total) * w);
+  process.stderr.write(`${process.stderr.isTTY ? '\r' : ''}${label} [${'#'.repeat(f)}${' '.repeat(w - f)}] ${done}/${total} ${message}${process.stderr.isTTY ? '\x1b[K' : '\n'}`);
+};
+
+export async function cmdLevels(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { data: { type: 'string' }, calibrate: { type: 'boolean', default: false }, model: { type: 'string' }, plugin: { type: 'string', multiple: true }, merge: { type: 'string' }, destroy: { type: 'string' }, thresholds: { type: 'string' }, concurrency: { type: 'string' } },
+  });
+  if (!values.data) throw new UsageError('levels needs --data FILE.jsonl ({prompt | messages, output, answer?} per line)');
+  // With --calibrate each line also carries a human "label" (I-IV); "source" is free text.
+  const labelled: LevelItem[] = jsonl<LevelItem>(values.data, values.calibrate ? LabelledItem : LevelItem);
+  const items = labelled.map(({ label: _l, source: _s, ...it }: { label?: unknown; source?: unknown } & LevelItem) => it);
+  const t = thresholds(values.thresholds);
+  const { tok, engine } = await load(values.model);
+  const plugins: OverlaySpec[] = (values.plugin ?? []).map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
+  const scorer = stethoscopeView(engine, values.merge, values.destroy, plugins);
+  try {
+    const results = await judgeItems(localLab(engine, tok, int(values.concurrency, 'concurrency', 8)!), tok, scorer, items, t);
+    if (values.calibrate) {
+      const metrics = results.map((r) => r.metrics as LevelMetrics);
+      const labels = labelled.map((x) => (x as unknown as { label: Level }).label);
+      const best = calibrate(metrics, labels, t);
+      process.stdout.write(JSON.stringify({ thresholds: t, agreement: agreement(metrics, labels, t), calibrated: best }, null, 2) + '\n');
+    } else process.stdout.write(JSON.stringify({ thresholds: t, results }, null, 2) + '\n');
+  } catch (e) {
+    if (e instanceof Error && 'param' in e) throw new UsageError(e.message);
+    throw e;
+  } finally {
+    await engine.release();
+  }
+}
+
+export async function cmdDestructionTable(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string' }, methods: { type: 'string', default: 'zero,reinit,remove' }, modules: { type: 'string' }, layers: { type: 'string' }, prompts: { type: 'string' },
+      out: { type: 'string' }, 'max-tokens': { type: 'string' }, seed: { type: 'string' }, scorer: { type: 'string' }, thresholds: { type: 'string' },
+    },
+  });
+  if (!values.modules || !values.layers || !values.prompts || !values.out) throw new UsageError('destruction-table needs --modules K1,K2 --layers A-B --prompts FILE.jsonl --out DIR');
+  const spec = parse(
+    DestructionTableSpec,
+    { methods: values.methods!.split(','), modules: values.modules.split(','), layers: values.layers, prompts: jsonl(values.prompts, ProbePrompt), seed: int(values.seed, 'seed', 0) },
+    'destruction-table',
+  );
+  const scorer = choice<ScorerChoice>('scorer', values.scorer, 'SFN_SCORER', SCORERS);
+  const t = thresholds(values.thresholds);
+  const { tok, engine } = await load(values.model);
+  try {
+    const rows = destructionRows(spec).map((r) => stethoscopeView(engine, undefined, JSON.stringify(r.destroy)));
+    const table = await destructionTable(localLab(engine, tok, 8), tok, spec, { intact: engine.baseView, rows }, { maxTokens: int(values['max-tokens'], 'max-tokens', 64)!, thresholds: t, scorer, progress: progressBar('destruction') });
+    mkdirSync(values.out, { recursive: true });
+    const files = await writeDestructionTable(table, values.out);
+    process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: wrote ${files.join(', ')} to ${values.out}\n`);
+    process.stdout.write(destructionMarkdown(table));
+  } finally {
+    await engine.release();
+  }
+}
+
+export async function cmdMergeTable(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string' }, from: { type: 'string' }, rows: { type: 'string' }, data: { type: 'string' }, out: { type: 'string' }, 'max-tokens': { type: 'string' },
+      temperature: { type: 'string' }, seed: { type: 'string' }, levels: { type: 'boolean', default: false }, scorer: { type: 'string' }, thresholds: { type: 'string' },
+      concurrency: { type: 'string' }, 'no-chat': { type: 'boolean', default: false },
+    },
+  });
+  if (!values.data || !values.out) throw new UsageError('merge-table needs --data SET.jsonl --out DIR and --from B (or --rows JSON)');
+  const spec = parse(MergeTableSpec, { from: values.from, rows: values.rows === undefined ? undefined : json(values.rows, '--rows') }, 'merge-table');
+  let items;
+  try {
+    items = parseJsonl(readFileSync(values.data, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`${values.data}: ${(e as Error).message}`);
+  }
+  const scorer = choice<ScorerChoice>('scorer', values.scorer, 'SFN_SCORER', SCORERS);
+  const concurrency = int(values.concurrency, 'concurrency', 4)!;
+  const settings: EvalSettings = {
+    maxTokens: int(values['max-tokens'], 'max-tokens', 64)!,
+    temperature: num(values.temperature, 'temperature') ?? 0,
+    seed: int(values.seed, 'seed'),
+    chat: !values['no-chat'],
+    levels: values.levels!,
+    thresholds: thresholds(values.thresholds),
+    concurrency,
+  };
+  const { tok, engine } = await load(values.model);
+  try {
+    const rows = mergeRows(spec, engine.spec).map((row) => {
+      const view = stethoscopeView(engine, row.merge ? JSON.stringify(row.merge) : undefined);
+      return { row, view, scorer: scorer === 'view' ? view : engine.baseView };
+    });
+    const { table, results } = await mergeTable(localLab(engine, tok, concurrency * rows.length), tok, items, rows, settings, progressBar('merge'));
+    mkdirSync(values.out, { recursive: true });
+    const files = writeMergeTable(table, results, values.out);
+    process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: wrote ${files.join(', ')} to ${values.out}\n`);
+    process.stdout.write(mergeMarkdown(table));
+  } finally {
+    await engine.release();
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * What every `sfn` command shares: usage errors, the model directory (with the built-in model as default), typed
+ * flag readers, and the view that `--plugin` / `--merge` / `--destroy` describe (the API's JSON).
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Engine, Device, EngineOptions, Quantize } from '../engine/engine.ts';
+import type { DonorRef } from '../stethoscope/build.ts';
+import { resolveDestroy, resolveMerge } from '../stethoscope/resolve.ts';
+import { SpecError } from '../stethoscope/spec.ts';
+import { OverlayLoader, type OverlaySpec } from '../views/overlays.ts';
+
+export class UsageError extends Error {}
+
+/** The built-in model: shipped in the repository (models/, with its licence), so nothing is downloaded. */
+export const BUILTIN_NAME = 'stories260K';
+export const BUILTIN_MODEL_DIR = fileURLToPath(new URL('../../models/stories260K', import.meta.url));
+
+/** The model directory to use: --model, then SFN_MODEL, then the built-in tiny model (with a notice). */
+export function resolveModelDir(flag: string | undefined, log: (s: string) => void = (s) => process.stderr.write(s + '\n')): string {
+  const dir = flag ?? process.env.SFN_MODEL;
+  if (dir) return dir;
+  log(
+    `sfn: no model configured (--model or SFN_MODEL); using the built-in model ${BUILTIN_NAME} at ${BUILTIN_MODEL_DIR}: ` +
+      `Karpathy's 260K-parameter TinyStories model (MIT), which writes short children's stories. Give --model DIR to serve your own checkpoint.`,
+  );
+  return BUILTIN_MODEL_DIR;
+}
+
+export function int(v: string | undefined, name: string, dflt?: number): number | undefined {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got "${v}"`);
+  return n;
+}
+
+/** One of `allowed`: the flag, else the environment variable, else the first allowed value. */
+export function choice<T extends string>(name: string, flag: string | undefined, env: string, allowed: readonly T[]): T {
+  const v = flag ?? (process.env[env] || allowed[0]);
+  if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`--${name} must be ${allowed.join(' or ')}, got "${v}"`);
+  return v as T;
+}
+
+/** --threads, --device (SFN_DEVICE) and --quantize (SFN_QUANTIZE), as `generate` and `logits` take them. */
+export function engineOptions(values: { threads?: string; device?: string; quantize?: string }): EngineOptions {
+  return {
+    threads: int(values.threads, 'threads'),
+    device: choice<Device>('device', values.device, 'SFN_DEVICE', ['cpu', 'cuda']),
+    quantize: choice<Quantize>('quantize', values.quantize, 'SFN_QUANTIZE', ['none', 'int4']),
+  };
+}
+
+export function num(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got "${v}"`);
+  return n;
+}
+
+/** A donor for `--merge` on the command line: a safetensors file (a plugin) or a checkpoint directory. */
+export function cliDonor(from: string, param: string): DonorRef {
+  if (!existsSync(from)) throw new UsageError(`${param}: "${from}" does not exist`);
+  if (statSync(from).isDirectory()) return { kind: 'dir', path: from, id: `dir:${resolvePath(from)}` };
+  return { kind: 'file', path: from, id: createHash('sha256').update(readFileSync(from)).digest('hex') };
+}
+
+/** The view `--merge` / `--destroy` describe (the same JSON the API takes), or the backbone. */
+export function stethoscopeView(engine: Engine, merge?: string, destroy?: string, plugins: OverlaySpec[] = []) {
+  const json = (s: string, flag: string) => {
+    try {
+      return JSON.parse(s);
+    } catch (e) {
+      throw new UsageError(`${flag}: not JSON: ${(e as Error).message}`);
+    }
+  };
+  const overlays: OverlaySpec[] = [...plugins];
+  try {
+    if (merge) overlays.push(resolveMerge(engine.spec, json(merge, '--merge'), cliDonor));
+    if (destroy) overlays.push(resolveDestroy(engine.spec, json(destroy, '--destroy')));
+  } catch (e) {
+    if (e instanceof SpecError) throw new UsageError(e.message);
+    throw e;
+  }
+  return new OverlayLoader(engine, Number.MAX_SAFE_INTEGER).view({ overlays });
+}
+

@@ -1,0 +1,118 @@
+/**
+ * The built-in model (stories260K, shipped in models/) served with no checkpoint configured, prompts encoded as
+ * transformers encodes them (BOS on Llama tokenizers), and strict request validation.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { ModelTokenizer } from '../../src/engine/tokenizer.ts';
+import { BUILTIN_MODEL_DIR } from '../../src/cli/common.ts';
+import { parseServerConfig } from '../../src/server/config.ts';
+import { startServer, type RunningServer } from '../../src/server/serve.ts';
+import { fixtureDir } from '../helpers/fixtures.ts';
+
+/** transformers 4.44's greedy continuation of tokenizer("Once upon a time") (ids 1,403,407,261,378) on stories260K. */
+const TRANSFORMERS_CONTINUATION = ', there was a little girl named Lily. She loved to play outside in the park. One day,';
+
+describe('prompt encoding as transformers does it', () => {
+  it('adds BOS where tokenizer_config says add_bos_token (Llama), and nothing on Qwen tokenizers', () => {
+    const llama = ModelTokenizer.fromDir(BUILTIN_MODEL_DIR);
+    assert.deepEqual(llama.encodePrompt('Once upon a time'), [1, 403, 407, 261, 378]);
+    assert.deepEqual(llama.encode('Once upon a time'), [403, 407, 261, 378], 'chat-template text gets no extra specials');
+    const qwen = ModelTokenizer.fromDir(fixtureDir('A'));
+    assert.deepEqual(qwen.encodePrompt('Hello, world!'), qwen.encode('Hello, world!'));
+  });
+});
+
+describe('the built-in model', () => {
+  let srv: RunningServer;
+  const log: string[] = [];
+  const saved = process.env.SFN_MODEL;
+  const post = async (path: string, body: unknown) => {
+    const r = await fetch(srv.url + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    return { status: r.status, body: (await r.json()) as Record<string, any> };
+  };
+
+  before(async () => {
+    delete process.env.SFN_MODEL;
+    srv = await startServer(parseServerConfig(['--port', '0'], {}), (s) => log.push(s));
+    await srv.host.ready;
+  });
+  after(async () => {
+    await srv.close();
+    if (saved !== undefined) process.env.SFN_MODEL = saved;
+  });
+
+  it('is served as stories260K when no checkpoint is configured, and says so', async () => {
+    assert.equal(srv.modelName, 'stories260K');
+    assert.match(log.join('\n'), /no model configured .* built-in model stories260K/);
+    const models = (await (await fetch(`${srv.url}/v1/models`)).json()) as { data: { id: string }[] };
+    assert.deepEqual(models.data.map((m) => m.id), ['stories260K']);
+  });
+
+  it('continues "Once upon a time" as transformers does (BOS included)', async () => {
+    const { status, body } = await post('/v1/completions', { model: 'stories260K', prompt: 'Once upon a time', max_tokens: 30, temperature: 0 });
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.equal(body.usage.prompt_tokens, 5, 'the prompt is <s> + 4 tokens');
+    assert.ok(body.choices[0].text.startsWith(TRANSFORMERS_CONTINUATION), JSON.stringify(body.choices[0].text));
+  });
+
+  it('refuses reasoning mode with a 400 that names reasoning_format: it has neither think tokens nor ChatML', async () => {
+    const { status, body } = await post('/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'Hi' }], mode: 'reasoning', max_tokens: 4 });
+    assert.equal(status, 400);
+    assert.equal(body.error.param, 'reasoning_format');
+    assert.match(body.error.message, /neither/);
+  });
+
+  it('names unknown fields, at the top level and inside merge/destroy items and stethoscope bodies', async () => {
+    const base = { model: 'stories260K', prompt: 'Once', max_tokens: 2 };
+    const cases: [string, Record<string, unknown>, string][] = [
+      ['/v1/completions', { ...base, destory: [{ method: 'zero', modules: ['o_proj'], layers: '0' }] }, 'destory'],
+      ['/v1/completions', { ...base, destroy: [{ method: 'zero', modules: ['o_proj'], layer: '0' }] }, 'destroy.0.layer'],
+      ['/v1/completions', { ...base, merge: [{ modules: ['o_proj'], layer: '0', from: 'x' }] }, 'merge.0.layer'],
+      ['/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'x' }], mode: 'reasoning', max_thinking_token: 5 }, 'max_thinking_token'],
+      ['/v1/completions', { ...base, stream_options: { include_usage: true, extra: 1 } }, 'stream_options.extra'],
+      ['/v1/stethoscope/destruction', { destroy: [{ method: 'zero', modules: ['o_proj'], layers: '0' }], prompts: [{ prompt: 'x', answr: '1' }] }, 'prompts.0.answr'],
+      ['/v1/stethoscope/destruction', { destroy: [{ method: 'zero', modules: ['o_proj'], layers: '0' }], prompts: [{ prompt: 'x' }], thresholds: { maxNLL: 3 } }, 'thresholds.maxNLL'],
+      ['/v1/stethoscope/eval', { items: [{ id: 1, prompt: 'x', answer: '1' }], max_token: 3 }, 'max_token'],
+    ];
+    for (const [path, body, param] of cases) {
+      const r = await post(path, body);
+      assert.equal(r.status, 400, `${path} ${JSON.stringify(body)}`);
+      assert.equal(r.body.error.param, param);
+      assert.equal(r.body.error.code, 'unknown_field');
+      assert.match(r.body.error.message, new RegExp(`^${param.replace(/\./g, '\\.')}: unknown field`));
+    }
+  });
+
+  it('refuses OpenAI features it does not implement, and accepts bookkeeping fields', async () => {
+    for (const [field, value] of [['tools', [{ type: 'function', function: { name: 'f' } }]], ['tool_choice', 'auto'], ['response_format', { type: 'json_object' }], ['functions', []]] as const) {
+      const r = await post('/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, [field]: value });
+      assert.equal(r.status, 400, field);
+      assert.equal(r.body.error.param, field);
+      assert.match(r.body.error.message, /not supported/);
+    }
+    const ok = await post('/v1/chat/completions', {
+      model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 2,
+      user: 'u1', metadata: { run: 'a' }, store: false, service_tier: 'auto', tools: null,
+    });
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+  });
+
+  it('says which view ran: the backbone, or the overlays with their defaults filled in', async () => {
+    const plain = await post('/v1/completions', { model: 'stories260K', prompt: 'Once', max_tokens: 2, temperature: 0 });
+    assert.equal(plain.body.sfn.view, srv.host.fingerprint);
+    assert.deepEqual(plain.body.sfn.overlays, []);
+    const destroyed = await post('/v1/completions', { model: 'stories260K', prompt: 'Once', max_tokens: 2, temperature: 0, destroy: [{ method: 'reinit', modules: ['o_proj'], layers: '1-2' }] });
+    assert.notEqual(destroyed.body.sfn.view, srv.host.fingerprint);
+    assert.deepEqual(destroyed.body.sfn.overlays, [{ type: 'destroy', spec: [{ method: 'reinit', modules: ['o_proj'], layers: '1-2', seed: 0 }] }]);
+    const stream = await fetch(`${srv.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, stream: true, destroy: [{ method: 'zero', modules: ['o_proj'], layers: '0' }] }),
+    });
+    const first = JSON.parse((await stream.text()).split('\n').find((l) => l.startsWith('data: '))!.slice(6));
+    assert.equal(first.sfn.overlays[0].type, 'destroy');
+    assert.notEqual(first.sfn.view, srv.host.fingerprint);
+    assert.notEqual(first.sfn.view, destroyed.body.sfn.view, 'another destruction, another view');
+  });
+});
