@@ -28,7 +28,7 @@ import { choice, cliDonor, engineOptions, int, num, resolveModelDir, stethoscope
 const USAGE = `usage: sfn <command> [options]
 
 commands:
-  serve                      run the OpenAI-compatible server (flags and variables: see README)
+  serve                      run the OpenAI-compatible server (flags and variables: docs/configuration.md)
   make-model DIR             write a random, seeded HF-layout checkpoint with the Qwen tokenizer
       --preset tiny|qwen2.5-0.5b|qwen2.5-1.5b   (default tiny)
       --seed N  --dtype bf16|f16|f32  --shard-mb N

@@ -74,7 +74,7 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     },
   );
   app.openapi(
-    createRoute({ method: 'get', path: '/metrics', summary: 'Prometheus metrics (vLLM-compatible names; see the README).', responses: { 200: { description: 'Prometheus text format.', content: { 'text/plain': { schema: z.string() } } } } }),
+    createRoute({ method: 'get', path: '/metrics', summary: 'Prometheus metrics (vLLM-compatible names; see docs/metrics.md).', responses: { 200: { description: 'Prometheus text format.', content: { 'text/plain': { schema: z.string() } } } } }),
     async (c) => {
       c.header('Content-Type', deps.metrics.registry.contentType);
       return c.body(await deps.metrics.registry.metrics()) as never;

@@ -1,6 +1,6 @@
 /**
- * Server settings from flags and environment variables (flags win). Every setting is listed in the README's
- * configuration reference with its variable.
+ * Server settings from flags and environment variables (flags win). Every setting is listed in
+ * docs/configuration.md with its variable.
  */
 import { parseArgs } from 'node:util';
 import { z } from 'zod';

@@ -2,7 +2,7 @@
  * Prometheus metrics (prom-client). Serving metrics use vLLM's names (`vllm:*`, with a `model_name`
  * label) so that vLLM dashboards and the Gateway API Inference Extension's endpoint picker read sfn as
  * they read vLLM; plugins in use are published as vLLM publishes LoRA adapters (`vllm:lora_requests_info`).
- * sfn's own metrics are `sfn_*`. The README lists the mapping.
+ * sfn's own metrics are `sfn_*`. docs/metrics.md lists the mapping.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { WorkerStats } from '../engine/protocol.ts';

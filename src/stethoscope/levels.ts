@@ -15,7 +15,7 @@
  * the answer; `matched` = the extracted answer equals the expected one after normalisation.
  *
  * NLL is in the scoring model's own units: the defaults are calibrated on the built-in stories260K (see the
- * README's levels section and test/fixtures/levels/); recalibrate `maxNll` for another model.
+ * docs/stethoscopes.md, Levels, and test/fixtures/levels/); recalibrate `maxNll` for another model.
  */
 
 import { z } from 'zod';
@@ -31,7 +31,7 @@ export interface LevelThresholds {
   minTokens: number;
 }
 
-/** Calibrated on 179 hand-labelled outputs of the built-in stories260K (test/fixtures/levels/; README, "Levels"). */
+/** Calibrated on 179 hand-labelled outputs of the built-in stories260K (test/fixtures/levels/; docs/stethoscopes.md, Levels). */
 export const DEFAULT_THRESHOLDS: LevelThresholds = { maxRepetition: 0.75, maxNll: 3.5, minPmi: -0.1, minTokens: 1 };
 
 /** Thresholds as requests and `--thresholds` give them: any subset, the rest default. */

@@ -48,9 +48,9 @@ for (const e of of(final, 'ENV')) {
 }
 const entrypoint = [...execForm(of(final, 'ENTRYPOINT')[0]), ...execForm(of(final, 'CMD')[0])];
 
-/** The README's docker commands (continuation lines joined), split into words. */
+/** The deployment page's docker commands (continuation lines joined), split into words. */
 function readmeDockerCommands(): string[][] {
-  const text = read('README.md').replace(/\\\n\s*/g, ' ');
+  const text = read('docs/deployment.md').replace(/\\\n\s*/g, ' ');
   return [...text.matchAll(/^docker (build|run) .*$/gm)].map((m) => m[0].trim().split(/\s+/));
 }
 
@@ -88,25 +88,25 @@ describe('Dockerfile', () => {
     assert.deepEqual(entrypoint, ['node', 'bin/sfn.js', 'serve']);
   });
 
-  it('matches the README\'s docker commands', () => {
+  it('matches the docker commands of docs/deployment.md', () => {
     const commands = readmeDockerCommands();
     const builds = commands.filter((c) => c[1] === 'build');
     const runs = commands.filter((c) => c[1] === 'run');
-    assert.ok(builds.length >= 2 && runs.length >= 2, 'the README shows a CPU and a CUDA build and run');
+    assert.ok(builds.length >= 2 && runs.length >= 2, 'docs/deployment.md shows a CPU and a CUDA build and run');
     const tags = new Set<string>();
     for (const b of builds) {
       for (let i = 0; i < b.length; i++) {
         if (b[i] === '--build-arg') {
           const [name, value] = b[i + 1].split('=');
-          assert.ok(buildArgs.has(name), `the README passes --build-arg ${name}, which the Dockerfile does not declare`);
+          assert.ok(buildArgs.has(name), `docs/deployment.md passes --build-arg ${name}, which the Dockerfile does not declare`);
           if (name === 'SFN_VARIANT') assert.ok(stages.some((s) => s.name === `runtime-${value}`), `no runtime stage for ${value}`);
         }
         if (b[i] === '-t') tags.add(b[i + 1]);
       }
     }
-    const configured = new Set([...read('README.md').matchAll(/`(SFN_[A-Z_]+)`/g)].map((m) => m[1]));
+    const configured = new Set([...read('docs/configuration.md').matchAll(/`(SFN_[A-Z_]+)`/g)].map((m) => m[1]));
     for (const r of runs) {
-      assert.ok(tags.has(r.at(-1)!), `docker run uses an image the README builds (${r.at(-1)})`);
+      assert.ok(tags.has(r.at(-1)!), `docker run uses an image docs/deployment.md builds (${r.at(-1)})`);
       const ports = r.flatMap((w, i) => (w === '-p' ? [r[i + 1]] : []));
       assert.deepEqual(ports.map((p) => p.split(':')[1]), [finalEnv.get('SFN_PORT')]);
       const mounts = r.flatMap((w, i) => (w === '-v' ? [r[i + 1].split(':')] : []));
@@ -115,7 +115,7 @@ describe('Dockerfile', () => {
       assert.ok(model && model[2] === 'ro', 'the model directory is mounted read-only');
       const env = r.flatMap((w, i) => (w === '-e' ? [r[i + 1].split('=')] : []));
       assert.ok(env.some(([k, v]) => k === 'SFN_MODEL' && v === '/model'));
-      for (const [k] of env) assert.ok(configured.has(k), `${k} is in the README's configuration reference`);
+      for (const [k] of env) assert.ok(configured.has(k), `${k} is in docs/configuration.md`);
     }
   });
 

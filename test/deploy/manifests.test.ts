@@ -138,10 +138,10 @@ describe('deploy/ manifests', () => {
     const config = find('ConfigMap', 'sfn-config').data as Record<string, string>;
     const secret = find('Secret', 'sfn-keys').stringData as Record<string, string>;
     assert.deepEqual(c.envFrom.map((e: Obj) => (e.configMapRef ?? e.secretRef).name), ['sfn-config', 'sfn-keys']);
-    // sfn's own parser accepts the settings, and the README documents each one.
+    // sfn's own parser accepts the settings, and the configuration reference documents each one.
     const settings = parseServerConfig([], { ...config, ...secret });
-    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
-    for (const k of [...Object.keys(config), ...Object.keys(secret)]) assert.ok(readme.includes(`\`${k}\``), `${k} is not in the README's configuration reference`);
+    const reference = readFileSync(join(ROOT, 'docs/configuration.md'), 'utf8');
+    for (const k of [...Object.keys(config), ...Object.keys(secret)]) assert.ok(reference.includes(`\`${k}\``), `${k} is not in docs/configuration.md`);
     assert.equal(settings.host, '0.0.0.0');
     const http = c.ports.find((p: Obj) => p.name === 'http');
     assert.equal(http.containerPort, settings.port);
