@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -121,10 +121,37 @@ describe('the paper protocol on the built-in pair', () => {
     assert.match(job.result.markdown, /^\| B \| all modules \(all\) from stories260K-math \| 100\.0% \|/m);
   });
 
+  it('delta of the pair: every module kind moved, ranked, with the paper\'s figures', async () => {
+    const r = await post('/v1/stethoscope/delta', { b: 'stories260K-math' });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    const job = await wait(r.body.id);
+    assert.equal(job.status, 'succeeded', job.error ?? '');
+    const kinds = job.result.kinds as { kind: string; rank: number; rel_l2: number }[];
+    assert.equal(kinds.length, 11, 'every kind of a tied Llama');
+    assert.ok(kinds.every((k) => k.rel_l2 > 0.01), 'a full fine-tune moves every kind');
+    assert.equal(kinds.find((k) => k.rank === 1)!.kind, 'embed_tokens');
+    assert.ok(kinds.find((k) => k.kind === 'o_proj')!.rel_l2 > kinds.find((k) => k.kind === 'q_proj')!.rel_l2);
+    assert.ok(job.files.includes('l2_by_layer.svg') && job.files.includes('histograms.svg'));
+  });
+
+  it('sfn destruction-table writes the same table from the command line', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'sfn-dt-'));
+    const prompts = join(out, 'prompts.jsonl');
+    writeFileSync(prompts, STORIES.map((p) => JSON.stringify(p)).join('\n') + '\n');
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['bin/sfn.js', 'destruction-table', '--model', 'models/stories260K', '--methods', 'zero,remove', '--modules', 'o_proj', '--layers', '0-4', '--prompts', prompts, '--out', out, '--max-tokens', '24'],
+      { cwd: ROOT, maxBuffer: 16 << 20 },
+    );
+    assert.match(stdout, /intact: III III\./);
+    assert.match(stdout, /^\| Remove \| I I \(whole layers\) \|$/m);
+    assert.deepEqual(JSON.parse(readFileSync(join(out, 'table.json'), 'utf8')).rows.map((x: { method: string }) => x.method), ['zero', 'remove']);
+  });
+
   it('sfn merge-table gives the same table from the command line', async () => {
     const out = mkdtempSync(join(tmpdir(), 'sfn-mt-'));
     const data = join(out, 'set.jsonl');
-    (await import('node:fs')).writeFileSync(data, PROBLEMS);
+    writeFileSync(data, PROBLEMS);
     const { stdout } = await promisify(execFile)(
       process.execPath,
       ['bin/sfn.js', 'merge-table', '--model', 'models/stories260K', '--from', 'models/stories260K-math', '--data', data, '--out', out, '--no-chat', '--max-tokens', '48'],
