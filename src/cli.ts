@@ -60,6 +60,14 @@ commands:
   merge-table                the paper's Table 1: A, B, M1, M2, M3 (or --rows) over one set: accuracy, tokens, levels
       --data SET.jsonl --out DIR (--from B | --rows JSON) [--model DIR] [--max-tokens N] [--levels]
       [--scorer backbone|view] [--concurrency N] [--no-chat]
+  grads                      d loss / d p of one sequence for the trainable kinds, as safetensors; prints {"loss"}
+      --ids 1,2,3 --kinds o_proj,norms[,embed,head,qkv,mlp,all] --out FILE [--model DIR]
+      (loss: transformers' model(ids, labels=ids).loss)
+  freeze                     fine-tune only the chosen kinds (AdamW as torch's) and write a plugin
+      --kinds o_proj,norms --out PLUGIN.safetensors (or DIR for qkv/mlp) (--data SET.jsonl | --ids 1,2,3)
+      [--model DIR] [--steps N] [--lr X] [--wd X] [--batch N] [--seq N] [--warmup N] [--schedule constant|cosine]
+      [--grad-accum N] [--seed N] [--checkpoint-every K] [--resume]
+      (SET.jsonl: {"text"} | {"prompt", "completion"} | {"messages"} per line)
   freeze-plan                trainable parameters of the Freeze module sets
       --model DIR [--json]
 
@@ -289,6 +297,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   delta: cmdDelta,
   eval: cmdEval,
   'freeze-plan': cmdFreezePlan,
+  grads: async (args) => (await import('./cli/commands/freeze.ts')).cmdGrads(args),
+  freeze: async (args) => (await import('./cli/commands/freeze.ts')).cmdFreeze(args),
   levels: async (args) => (await import('./cli/commands/lab.ts')).cmdLevels(args),
   'destruction-table': async (args) => (await import('./cli/commands/lab.ts')).cmdDestructionTable(args),
   'merge-table': async (args) => (await import('./cli/commands/lab.ts')).cmdMergeTable(args),
