@@ -68,6 +68,8 @@ commands:
       [--model DIR] [--steps N] [--lr X] [--wd X] [--batch N] [--seq N] [--warmup N] [--schedule constant|cosine]
       [--grad-accum N] [--seed N] [--checkpoint-every K] [--resume]
       (SET.jsonl: {"text"} | {"prompt", "completion"} | {"messages"} per line)
+  freeze-table               the paper's Table 2: F1-F4 (or --rows) trained on one set, evaluated on another
+      --data TRAIN.jsonl --eval SET.jsonl --out DIR [--rows JSON] [--steps N] [--lr X] [--batch N] [--levels]
   freeze-plan                trainable parameters of the Freeze module sets
       --model DIR [--json]
 
@@ -299,6 +301,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   'freeze-plan': cmdFreezePlan,
   grads: async (args) => (await import('./cli/commands/freeze.ts')).cmdGrads(args),
   freeze: async (args) => (await import('./cli/commands/freeze.ts')).cmdFreeze(args),
+  'freeze-table': async (args) => (await import('./cli/commands/freeze.ts')).cmdFreezeTable(args),
   levels: async (args) => (await import('./cli/commands/lab.ts')).cmdLevels(args),
   'destruction-table': async (args) => (await import('./cli/commands/lab.ts')).cmdDestructionTable(args),
   'merge-table': async (args) => (await import('./cli/commands/lab.ts')).cmdMergeTable(args),

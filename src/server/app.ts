@@ -12,6 +12,7 @@ import { openaiRoutes, type ServingContext } from './routes/openai.ts';
 import { pluginRoutes, type PluginDeps } from './routes/plugins.ts';
 import { stethoscopeRoutes, type StethoscopeDeps } from './routes/stethoscope.ts';
 import { levelsRoutes } from './routes/levels.ts';
+import { freezeRoutes } from './routes/freeze.ts';
 import type { AuthConfig } from './auth.ts';
 
 export interface AppDeps {
@@ -56,6 +57,7 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   pluginRoutes(app, deps.plugins, deps.auth);
   stethoscopeRoutes(app, deps.stethoscope, deps.auth);
   levelsRoutes(app, deps.stethoscope, deps.auth);
+  freezeRoutes(app, deps.stethoscope, deps.auth);
 
   const Status = z.object({ status: z.string() });
   app.openapi(createRoute({ method: 'get', path: '/health', summary: 'Liveness: 200 while the process runs.', responses: { 200: { description: 'Alive.', content: { 'application/json': { schema: Status } } } } }), (c) =>

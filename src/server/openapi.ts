@@ -20,7 +20,7 @@ export function buildOpenApiDocument(): unknown {
   const app = createApp({
     serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never, reasoningFormat: 'auto' },
     plugins: { store: {} as PluginStore, backbone: never, backboneName: 'backbone', maxPluginBytes: 1, modelRoots: [] },
-    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never, jobs: {} as JobManager, modelRoots: [], pluginFile: never, backboneDir: '', serving: {} as ServingContext, backboneName: 'backbone', plugins: { store: {} as PluginStore }, checkpoints: {} as CheckpointRegistry },
+    stethoscope: { host: {} as EngineHost, dataDir: '', resolveView: never, jobs: {} as JobManager, modelRoots: [], pluginFile: never, backboneDir: '', serving: {} as ServingContext, backboneName: 'backbone', plugins: { store: {} as PluginStore }, checkpoints: {} as CheckpointRegistry, trainedView: never },
     auth: { apiKeys: [], adminKeys: [] },
     metrics: new Metrics({ modelName: never, stats: never, pluginsInUse: never, maxRunning: 1, maxPlugins: 0 }),
     maxBodyBytes: 1,

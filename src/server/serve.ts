@@ -5,6 +5,8 @@
  */
 import { serve, type ServerType } from '@hono/node-server';
 import { basename } from 'node:path';
+import { statSync } from 'node:fs';
+import { MODULE_KINDS } from '../model/names.ts';
 import { BUILTIN_NAME, resolveModelDir } from '../cli/common.ts';
 import { EngineHost } from '../engine/host.ts';
 import { servedContext } from '../engine/protocol.ts';
@@ -123,6 +125,14 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
       backboneName: modelName,
       plugins: { store },
       checkpoints,
+      trainedView: (out: string): ViewSpec => {
+        const id = `trained:${out}:${statSync(out).mtimeMs}`;
+        if (out.endsWith('.safetensors')) return { overlays: [{ type: 'file', id, path: out }], trace: { view: viewFingerprint(host.fingerprint!, [{ type: 'file', id, path: out }]), overlays: [] } };
+        const all = MODULE_KINDS.filter((k) => !(host.spec!.tieWordEmbeddings && k === 'lm_head'));
+        const merge = [{ modules: [...all], layers: 'all', from: out, alpha: 1 }];
+        const overlay = resolveMerge(host.spec!, merge, () => ({ kind: 'dir', path: out, id }));
+        return { overlays: [overlay], trace: { view: viewFingerprint(host.fingerprint!, [overlay]), overlays: [{ type: 'merge', spec: merge }] } };
+      },
     },
     serving,
     plugins: {

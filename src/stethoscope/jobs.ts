@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../model/atomic.ts';
 
-export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed';
+export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
 export interface JobRecord {
   id: string;
@@ -24,11 +24,13 @@ export interface JobRecord {
   error: string | null;
 }
 
-export type JobWork = (job: JobRecord, dir: string, progress: (done: number, total: number, message?: string) => void) => Promise<unknown>;
+/** A job's work; `signal` aborts when the job is cancelled (work that cannot stop early may ignore it). */
+export type JobWork = (job: JobRecord, dir: string, progress: (done: number, total: number, message?: string) => void, signal: AbortSignal) => Promise<unknown>;
 
 export class JobManager {
   private readonly jobs = new Map<string, JobRecord>();
   private lastSave = new Map<string, number>();
+  private readonly running = new Map<string, AbortController>();
 
   constructor(readonly root: string) {
     mkdirSync(root, { recursive: true });
@@ -79,6 +81,8 @@ export class JobManager {
     this.jobs.set(job.id, job);
     this.save(job);
     const dir = this.dir(job.id);
+    const ac = new AbortController();
+    this.running.set(job.id, ac);
     void (async () => {
       job.status = 'running';
       job.started = Math.floor(Date.now() / 1000);
@@ -90,21 +94,31 @@ export class JobManager {
           // Progress is saved at most once a second; the final state always is.
           const now = Date.now();
           if (now - (this.lastSave.get(job.id) ?? 0) > 1000) this.save(job);
-        });
-        job.status = 'succeeded';
+        }, ac.signal);
+        job.status = ac.signal.aborted ? 'cancelled' : 'succeeded';
       } catch (e) {
-        job.status = 'failed';
-        job.error = (e as Error).message;
+        job.status = ac.signal.aborted ? 'cancelled' : 'failed';
+        job.error = ac.signal.aborted ? 'cancelled' : (e as Error).message;
       }
+      this.running.delete(job.id);
       job.finished = Math.floor(Date.now() / 1000);
       this.save(job);
     })();
     return job;
   }
 
+  /** Asks a running job to stop; false when it is not running. */
+  cancel(id: string): boolean {
+    const ac = this.running.get(id);
+    if (!ac) return false;
+    ac.abort();
+    return true;
+  }
+
   files(id: string): string[] {
     const d = this.dir(id);
-    return existsSync(d) ? readdirSync(d).sort() : [];
+    // Files only: a job may leave a directory (a trained checkpoint), which is no downloadable file.
+    return existsSync(d) ? readdirSync(d, { withFileTypes: true }).filter((e) => e.isFile()).map((e) => e.name).sort() : [];
   }
 
   private save(job: JobRecord): void {

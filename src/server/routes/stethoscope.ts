@@ -44,6 +44,8 @@ export interface StethoscopeDeps {
   backboneName: string;
   plugins: { store: PluginStore };
   checkpoints: CheckpointRegistry;
+  /** The view of a Freeze run's output: its plugin file laid over the backbone, or every module of its checkpoint merged in. */
+  trainedView: (out: string) => ViewSpec;
 }
 
 export const Thresholds = ThresholdsSpec.describe(`Level thresholds (defaults ${JSON.stringify(DEFAULT_THRESHOLDS)}).`);
@@ -131,7 +133,7 @@ const Job = z
     id: z.string(),
     object: z.literal('stethoscope.job'),
     kind: z.string(),
-    status: z.enum(['queued', 'running', 'succeeded', 'failed']),
+    status: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']),
     created: z.number().int(),
     started: z.number().int().nullable(),
     finished: z.number().int().nullable(),
@@ -155,6 +157,8 @@ const ExportBody = z
     overwrite: z.boolean().default(false),
   })
   .openapi('ExportRequest');
+
+export const JobSchema = Job;
 
 export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth: AuthConfig): void {
   for (const p of ['/v1/stethoscope/export', '/v1/stethoscope/delta', '/v1/stethoscope/jobs', '/v1/stethoscope/jobs/*']) app.use(p, requireKey(auth, 'admin'));
@@ -365,9 +369,8 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
             throw e;
           }
         });
-        const ac = new AbortController();
-        const job = deps.jobs.start('destruction-table', body, async (_job, dir, progress) => {
-          const table = await destructionTable(serverLab(deps.serving.runner, ac.signal, { wait: true }), tok, t, { intact, rows }, { maxTokens: body.max_tokens, thresholds, scorer: body.scorer, progress });
+        const job = deps.jobs.start('destruction-table', body, async (_job, dir, progress, signal) => {
+          const table = await destructionTable(serverLab(deps.serving.runner, signal, { wait: true }), tok, t, { intact, rows }, { maxTokens: body.max_tokens, thresholds, scorer: body.scorer, progress });
           await writeDestructionTable(table, dir);
           return { markdown: destructionMarkdown(table), rows: table.rows.map((r) => ({ method: r.method, module: r.module, levels: r.outputs.map((o) => o.level) })), intact: table.intact.map((o) => o.level) };
         });
@@ -425,8 +428,8 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
         thresholds: { ...DEFAULT_THRESHOLDS, ...body.thresholds },
         concurrency: body.concurrency,
       };
-      const ac = new AbortController();
-      const lab = () => serverLab(deps.serving.runner, ac.signal, { wait: true });
+      // A cancelled job's signal aborts its sequences in the scheduler.
+      const lab = (signal: AbortSignal) => serverLab(deps.serving.runner, signal, { wait: true });
       if (body.table) {
         if (body.merge || body.destroy || body.model) throw badRequest('"table" runs its own rows over the backbone; give no model, merge or destroy', 'table');
         const rows = mergeRows(body.table, deps.host.spec!).map((row, i) => {
@@ -440,15 +443,15 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
           }
           return { row, view: v, scorer: body.scorer === 'view' ? v : intact };
         });
-        const job = deps.jobs.start('merge-table', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress) => {
-          const { table, results } = await mergeTable(lab(), tok, items, rows, settings, progress);
+        const job = deps.jobs.start('merge-table', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress, signal) => {
+          const { table, results } = await mergeTable(lab(signal), tok, items, rows, settings, progress);
           writeMergeTable(table, results, dir);
           return { markdown: mergeMarkdown(table), rows: table.rows };
         });
         return c.json(jobView(job), 202) as never;
       }
-      const job = deps.jobs.start('eval', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress) => {
-        const { summary, results } = await runEval(items, tok, lab(), { run: view, scorer: body.scorer === 'view' ? view : intact }, settings, (d, t, last) => progress(d, t, last.id));
+      const job = deps.jobs.start('eval', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress, signal) => {
+        const { summary, results } = await runEval(items, tok, lab(signal), { run: view, scorer: body.scorer === 'view' ? view : intact }, settings, (d, t, last) => progress(d, t, last.id));
         writeFileSync(join(dir, 'results.jsonl'), resultsJsonl(results));
         writeFileSync(join(dir, 'summary.json'), JSON.stringify({ model, merge: body.merge ?? null, destroy: body.destroy ?? null, settings, ...summary }, null, 2));
         return summary;
@@ -480,6 +483,23 @@ export function stethoscopeRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth:
       const j = deps.jobs.get(c.req.valid('param').id);
       if (!j) throw notFound(`no job "${c.req.valid('param').id}"`, 'job_not_found');
       return c.json(jobView(j), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'delete',
+      path: '/v1/stethoscope/jobs/{id}',
+      summary: 'Cancel a running job (admin); its record stays, with status "cancelled" once it has stopped.',
+      request: { params: JobParam },
+      responses: { 202: { description: 'Cancelling.', content: { 'application/json': { schema: Job } } }, ...errorResponses(401, 403, 404, 409) },
+    }),
+    (c) => {
+      const { id } = c.req.valid('param');
+      const j = deps.jobs.get(id);
+      if (!j) throw notFound(`no job "${id}"`, 'job_not_found');
+      if (!deps.jobs.cancel(id)) throw new ApiError(409, `job "${id}" is not running (status ${j.status})`, 'invalid_request_error', 'job_not_running', 'id');
+      return c.json(jobView(j), 202);
     },
   );
 
