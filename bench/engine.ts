@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { Engine } from '../src/engine/engine.ts';
 import { GraphBuilder } from '../src/engine/onnx.ts';
-import { Rng } from '../src/engine/random.ts';
+import { Rng } from '../src/util/random.ts';
 import { argmax } from '../src/engine/sampler.ts';
 import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
 import { expectedParams } from '../src/model/names.ts';

@@ -20,7 +20,7 @@ import { fromFloat32 } from '../src/model/dtype.ts';
 import { cachedModel } from '../src/model/make-model.ts';
 import { parseName } from '../src/model/names.ts';
 import { writeSafetensors } from '../src/model/safetensors.ts';
-import { Rng } from '../src/engine/random.ts';
+import { Rng } from '../src/util/random.ts';
 
 const { values } = parseArgs({
   options: {

@@ -12,13 +12,13 @@ import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/engine/engine.ts';
-import { Rng } from '../src/engine/random.ts';
+import { Rng } from '../src/util/random.ts';
 import { Scheduler } from '../src/engine/scheduler.ts';
 import { cacheDir, cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
 import { expectedParams, parseName } from '../src/model/names.ts';
 import { writeSafetensors } from '../src/model/safetensors.ts';
 import { OverlayLoader } from '../src/views/overlays.ts';
-import type { View } from '../src/views/view.ts';
+import type { View } from '../src/engine/view.ts';
 
 const { values } = parseArgs({ options: { preset: { type: 'string', default: 'qwen2.5-0.5b' }, tokens: { type: 'string', default: '16' } } });
 const preset = values.preset as Preset;

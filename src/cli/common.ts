@@ -5,29 +5,17 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Engine, Device, EngineOptions, Quantize } from '../engine/engine.ts';
-import type { DonorRef } from '../stethoscope/build.ts';
-import { resolveDestroy, resolveMerge } from '../stethoscope/resolve.ts';
-import { SpecError } from '../stethoscope/spec.ts';
+import type { DonorRef } from '../views/build.ts';
+import { resolveDestroy, resolveMerge } from '../views/resolve.ts';
+import { SpecError } from '../views/spec.ts';
 import { OverlayLoader, type OverlaySpec } from '../views/overlays.ts';
 
 export class UsageError extends Error {}
 
-/** The built-in model: shipped in the repository (models/, with its licence), so nothing is downloaded. */
-export const BUILTIN_NAME = 'stories260K';
-export const BUILTIN_MODEL_DIR = fileURLToPath(new URL('../../models/stories260K', import.meta.url));
+export { BUILTIN_MODEL_DIR, BUILTIN_NAME, resolveModelDir } from '../model/builtin.ts';
 
-/** The model directory to use: --model, then SFN_MODEL, then the built-in tiny model (with a notice). */
-export function resolveModelDir(flag: string | undefined, log: (s: string) => void = (s) => process.stderr.write(s + '\n')): string {
-  const dir = flag ?? process.env.SFN_MODEL;
-  if (dir) return dir;
-  log(
-    `sfn: no model configured (--model or SFN_MODEL); using the built-in model ${BUILTIN_NAME} at ${BUILTIN_MODEL_DIR}: ` +
-      `Karpathy's 260K-parameter TinyStories model (MIT), which writes short children's stories. Give --model DIR to serve your own checkpoint.`,
-  );
-  return BUILTIN_MODEL_DIR;
-}
+
 
 export function int(v: string | undefined, name: string, dflt?: number): number | undefined {
   if (v === undefined) return dflt;

@@ -13,7 +13,7 @@ import { Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { toFloat32, toFloat32Transposed } from '../model/dtype.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
 import { expectedParams, parseName, PLUGGABLE_KINDS } from '../model/names.ts';
-import { View, type ResolvedView, type Tensor } from '../views/view.ts';
+import { View, type ResolvedView, type Tensor } from './view.ts';
 import { buildDecoderGraph, MASKED, NORM_KINDS, slotInput } from './graph.ts';
 import { graphShape, isTransposed, toGraphLayout, toHfLayout } from './layout.ts';
 import { KvCache } from './kv-cache.ts';

@@ -5,12 +5,15 @@
  */
 import type { Engine } from './engine.ts';
 import type { KvCache } from './kv-cache.ts';
-import { Rng, randomSeed } from './random.ts';
+import { Rng, randomSeed } from '../util/random.ts';
 import { logprobs, sample, type SamplingParams, type TokenLogprob } from './sampler.ts';
 import type { ModelTokenizer } from './tokenizer.ts';
-import type { View } from '../views/view.ts';
+import type { View } from './view.ts';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
+
+/** Generation parameters that can cross a thread boundary (no signal, view or callback). */
+export type JobParams = Omit<GenerateParams, 'signal' | 'view' | 'logitsProcessor'>;
 
 export interface GenerateParams extends Partial<SamplingParams> {
   maxTokens: number;

@@ -3,7 +3,7 @@
  * a seeded generator. Also log-probabilities as the OpenAI API reports them (of the model's raw distribution,
  * as vLLM does).
  */
-import type { Rng } from './random.ts';
+import type { Rng } from '../util/random.ts';
 
 export interface SamplingParams {
   /** 0 = greedy. */

@@ -10,7 +10,7 @@
  * four plugins cost one step, not four. A view that does not fit there (more distinct views, or a full lane)
  * gets a lane of its own, as other views do.
  */
-import type { View } from '../views/view.ts';
+import type { View } from './view.ts';
 import { PLUGIN_SLOTS, type Engine } from './engine.ts';
 import { Sequence, type Finish, type GeneratedToken, type GenerateParams } from './generate.ts';
 import type { KvCache } from './kv-cache.ts';

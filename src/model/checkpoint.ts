@@ -128,6 +128,9 @@ export function loadCheckpoint(dir: string): { spec: ModelSpec; tensors: Map<str
  * A backbone's identity: sha256 over its config.json and every weight as stored (name, dtype, bytes), in
  * checkpoint order. Plugins record it as their base model.
  */
+/** The safetensors metadata key under which a plugin names the fingerprint of the backbone it was made for. */
+export const BASE_FINGERPRINT_KEY = 'sfn.base_fingerprint';
+
 export class Fingerprinter {
   private readonly hash: Hash;
 

@@ -10,7 +10,7 @@ import { specFromConfig, type ModelSpec } from './config.ts';
 import type { FloatDtype } from './dtype.ts';
 import { expectedParams, parseName } from './names.ts';
 import { writeCheckpoint, type CheckpointTensor } from './write-checkpoint.ts';
-import { Rng } from '../engine/random.ts';
+import { Rng } from '../util/random.ts';
 
 export const PRESETS = {
   tiny: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 192 },

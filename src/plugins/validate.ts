@@ -9,7 +9,8 @@ import { FLOAT_DTYPES, toFloat32 } from '../model/dtype.ts';
 import { expectedParams, parseName, PLUGGABLE_KINDS, type ModuleKind } from '../model/names.ts';
 import { SafetensorsError, SafetensorsFile } from '../model/safetensors.ts';
 
-export const BASE_FINGERPRINT_KEY = 'sfn.base_fingerprint';
+export { BASE_FINGERPRINT_KEY } from '../model/checkpoint.ts';
+import { BASE_FINGERPRINT_KEY } from '../model/checkpoint.ts';
 
 export class PluginError extends Error {
   constructor(

@@ -4,8 +4,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Finish, GeneratedToken } from '../engine/generate.ts';
-import type { EngineHost, HostJob } from '../engine/host.ts';
-import type { JobParams, ViewSpec } from '../engine/protocol.ts';
+import type { EngineHost, HostJob } from '../runtime/host.ts';
+import type { JobParams, ViewSpec } from '../runtime/protocol.ts';
 import type { PromptLogprob } from '../engine/scheduler.ts';
 import { ApiError, badRequest, tooMany, unavailable } from './errors.ts';
 import type { Metrics } from './metrics.ts';

@@ -4,7 +4,7 @@
  * the queue is full; a background job (`wait`) waits for room instead.
  */
 import type { GeneratedToken } from '../engine/generate.ts';
-import type { ViewSpec } from '../engine/protocol.ts';
+import type { ViewSpec } from '../runtime/protocol.ts';
 import { collect, type Lab } from '../stethoscope/lab.ts';
 import { ApiError } from './errors.ts';
 import type { JobRunner } from './jobs.ts';

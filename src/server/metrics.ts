@@ -5,7 +5,7 @@
  * sfn's own metrics are `sfn_*`. docs/metrics.md lists the mapping.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { WorkerStats } from '../engine/protocol.ts';
+import type { WorkerStats } from '../runtime/protocol.ts';
 
 export interface MetricsSource {
   modelName: () => string;

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { createApp, openapiDocument } from './app.ts';
 import type { JobRunner } from './jobs.ts';
 import type { PluginStore } from '../plugins/store.ts';
-import type { EngineHost } from '../engine/host.ts';
+import type { EngineHost } from '../runtime/host.ts';
 import type { JobManager } from '../stethoscope/jobs.ts';
 import type { CheckpointRegistry } from '../stethoscope/checkpoints.ts';
 import type { ServingContext } from './routes/openai.ts';

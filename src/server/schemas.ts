@@ -4,7 +4,7 @@
  */
 import { z } from '@hono/zod-openapi';
 import { REASONING_FORMATS } from '../engine/prompt.ts';
-import { DestroySpec, MergeSpec } from '../stethoscope/spec.ts';
+import { DestroySpec, MergeSpec } from '../views/spec.ts';
 
 const Stop = z
   .union([z.string(), z.array(z.string()).max(16)])
@@ -102,6 +102,7 @@ export const ChatCompletionRequest = z
       description: 'Reasoning mode: until this many thinking tokens exist, the end-of-thinking token and EOS are suppressed; each early attempt to end appends "Wait" (at most `wait` times).',
     }),
     max_thinking_tokens: z.number().int().min(1).nullish().openapi({ description: 'Reasoning mode: thinking is closed by force at this many tokens.' }),
+    thinking_token_budget: z.number().int().min(1).nullish().openapi({ description: 'vLLM\'s name for max_thinking_tokens.' }),
     wait: z.number().int().min(0).max(64).nullish().openapi({ description: 'Reasoning mode: how many times "Wait" may be appended. Default 1.' }),
   })
   .openapi('ChatCompletionRequest');
@@ -164,12 +165,19 @@ export const ChatCompletionResponse = z
   })
   .openapi('ChatCompletionResponse');
 
-export const ModelList = z
+export const ModelCard = z
   .object({
-    object: z.literal('list'),
-    data: z.array(z.object({ id: z.string(), object: z.literal('model'), created: z.number().int(), owned_by: z.string(), root: z.string().optional(), parent: z.string().nullable().optional() })),
+    id: z.string(),
+    object: z.literal('model'),
+    created: z.number().int(),
+    owned_by: z.string(),
+    root: z.string().optional(),
+    parent: z.string().nullable().optional(),
+    max_model_len: z.number().int().optional().openapi({ description: 'The context served (vLLM\'s field); absent while loading.' }),
   })
-  .openapi('ModelList');
+  .openapi('Model');
+
+export const ModelList = z.object({ object: z.literal('list'), data: z.array(ModelCard) }).openapi('ModelList');
 
 export const ErrorResponse = z
   .object({ error: z.object({ message: z.string(), type: z.string(), param: z.string().nullable(), code: z.string().nullable() }) })

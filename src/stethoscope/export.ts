@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import { writeCheckpoint } from '../model/write-checkpoint.ts';
-import type { View } from '../views/view.ts';
+import type { View } from '../engine/view.ts';
 
 const SIDE_FILES = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt'];
 

@@ -7,17 +7,16 @@
 import { existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
-import { Rng } from '../engine/random.ts';
+import { Rng } from '../util/random.ts';
 import { Trainer, type TrainRow } from '../engine/trainer.ts';
 import type { ModelTokenizer } from '../engine/tokenizer.ts';
 import { writeFileAtomic } from '../model/atomic.ts';
-import { Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
+import { BASE_FINGERPRINT_KEY, Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
 import { toFloat32 } from '../model/dtype.ts';
 import { expectedParams, parseName, PLUGGABLE_KINDS, type ModuleKind } from '../model/names.ts';
 import { SafetensorsFile, writeSafetensors } from '../model/safetensors.ts';
 import { writeCheckpoint } from '../model/write-checkpoint.ts';
-import { BASE_FINGERPRINT_KEY } from '../plugins/validate.ts';
 import type { TopLevelSpec } from 'vega-lite';
 import { renderSvg } from './plots.ts';
 

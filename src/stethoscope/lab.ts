@@ -4,7 +4,7 @@
  * scheduler (views as built views); probes, levels and table jobs are written once against this interface.
  */
 import type { GeneratedToken } from '../engine/generate.ts';
-import type { JobParams } from '../engine/protocol.ts';
+import type { JobParams } from '../engine/generate.ts';
 
 export interface Generation {
   ids: number[];

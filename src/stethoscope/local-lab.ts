@@ -4,10 +4,10 @@
  */
 import type { Engine } from '../engine/engine.ts';
 import type { GeneratedToken } from '../engine/generate.ts';
-import type { JobParams } from '../engine/protocol.ts';
+import type { JobParams } from '../engine/generate.ts';
 import { Scheduler } from '../engine/scheduler.ts';
 import type { ModelTokenizer } from '../engine/tokenizer.ts';
-import type { View } from '../views/view.ts';
+import type { View } from '../engine/view.ts';
 import { collect, type Lab } from './lab.ts';
 
 export function localLab(engine: Engine, tok: ModelTokenizer, concurrency: number): Lab<View> {

@@ -5,8 +5,8 @@
  */
 import { CheckpointReader } from '../model/checkpoint.ts';
 import { writeSafetensors, type TensorToWrite } from '../model/safetensors.ts';
-import { BASE_FINGERPRINT_KEY } from '../plugins/validate.ts';
-import { readDonor, type MergeOverlaySpec } from './build.ts';
+import { BASE_FINGERPRINT_KEY } from '../model/checkpoint.ts';
+import { readDonor, type MergeOverlaySpec } from '../views/build.ts';
 
 export function writeMergePlugin(spec: MergeOverlaySpec, backboneDir: string, out: string, baseFingerprint: string): number {
   const base = new CheckpointReader(backboneDir);

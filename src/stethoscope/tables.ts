@@ -19,7 +19,7 @@ import type { Lab } from './lab.ts';
 import type { Level, LevelThresholds } from './levels.ts';
 import { renderSvg } from './plots.ts';
 import { probeIds, probeOne, ProbePrompt, type JudgedOutput, type ScorerChoice } from './probe.ts';
-import { DestroySpec, MergeSpec } from './spec.ts';
+import { DestroySpec, MergeSpec } from '../views/spec.ts';
 
 // ---------------------------------------------------------------- Table 3: destruction
 

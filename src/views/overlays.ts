@@ -7,8 +7,8 @@ import { LRUCache } from 'lru-cache';
 import type { Engine } from '../engine/engine.ts';
 import { FLOAT_DTYPES, toFloat32 } from '../model/dtype.ts';
 import { SafetensorsFile } from '../model/safetensors.ts';
-import { buildDestroy, buildMerge, type DestroyOverlaySpec, type MergeOverlaySpec } from '../stethoscope/build.ts';
-import { tensorOverlay, type Overlay, type Tensor, type View } from './view.ts';
+import { buildDestroy, buildMerge, type DestroyOverlaySpec, type MergeOverlaySpec } from './build.ts';
+import { tensorOverlay, type Overlay, type Tensor, type View } from '../engine/view.ts';
 
 export interface FileOverlaySpec {
   type: 'file';

@@ -5,7 +5,7 @@ import { KvCache } from '../../src/engine/kv-cache.ts';
 import { argmax } from '../../src/engine/sampler.ts';
 import { loadCheckpoint, type LoadedTensor } from '../../src/model/checkpoint.ts';
 import { parseName } from '../../src/model/names.ts';
-import { tensorOverlay, type Tensor } from '../../src/views/view.ts';
+import { tensorOverlay, type Tensor } from '../../src/engine/view.ts';
 import { fixtureDir, oracle } from '../helpers/fixtures.ts';
 import { maxAbsDiff, referenceLogits } from '../helpers/reference.ts';
 

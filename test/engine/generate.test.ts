@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Engine } from '../../src/engine/engine.ts';
 import { generate, Sequence, type GeneratedToken } from '../../src/engine/generate.ts';
-import { Rng } from '../../src/engine/random.ts';
+import { Rng } from '../../src/util/random.ts';
 import { argmax, logprobs, sample } from '../../src/engine/sampler.ts';
 import { ModelTokenizer } from '../../src/engine/tokenizer.ts';
 import { fixtureDir, oracle } from '../helpers/fixtures.ts';

@@ -9,10 +9,10 @@ import { Engine } from '../../src/engine/engine.ts';
 import { transpose2d } from '../../src/engine/layout.ts';
 import { GraphBuilder } from '../../src/engine/onnx.ts';
 import { dequantizeInt4, quantizeInt4 } from '../../src/engine/quantize.ts';
-import { Rng } from '../../src/engine/random.ts';
+import { Rng } from '../../src/util/random.ts';
 import { loadCheckpoint, type LoadedTensor } from '../../src/model/checkpoint.ts';
 import { parseName } from '../../src/model/names.ts';
-import { tensorOverlay } from '../../src/views/view.ts';
+import { tensorOverlay } from '../../src/engine/view.ts';
 import { fixtureDir, oracle } from '../helpers/fixtures.ts';
 import { maxAbsDiff, referenceLogits } from '../helpers/reference.ts';
 

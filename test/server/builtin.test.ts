@@ -98,6 +98,22 @@ describe('the built-in model', () => {
     assert.equal(ok.status, 200, JSON.stringify(ok.body));
   });
 
+  it('counts a prompt once in usage whatever n is, serves one model card with max_model_len, and refuses top_logprobs alone', async () => {
+    const chat = (n: number) => post('/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 3, n, seed: 1 });
+    const [one, three] = [await chat(1), await chat(3)];
+    assert.equal(three.body.choices.length, 3);
+    assert.equal(three.body.usage.prompt_tokens, one.body.usage.prompt_tokens);
+    assert.equal(three.body.usage.completion_tokens, 9);
+    const card = (await (await fetch(`${srv.url}/v1/models/stories260K`)).json()) as { id: string; max_model_len: number };
+    assert.deepEqual([card.id, card.max_model_len], ['stories260K', 512]);
+    const missing = await fetch(`${srv.url}/v1/models/nope`);
+    assert.equal(missing.status, 404);
+    assert.equal(((await missing.json()) as { error: { code: string } }).error.code, 'model_not_found');
+    const r = await post('/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, top_logprobs: 2 });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.error.param, 'top_logprobs');
+  });
+
   it('says which view ran: the backbone, or the overlays with their defaults filled in', async () => {
     const plain = await post('/v1/completions', { model: 'stories260K', prompt: 'Once', max_tokens: 2, temperature: 0 });
     assert.equal(plain.body.sfn.view, srv.host.fingerprint);

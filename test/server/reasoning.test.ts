@@ -111,6 +111,11 @@ describe('reasoning formats over HTTP, on a ChatML model without think tokens', 
     assert.ok(order.lastIndexOf('r') < order.indexOf('c'), 'no thinking after the delimiter');
   });
 
+  it("takes vLLM's thinking_token_budget as max_thinking_tokens", async () => {
+    const { body } = await chat({ mode: 'reasoning', thinking_token_budget: 3, logit_bias: { [IM_START]: -100, [IM_END]: -100, 276: -100 }, max_completion_tokens: 10 });
+    assert.equal(body.usage.completion_tokens_details!.reasoning_tokens, 3);
+  });
+
   it('an EOS inside thinking ends thinking, not the reply; it is no reasoning token', async () => {
     const delim = tok.encode('<|im_start|>answer\n').length;
     const { body } = await chat({ mode: 'reasoning', logit_bias: { [IM_END]: 100 }, max_completion_tokens: 20 });

@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { loadCheckpoint } from '../../src/model/checkpoint.ts';
 import { parseServerConfig } from '../../src/server/config.ts';
 import { startServer, type RunningServer } from '../../src/server/serve.ts';
-import { fnv1a, reinitTensor } from '../../src/stethoscope/build.ts';
+import { fnv1a, reinitTensor } from '../../src/views/build.ts';
 import { fixtureDir, ORACLE_DIR, oracle, ROOT } from '../helpers/fixtures.ts';
 import { expectPromptScores, maxAbsDiff, referenceLogits, type RefTensor } from '../helpers/reference.ts';
 

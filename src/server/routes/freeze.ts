@@ -7,7 +7,7 @@
 import { copyFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
-import type { ViewSpec } from '../../engine/protocol.ts';
+import type { ViewSpec } from '../../runtime/protocol.ts';
 import { PLUGGABLE_KINDS, parseName } from '../../model/names.ts';
 import { checkPluginId, sha256File } from '../../plugins/store.ts';
 import { EvalDataError, parseJsonl, type EvalSettings } from '../../stethoscope/eval.ts';

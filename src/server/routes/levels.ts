@@ -6,7 +6,7 @@
 import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { DEFAULT_THRESHOLDS } from '../../stethoscope/levels.ts';
 import { judgeItems, LevelItem } from '../../stethoscope/probe.ts';
-import { DestroySpec, MergeSpec } from '../../stethoscope/spec.ts';
+import { DestroySpec, MergeSpec } from '../../views/spec.ts';
 import { requireKey, type AuthConfig } from '../auth.ts';
 import { asBadRequest, unavailable } from '../errors.ts';
 import { serverLab } from '../lab.ts';

@@ -3,17 +3,17 @@
  * Semantics follow OpenAI's API (and vLLM's extensions where OpenAI is silent): n choices per prompt,
  * SSE streaming with a final `data: [DONE]`, logprobs, echo, token-id prompts, usage, finish_reason.
  */
-import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
 import type { GeneratedToken } from '../../engine/generate.ts';
-import type { JobParams, ViewSpec } from '../../engine/protocol.ts';
+import type { JobParams, ViewSpec } from '../../runtime/protocol.ts';
 import type { PromptLogprob } from '../../engine/scheduler.ts';
 import type { ModelTokenizer } from '../../engine/tokenizer.ts';
 import { chatPrompt, PromptError, type ReasoningFormat } from '../../engine/prompt.ts';
 import type { AuthConfig } from '../auth.ts';
 import { requireKey } from '../auth.ts';
-import { ApiError, badRequest } from '../errors.ts';
+import { ApiError, badRequest, modelNotFound } from '../errors.ts';
 import type { JobEvent, JobRunner, JobSpec } from '../jobs.ts';
 import {
   ChatCompletionRequest,
@@ -21,6 +21,7 @@ import {
   CompletionRequest,
   CompletionResponse,
   errorResponses,
+  ModelCard,
   ModelList,
 } from '../schemas.ts';
 
@@ -216,7 +217,7 @@ async function completions(ctx: ServingContext, c: Context, body: CompletionRequ
         logprobs: k === undefined ? null : completionLogprobs(tok, ch, echo, k, body.return_tokens_as_token_ids),
         finish_reason: ch.finish,
       })),
-      usage: usage(choices, prompts.flatMap((p) => Array(n).fill(p))),
+      usage: usage(choices, prompts),
       sfn: view.trace,
     });
   }
@@ -250,7 +251,7 @@ async function completions(ctx: ServingContext, c: Context, body: CompletionRequ
         if (ch.finish) await chunk([{ index: ch.index, text: '', logprobs: null, finish_reason: ch.finish }]);
       }
     });
-    if (includeUsage) await chunk([], { usage: usage(choices, prompts.flatMap((p) => Array(n).fill(p))) });
+    if (includeUsage) await chunk([], { usage: usage(choices, prompts) });
   });
 }
 
@@ -282,6 +283,11 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
   const tok = ready(ctx);
   const view = ctx.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
   const reasoningMode = body.mode === 'reasoning';
+  if (body.top_logprobs != null && !body.logprobs) throw badRequest('top_logprobs needs "logprobs": true', 'top_logprobs');
+  if (body.thinking_token_budget != null && body.max_thinking_tokens != null && body.thinking_token_budget !== body.max_thinking_tokens) {
+    throw badRequest('thinking_token_budget is vLLM\'s name for max_thinking_tokens; give one of them', 'thinking_token_budget');
+  }
+  body = { ...body, max_thinking_tokens: body.max_thinking_tokens ?? body.thinking_token_budget };
   for (const f of ['min_thinking_tokens', 'max_thinking_tokens', 'wait', 'reasoning_format'] as const) {
     if (body[f] != null && !reasoningMode) throw badRequest(`${f} needs "mode": "reasoning"`, f);
   }
@@ -318,7 +324,8 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
   const id = rid('chatcmpl');
   const created = now();
   const signal = c.req.raw.signal;
-  const prompts = Array(n).fill(promptIds);
+  // Each prompt counts once in usage, however many choices it has (as OpenAI counts it).
+  const prompts = [promptIds];
 
   if (!body.stream) {
     await runAll(ctx, specs, signal, (i, e) => {
@@ -392,16 +399,27 @@ const modelsRoute = createRoute({
   responses: { 200: { description: 'Models.', content: { 'application/json': { schema: ModelList } } }, ...errorResponses(401) },
 });
 
+const modelRoute = createRoute({
+  method: 'get',
+  path: '/v1/models/{id}',
+  summary: 'One model card: the backbone or `backbone:plugin-id`.',
+  request: { params: z.object({ id: z.string().openapi({ param: { name: 'id', in: 'path' } }) }) },
+  responses: { 200: { description: 'The model.', content: { 'application/json': { schema: ModelCard } } }, ...errorResponses(401, 404) },
+});
+
 export function openaiRoutes(app: OpenAPIHono, ctx: ServingContext, auth: AuthConfig): void {
   app.use('/v1/completions', requireKey(auth, 'user'));
   app.use('/v1/chat/completions', requireKey(auth, 'user'));
   app.use('/v1/models', requireKey(auth, 'user'));
   app.openapi(completionsRoute, (c) => completions(ctx, c, c.req.valid('json')) as never);
   app.openapi(chatRoute, (c) => chat(ctx, c, c.req.valid('json')) as never);
-  app.openapi(modelsRoute, (c) =>
-    c.json({
-      object: 'list' as const,
-      data: ctx.models().map((m) => ({ id: m.id, object: 'model' as const, created: m.created, owned_by: 'sfn', root: m.parent ?? m.id, parent: m.parent })),
-    }),
-  );
+  const card = (m: ModelEntry) => ({ id: m.id, object: 'model' as const, created: m.created, owned_by: 'sfn', root: m.parent ?? m.id, parent: m.parent, max_model_len: ctx.tokenizer() ? ctx.maxContext() : undefined });
+  app.openapi(modelsRoute, (c) => c.json({ object: 'list' as const, data: ctx.models().map(card) }));
+  app.use('/v1/models/*', requireKey(auth, 'user'));
+  app.openapi(modelRoute, (c) => {
+    const id = c.req.valid('param').id;
+    const m = ctx.models().find((x) => x.id === id);
+    if (!m) throw modelNotFound(id);
+    return c.json(card(m), 200);
+  });
 }

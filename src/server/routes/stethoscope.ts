@@ -5,11 +5,11 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
-import type { EngineHost } from '../../engine/host.ts';
-import type { ViewSpec } from '../../engine/protocol.ts';
+import type { EngineHost } from '../../runtime/host.ts';
+import type { ViewSpec } from '../../runtime/protocol.ts';
 import { checkPluginId } from '../../plugins/store.ts';
 import { rmSync, statSync } from 'node:fs';
-import { DestroySpec, MergeSpec } from '../../stethoscope/spec.ts';
+import { DestroySpec, MergeSpec } from '../../views/spec.ts';
 import { requireKey, type AuthConfig } from '../auth.ts';
 import { ApiError, badRequest, notFound, unavailable } from '../errors.ts';
 import { requireUnderRoots } from '../roots.ts';

@@ -3,9 +3,9 @@ import { createHash } from 'node:crypto';
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import type { OverlaySpec, OverlayStats } from '../views/overlays.ts';
-import type { Device, EngineOptions } from './engine.ts';
-import type { Finish, GeneratedToken, GenerateParams } from './generate.ts';
-import type { PromptLogprob, SchedulerOptions, SchedulerStats } from './scheduler.ts';
+import type { Device, EngineOptions } from '../engine/engine.ts';
+import type { Finish, GeneratedToken, JobParams } from '../engine/generate.ts';
+import type { PromptLogprob, SchedulerOptions, SchedulerStats } from '../engine/scheduler.ts';
 
 export interface WorkerInit {
   modelDir: string;
@@ -41,7 +41,7 @@ export interface ViewTrace {
   overlays: ({ type: 'plugin'; id: string; sha256: string } | { type: 'merge'; spec: unknown } | { type: 'destroy'; spec: unknown })[];
 }
 
-export type JobParams = Omit<GenerateParams, 'signal' | 'view' | 'logitsProcessor'>;
+export type { JobParams } from '../engine/generate.ts';
 
 export type HostToWorker =
   | { type: 'submit'; id: string; promptIds: number[]; params: JobParams; view: ViewSpec; promptLogprobs?: number }

@@ -5,11 +5,11 @@
  * drawn in HF row-major order, so the same seed gives the same tensors on every machine. Remove: layer gates 0.
  */
 import type { Engine } from '../engine/engine.ts';
-import { Rng } from '../engine/random.ts';
+import { Rng } from '../util/random.ts';
 import { CheckpointReader } from '../model/checkpoint.ts';
 import { toFloat32 } from '../model/dtype.ts';
 import { SafetensorsFile } from '../model/safetensors.ts';
-import { tensorOverlay, type GateOverlay, type Tensor, type TensorOverlay } from '../views/view.ts';
+import { tensorOverlay, type GateOverlay, type Tensor, type TensorOverlay } from '../engine/view.ts';
 
 export interface DonorRef {
   /** 'file': a safetensors file (a plugin); 'dir': a checkpoint directory (single or sharded). */

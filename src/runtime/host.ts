@@ -5,10 +5,10 @@
 import { Worker } from 'node:worker_threads';
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
-import type { Device } from './engine.ts';
-import type { Finish, GeneratedToken } from './generate.ts';
+import type { Device } from '../engine/engine.ts';
+import type { Finish, GeneratedToken } from '../engine/generate.ts';
 import type { HostToWorker, JobParams, ViewSpec, WorkerInit, WorkerStats, WorkerToHost } from './protocol.ts';
-import type { PromptLogprob } from './scheduler.ts';
+import type { PromptLogprob } from '../engine/scheduler.ts';
 
 export interface JobHandlers {
   onToken: (t: GeneratedToken) => void;

@@ -4,9 +4,9 @@
  * are defined in `protocol.ts`; weights are loaded once, in this thread only.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { Engine } from './engine.ts';
-import { QueueFullError, Scheduler } from './scheduler.ts';
-import { ModelTokenizer } from './tokenizer.ts';
+import { Engine } from '../engine/engine.ts';
+import { QueueFullError, Scheduler } from '../engine/scheduler.ts';
+import { ModelTokenizer } from '../engine/tokenizer.ts';
 import { OverlayLoader } from '../views/overlays.ts';
 import { exportView } from '../stethoscope/export.ts';
 import { meanKl } from '../stethoscope/damage.ts';
