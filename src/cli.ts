@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * `sfn`: the command line. `make-model`, `generate` and `logits` work on any HF-layout model directory;
- * with no `--model` (and no SFN_MODEL) they use the built-in tiny model, made once and cached.
+ * with no `--model` (and no SFN_MODEL) they use the built-in model stories260K (models/, shipped in the repository).
  */
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -55,6 +55,28 @@ export interface GraphOptions {
   backboneHead?: Float32Array;
 }
 
+/**
+ * cos/sin of every position's rotary angles, [max_position_embeddings, width] with width D/2, or D with each half
+ * repeated. Each angle is the float32 product position x inv_freq, as transformers computes it, then cos/sin.
+ */
+export function ropeTables(spec: ModelSpec, width: number): { cos: Float32Array; sin: Float32Array } {
+  const half = spec.headDim / 2;
+  const invF = Float32Array.from(ropeInvFreq(spec));
+  const P = spec.maxPositionEmbeddings;
+  const cos = new Float32Array(P * width);
+  const sin = new Float32Array(P * width);
+  for (let p = 0; p < P; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = Math.fround(p * invF[i]);
+      for (let k = i; k < width; k += half) {
+        cos[p * width + k] = Math.cos(angle);
+        sin[p * width + k] = Math.sin(angle);
+      }
+    }
+  }
+  return { cos, sin };
+}
+
 export const NORM_KINDS: readonly ModuleKind[] = ['input_layernorm', 'post_attention_layernorm', 'norm'];
 
 /** The input that carries slot k's weight for a slotted parameter (slot 0: the parameter's own name). */
@@ -119,17 +141,8 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   // ---- rotary embedding: onnxruntime's RotaryEmbedding over cos/sin tables of every position ----
   // Each angle is the float32 product position x inv_freq, as transformers computes it, then cos/sin.
   const half = D / 2;
-  const invF = Float32Array.from(ropeInvFreq(spec));
   const maxPos = spec.maxPositionEmbeddings;
-  const cosTable = new Float32Array(maxPos * half);
-  const sinTable = new Float32Array(maxPos * half);
-  for (let p = 0; p < maxPos; p++) {
-    for (let i = 0; i < half; i++) {
-      const angle = Math.fround(p * invF[i]);
-      cosTable[p * half + i] = Math.cos(angle);
-      sinTable[p * half + i] = Math.sin(angle);
-    }
-  }
+  const { cos: cosTable, sin: sinTable } = ropeTables(spec, half);
   const cosCache = b.externalFloat('rope.cos_cache', cosTable, [maxPos, half]);
   const sinCache = b.externalFloat('rope.sin_cache', sinTable, [maxPos, half]);
   // x [B,S,heads*D] -> the same with rotate_half applied per head (transformers' non-interleaved RoPE).

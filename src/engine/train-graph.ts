@@ -18,9 +18,8 @@
  * R(x) = [-x2, x1], whose transpose is R^T(y) = [y2, -y1], so dx = dy cos + R^T(dy sin).
  */
 import type { ModelSpec } from '../model/config.ts';
-import { ropeInvFreq } from '../model/config.ts';
-import { expectedParams, formatName, type ModuleKind } from '../model/names.ts';
-import { MASKED } from './graph.ts';
+import { expectedParams, formatName, parseName, type ModuleKind } from '../model/names.ts';
+import { MASKED, ropeTables } from './graph.ts';
 import { GraphBuilder, type ExternalTensor } from './onnx.ts';
 
 export interface TrainGraphOptions {
@@ -60,9 +59,8 @@ export function buildTrainGraph(spec: ModelSpec, opts: TrainGraphOptions): Train
   // The earliest block that learns: backward stops below it.
   let earliest = Infinity;
   for (const n of trainable) {
-    const m = /^model\.layers\.(\d+)\./.exec(n);
-    const kind = (n.includes('embed_tokens') ? 'embed_tokens' : n === 'model.norm.weight' ? 'norm' : n === 'lm_head.weight' ? 'lm_head' : n.split('.').at(-2)) as ModuleKind;
-    earliest = Math.min(earliest, order(spec, n, kind, m ? Number(m[1]) : null));
+    const p = parseName(n)!;
+    earliest = Math.min(earliest, order(spec, n, p.kind, p.layer));
   }
   /** Whether the gradient into the block at forward position `at` is needed by something earlier. */
   const needInput = (at: number) => earliest < at;
@@ -111,17 +109,8 @@ export function buildTrainGraph(spec: ModelSpec, opts: TrainGraphOptions): Train
 
   // RoPE tables [S, 1, D] (full width: each half repeats), sliced from every position's angles.
   const half = D / 2;
-  const invF = Float32Array.from(ropeInvFreq(spec));
   const P = spec.maxPositionEmbeddings;
-  const cosT = new Float32Array(P * D);
-  const sinT = new Float32Array(P * D);
-  for (let p = 0; p < P; p++) {
-    for (let i = 0; i < half; i++) {
-      const angle = Math.fround(p * invF[i]);
-      cosT[p * D + i] = cosT[p * D + half + i] = Math.cos(angle);
-      sinT[p * D + i] = sinT[p * D + half + i] = Math.sin(angle);
-    }
-  }
+  const { cos: cosT, sin: sinT } = ropeTables(spec, D);
   const table = (name: string, data: Float32Array) =>
     b.op('Unsqueeze', [b.op('Slice', [b.externalFloat(name, data, [P, D]), b.constInt64([0]), seqDim, axis0]), b.constInt64([1])], {}, `${name}.seq`); // [S,1,D]
   const cos = table('rope.cos', cosT);

@@ -12,7 +12,7 @@ const Stop = z
   .openapi({ description: 'Up to 16 strings that end generation; they are not returned.' });
 
 const common = {
-  model: z.string().min(1).openapi({ description: 'The backbone\'s name, or `backbone:plugin-id`.', example: 'sfn-tiny' }),
+  model: z.string().min(1).openapi({ description: 'The backbone\'s name, or `backbone:plugin-id`.', example: 'stories260K' }),
   temperature: z.number().min(0).max(2).nullish().openapi({ description: 'Sampling temperature; 0 is greedy. Default 1.' }),
   top_p: z.number().gt(0).max(1).nullish().openapi({ description: 'Nucleus sampling mass. Default 1.' }),
   top_k: z.number().int().min(-1).nullish().openapi({ description: 'vLLM extension: keep the k most likely tokens (-1 or 0: off).' }),

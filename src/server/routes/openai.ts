@@ -287,10 +287,10 @@ async function chat(ctx: ServingContext, c: Context, body: ChatCompletionRequest
   if (body.thinking_token_budget != null && body.max_thinking_tokens != null && body.thinking_token_budget !== body.max_thinking_tokens) {
     throw badRequest('thinking_token_budget is vLLM\'s name for max_thinking_tokens; give one of them', 'thinking_token_budget');
   }
-  body = { ...body, max_thinking_tokens: body.max_thinking_tokens ?? body.thinking_token_budget };
-  for (const f of ['min_thinking_tokens', 'max_thinking_tokens', 'wait', 'reasoning_format'] as const) {
+  for (const f of ['min_thinking_tokens', 'max_thinking_tokens', 'thinking_token_budget', 'wait', 'reasoning_format'] as const) {
     if (body[f] != null && !reasoningMode) throw badRequest(`${f} needs "mode": "reasoning"`, f);
   }
+  body = { ...body, max_thinking_tokens: body.max_thinking_tokens ?? body.thinking_token_budget };
   if (body.min_thinking_tokens != null && body.max_thinking_tokens != null && body.min_thinking_tokens > body.max_thinking_tokens) {
     throw badRequest('min_thinking_tokens must not exceed max_thinking_tokens', 'min_thinking_tokens');
   }
