@@ -5,7 +5,7 @@
  * (bench/freeze_torch.py, run with Debian's python3-torch when it is installed; the row says so when it is not).
  * Rounds alternate sfn and torch so that the machine's drift hits both. Prints JSON.
  *
- *   npm run bench:freeze [-- --steps 5 --rounds 2 --presets builtin,qwen2.5-0.5b]
+ *   npm run bench:freeze [-- --steps 5 --rounds 2 --presets builtin,qwen2.5-0.5b] [--no-torch]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
@@ -18,7 +18,7 @@ import { readSpec } from '../src/model/config.ts';
 import { cachedModel, type Preset } from '../src/model/make-model.ts';
 import { parseTrainKinds, trainableNames } from '../src/stethoscope/freeze.ts';
 
-const { values } = parseArgs({ options: { steps: { type: 'string', default: '5' }, rounds: { type: 'string', default: '2' }, presets: { type: 'string', default: 'builtin,qwen2.5-0.5b' } } });
+const { values } = parseArgs({ options: { steps: { type: 'string', default: '5' }, rounds: { type: 'string', default: '2' }, presets: { type: 'string', default: 'builtin,qwen2.5-0.5b' }, 'no-torch': { type: 'boolean', default: false } } });
 const steps = Number(values.steps);
 const rounds = Number(values.rounds);
 const threads = availableParallelism();
@@ -27,7 +27,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const SHAPES: Record<string, { batch: number; seq: number }> = { builtin: { batch: 16, seq: 64 }, 'qwen2.5-0.5b': { batch: 2, seq: 128 } };
 // Debian's python3-torch lives in the system interpreter, which a pyenv or venv python3 may shadow.
 const python = ['python3', '/usr/bin/python3'].find((p) => spawnSync(p, ['-c', 'import torch, numpy'], { encoding: 'utf8' }).status === 0);
-const torchOk = python !== undefined;
+const torchOk = python !== undefined && !values['no-torch'];
 
 async function sfnSteps(dir: string, kinds: string[], batch: number, seq: number): Promise<number[]> {
   const spec = readSpec(dir).spec;
@@ -79,7 +79,7 @@ async function main() {
         sfn_tokens_per_s: +((batch * seq) / median(ours)).toFixed(1),
         torch_step_s: theirs.length ? +median(theirs).toFixed(4) : null,
         torch_tokens_per_s: theirs.length ? +((batch * seq) / median(theirs)).toFixed(1) : null,
-        sfn_vs_torch: theirs.length ? +(median(theirs) / median(ours)).toFixed(3) : 'python3-torch not installed (apt-get install python3-torch)',
+        sfn_vs_torch: theirs.length ? +(median(theirs) / median(ours)).toFixed(3) : values['no-torch'] ? 'skipped (--no-torch)' : 'python3-torch not installed (apt-get install python3-torch)',
         rounds: ours.map((x, i) => ({ sfn_s: +x.toFixed(4), torch_s: theirs[i] === undefined ? null : +theirs[i].toFixed(4) })),
       };
     }
