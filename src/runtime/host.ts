@@ -29,6 +29,20 @@ export interface HostJob {
 
 export type HostState = 'loading' | 'ready' | 'failed' | 'closed';
 
+/** The engine's thread died under a request: the request failed through no fault of its own (a 503). */
+export class EngineLostError extends Error {
+  override name = 'EngineLostError';
+}
+
+export interface HostOptions {
+  /** Start a new engine thread when a loaded one dies (default true). */
+  restart?: boolean;
+  /** How long a stats request may wait for the engine's thread (default 10 s). */
+  statsTimeoutMs?: number;
+}
+
+type Reply = { tensors?: number; kl?: number[]; error?: string; stats?: WorkerStats };
+
 export class EngineHost {
   state: HostState = 'loading';
   spec: ModelSpec | null = null;
@@ -36,20 +50,38 @@ export class EngineHost {
   /** The device the engine runs on, once ready. */
   device: Device | null = null;
   error: string | null = null;
+  /** The first load: resolves when the engine first serves. */
   readonly ready: Promise<void>;
-  private readonly worker: Worker;
+  /** How many times the engine's thread was restarted after dying. */
+  restarts = 0;
+  private worker!: Worker;
   private readonly jobs = new Map<string, JobHandlers>();
-  private readonly statsWaiters = new Map<number, (s: WorkerStats) => void>();
-  private statsSeq = 0;
-  private readonly replyWaiters = new Map<number, (m: { tensors?: number; kl?: number[]; error?: string }) => void>();
+  /** Every request that waits for one reply (stats, export, kl), settled on the reply or when the thread dies. */
+  private readonly pending = new Map<number, { resolve: (m: Reply) => void; reject: (e: Error) => void; timer?: NodeJS.Timeout }>();
+  private seq = 0;
 
-  constructor(init: WorkerInit) {
+  constructor(
+    private readonly init: WorkerInit,
+    private readonly opts: HostOptions = {},
+  ) {
+    this.ready = this.start();
+    this.ready.catch(() => {});
+  }
+
+  /** Starts an engine thread; resolves once it has loaded the model. */
+  private start(): Promise<void> {
     const url = new URL('./worker.ts', import.meta.url).href;
     // The worker is TypeScript too: register tsx inside it before importing it.
-    this.worker = new Worker(`import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(url)}); })`, { eval: true, workerData: init });
-    this.ready = new Promise((resolve, reject) => {
-      this.worker.on('message', (m: WorkerToHost) => {
+    const worker = new Worker(`import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(url)}); })`, { eval: true, workerData: this.init });
+    this.worker = worker;
+    this.state = 'loading';
+    return new Promise((resolve, reject) => {
+      let loaded = false;
+      let lostOnce = false;
+      worker.on('message', (m: WorkerToHost) => {
+        if (worker !== this.worker) return;
         if (m.type === 'ready') {
+          loaded = true;
           this.state = 'ready';
           this.spec = m.spec;
           this.fingerprint = m.fingerprint;
@@ -61,26 +93,41 @@ export class EngineHost {
           reject(new Error(m.message));
         } else this.route(m);
       });
-      this.worker.on('error', (e) => {
-        this.state = 'failed';
+      // 'error' and 'exit' both come when a thread dies: act once.
+      const lost = (e: Error) => {
+        if (lostOnce || worker !== this.worker || this.state === 'closed') return;
+        lostOnce = true;
         this.error = e.message;
-        reject(e);
-        for (const h of this.jobs.values()) h.onError(e);
-        this.jobs.clear();
-      });
+        this.failAll(new EngineLostError(`the engine stopped: ${e.message}`));
+        if (!loaded) {
+          this.state = 'failed';
+          reject(e);
+        } else if (this.opts.restart !== false) {
+          this.restarts++;
+          this.start().catch(() => {});
+        } else this.state = 'failed';
+      };
+      worker.on('error', lost);
+      worker.on('exit', (code) => lost(new Error(`its thread exited (code ${code})`)));
     });
-    this.ready.catch(() => {});
+  }
+
+  private failAll(e: Error): void {
+    for (const h of this.jobs.values()) h.onError(e);
+    this.jobs.clear();
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(e);
+    }
+    this.pending.clear();
   }
 
   private route(m: WorkerToHost): void {
-    if (m.type === 'stats') {
-      this.statsWaiters.get(m.reqId)?.(m.stats);
-      this.statsWaiters.delete(m.reqId);
-      return;
-    }
-    if (m.type === 'exported' || m.type === 'kl') {
-      this.replyWaiters.get(m.reqId)?.(m);
-      this.replyWaiters.delete(m.reqId);
+    if (m.type === 'stats' || m.type === 'exported' || m.type === 'kl') {
+      const p = this.pending.get(m.reqId);
+      this.pending.delete(m.reqId);
+      clearTimeout(p?.timer);
+      p?.resolve(m);
       return;
     }
     if (!('id' in m)) return;
@@ -112,6 +159,20 @@ export class EngineHost {
     this.worker.postMessage(m);
   }
 
+  /** Sends a request that gets one reply; rejects when the thread dies, or after `timeoutMs`. */
+  private request(make: (reqId: number) => HostToWorker, timeoutMs?: number): Promise<Reply> {
+    if (this.state !== 'ready') return Promise.reject(new EngineLostError(`the engine is ${this.state}`));
+    const reqId = ++this.seq;
+    return new Promise((resolve, reject) => {
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+        this.pending.delete(reqId);
+        reject(new Error(`the engine did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(reqId, { resolve, reject, timer });
+      this.send(make(reqId));
+    });
+  }
+
   submit(job: HostJob, handlers: JobHandlers): void {
     if (this.state !== 'ready') throw new Error(`the engine is ${this.state}`);
     this.jobs.set(job.id, handlers);
@@ -122,30 +183,22 @@ export class EngineHost {
     if (this.jobs.has(id)) this.send({ type: 'cancel', id });
   }
 
-  stats(): Promise<WorkerStats> {
-    const reqId = ++this.statsSeq;
-    return new Promise((resolve) => {
-      this.statsWaiters.set(reqId, resolve);
-      this.send({ type: 'stats', reqId });
-    });
+  async stats(): Promise<WorkerStats> {
+    return (await this.request((reqId) => ({ type: 'stats', reqId }), this.opts.statsTimeoutMs ?? 10_000)).stats!;
   }
 
   /** Writes a view as a full HF checkpoint directory (in the engine's thread, where the weights are). */
-  export(view: ViewSpec, out: string, dtype: FloatDtype, shardBytes?: number): Promise<{ tensors: number }> {
-    const reqId = ++this.statsSeq;
-    return new Promise((resolve, reject) => {
-      this.replyWaiters.set(reqId, (m) => (m.error ? reject(new Error(m.error)) : resolve({ tensors: m.tensors! })));
-      this.send({ type: 'export', reqId, view, out, dtype, shardBytes });
-    });
+  async export(view: ViewSpec, out: string, dtype: FloatDtype, shardBytes?: number): Promise<{ tensors: number }> {
+    const m = await this.request((reqId) => ({ type: 'export', reqId, view, out, dtype, shardBytes }));
+    if (m.error) throw new Error(m.error);
+    return { tensors: m.tensors! };
   }
 
   /** Mean KL(base || view) of the next-token distributions over every position of `ids`, per view. */
-  kl(ids: number[], base: ViewSpec, views: ViewSpec[]): Promise<number[]> {
-    const reqId = ++this.statsSeq;
-    return new Promise((resolve, reject) => {
-      this.replyWaiters.set(reqId, (m) => (m.error ? reject(new Error(m.error)) : resolve(m.kl!)));
-      this.send({ type: 'kl', reqId, ids, base, views });
-    });
+  async kl(ids: number[], base: ViewSpec, views: ViewSpec[]): Promise<number[]> {
+    const m = await this.request((reqId) => ({ type: 'kl', reqId, ids, base, views }));
+    if (m.error) throw new Error(m.error);
+    return m.kl!;
   }
 
   get inFlight(): number {
@@ -154,6 +207,7 @@ export class EngineHost {
 
   async close(): Promise<void> {
     this.state = 'closed';
+    this.failAll(new EngineLostError('the engine is closed'));
     await this.worker.terminate();
   }
 }

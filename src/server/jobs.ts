@@ -4,7 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Finish, GeneratedToken } from '../engine/generate.ts';
-import type { EngineHost, HostJob } from '../runtime/host.ts';
+import { EngineLostError, type EngineHost, type HostJob } from '../runtime/host.ts';
 import type { JobParams, ViewSpec } from '../runtime/protocol.ts';
 import type { PromptLogprob } from '../engine/scheduler.ts';
 import { ApiError, badRequest, tooMany, unavailable } from './errors.ts';
@@ -111,7 +111,12 @@ export class JobRunner {
       },
       onError: (e) => {
         signal.removeEventListener('abort', onAbort);
-        q.fail(new ApiError(500, `generation failed: ${e.message}`, 'server_error', 'engine_error'));
+        // A request the engine's death took down may be retried: the engine restarts.
+        q.fail(
+          e instanceof EngineLostError
+            ? new ApiError(503, `${e.message}; retry`, 'service_unavailable', 'engine_restarting', null, { 'Retry-After': '5' })
+            : new ApiError(500, `generation failed: ${e.message}`, 'server_error', 'engine_error'),
+        );
       },
       onRejected: (reason, message) => {
         signal.removeEventListener('abort', onAbort);

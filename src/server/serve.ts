@@ -66,7 +66,8 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const created = Math.floor(Date.now() / 1000);
   const metrics = new Metrics({
     modelName: () => modelName,
-    stats: async () => (host.state === 'ready' ? host.stats() : null),
+    // A scrape while the engine restarts reads zeros rather than failing.
+    stats: async () => (host.state === 'ready' ? host.stats().catch(() => null) : null),
     pluginsInUse: (s) => ({ running: pluginNames(s.views.running), waiting: pluginNames(s.views.waiting) }),
     maxRunning: config.maxRunning,
     maxPlugins: config.maxRunning,
