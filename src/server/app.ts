@@ -10,9 +10,7 @@ import { ApiError, errorResponse, fromZod, tooLarge } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { openaiRoutes, type ServingContext } from './routes/openai.ts';
 import { pluginRoutes, type PluginDeps } from './routes/plugins.ts';
-import { stethoscopeRoutes, type StethoscopeDeps } from './routes/stethoscope.ts';
-import { levelsRoutes } from './routes/levels.ts';
-import { freezeRoutes } from './routes/freeze.ts';
+import { stethoscopeAuth, stethoscopeRoutes, type StethoscopeDeps } from './routes/stethoscope/index.ts';
 import type { AuthConfig } from './auth.ts';
 
 export interface AppDeps {
@@ -54,10 +52,9 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   for (const path of ['/v1/completions', '/v1/chat/completions', '/v1/plugins/extract', '/v1/stethoscope/*']) app.use(path, jsonLimit);
 
   openaiRoutes(app, deps.serving, deps.auth);
+  stethoscopeAuth(app, deps.auth);
   pluginRoutes(app, deps.plugins, deps.auth);
-  stethoscopeRoutes(app, deps.stethoscope, deps.auth);
-  levelsRoutes(app, deps.stethoscope, deps.auth);
-  freezeRoutes(app, deps.stethoscope, deps.auth);
+  stethoscopeRoutes(app, deps.stethoscope);
 
   const Status = z.object({ status: z.string() });
   app.openapi(createRoute({ method: 'get', path: '/health', summary: 'Liveness: 200 while the process runs.', responses: { 200: { description: 'Alive.', content: { 'application/json': { schema: Status } } } } }), (c) =>

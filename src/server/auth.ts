@@ -13,6 +13,9 @@ export interface AuthConfig {
 
 export type Scope = 'user' | 'admin';
 
+/** Paths under /v1/stethoscope (admin by default) that user keys may call, as 'METHOD /path', declared by their routes. */
+export const USER_SCOPED = new Set<string>();
+
 const same = (a: string, b: string) => {
   const x = Buffer.from(a);
   const y = Buffer.from(b);

@@ -154,6 +154,16 @@ describe('plugins over HTTP', () => {
     assert.equal(r.sets[1].trainable - r.sets[0].trainable, 4 * 64 * 64);
   });
 
+  it('needs an admin key everywhere else under /v1/stethoscope, routes that do not exist included', async () => {
+    const post = (path: string, key: string) => fetch(`${srv.url}${path}`, { method: 'POST', headers: { ...headers(key), 'content-type': 'application/json' }, body: '{}' });
+    for (const path of ['/v1/stethoscope/levels', '/v1/stethoscope/freeze', '/v1/stethoscope/eval', '/v1/stethoscope/merge', '/v1/stethoscope/no-such-route']) {
+      assert.equal((await post(path, USER)).status, 403, path);
+    }
+    assert.equal((await fetch(`${srv.url}/v1/stethoscope/jobs`, { headers: headers(USER) })).status, 403);
+    assert.equal((await post('/v1/stethoscope/levels', ADMIN)).status, 400, 'an admin gets through to validation');
+    assert.equal((await fetch(`${srv.url}/v1/stethoscope/freeze-plan`, { method: 'POST', headers: headers(USER) })).status, 403, 'user scope is per method');
+  });
+
   describe('malformed and mismatched uploads get a 4xx and leave no trace', () => {
     const oProj = (l: number) => `model.layers.${l}.self_attn.o_proj.weight`;
     const good = () => new Map([[oProj(0), { shape: [64, 64], data: A.tensors.get(oProj(0))!.data.slice() }]]);

@@ -11,7 +11,7 @@ import { extractPlugin, MODULE_SETS, parseModuleSets } from '../../plugins/extra
 import { freezePlan } from '../../plugins/freeze-plan.ts';
 import { checkPluginId, Manifest, PluginExistsError, sha256File, type PluginStore } from '../../plugins/store.ts';
 import { PluginError, validatePlugin, type Backbone } from '../../plugins/validate.ts';
-import { requireKey, type AuthConfig } from '../auth.ts';
+import { requireKey, USER_SCOPED, type AuthConfig } from '../auth.ts';
 import { ApiError, badRequest, notFound, tooLarge, unavailable } from '../errors.ts';
 import { errorResponses } from '../schemas.ts';
 import { requireUnderRoots } from '../roots.ts';
@@ -118,7 +118,6 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
 
   app.use('/v1/plugins', async (c, next) => requireKey(auth, c.req.method === 'GET' ? 'user' : 'admin')(c, next));
   app.use('/v1/plugins/*', async (c, next) => requireKey(auth, c.req.method === 'GET' ? 'user' : 'admin')(c, next));
-  app.use('/v1/stethoscope/*', requireKey(auth, 'user'));
 
   app.openapi(
     createRoute({
@@ -226,6 +225,8 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
     },
   );
 
+  // The one user endpoint under /v1/stethoscope (admin by default): the plan reads no weights.
+  USER_SCOPED.add('GET /v1/stethoscope/freeze-plan');
   app.openapi(
     createRoute({
       method: 'get',

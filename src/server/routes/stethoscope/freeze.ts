@@ -7,20 +7,18 @@
 import { copyFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
-import type { ViewSpec } from '../../runtime/protocol.ts';
-import { PLUGGABLE_KINDS, parseName } from '../../model/names.ts';
-import { checkPluginId, sha256File } from '../../plugins/store.ts';
-import { EvalDataError, parseJsonl, type EvalSettings } from '../../stethoscope/eval.ts';
-import { FreezeError, parseTrainKinds, trainableNames, trainingRows, type FreezeSettings } from '../../stethoscope/freeze.ts';
-import { DEFAULT_TABLE2, freezeTable, freezeTableMarkdown, FreezeTableRows, writeFreezeTable } from '../../stethoscope/freeze-table.ts';
-import { freezeInWorker } from '../../stethoscope/freeze-worker.ts';
-import { DEFAULT_THRESHOLDS } from '../../stethoscope/levels.ts';
-import { requireKey, type AuthConfig } from '../auth.ts';
-import { badRequest, unavailable } from '../errors.ts';
-import { serverLab } from '../lab.ts';
-import { errorResponses } from '../schemas.ts';
-import { commitPluginFile, pluginView } from './plugins.ts';
-import { JobSchema, type StethoscopeDeps } from './stethoscope.ts';
+import { PLUGGABLE_KINDS, parseName } from '../../../model/names.ts';
+import { checkPluginId, sha256File } from '../../../plugins/store.ts';
+import { EvalDataError, parseJsonl, type EvalSettings } from '../../../stethoscope/eval.ts';
+import { FreezeError, parseTrainKinds, trainableNames, trainingRows, type FreezeSettings } from '../../../stethoscope/freeze.ts';
+import { DEFAULT_TABLE2, freezeTable, freezeTableMarkdown, FreezeTableRows, writeFreezeTable } from '../../../stethoscope/freeze-table.ts';
+import { freezeInWorker } from '../../../stethoscope/freeze-worker.ts';
+import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
+import { badRequest, unavailable } from '../../errors.ts';
+import { serverLab } from '../../lab.ts';
+import { errorResponses } from '../../schemas.ts';
+import { commitPluginFile, pluginView } from '../plugins.ts';
+import { JobSchema, type StethoscopeDeps } from './shared.ts';
 
 const FreezeBody = z
   .strictObject({
@@ -53,8 +51,7 @@ const FreezeBody = z
   })
   .openapi('FreezeRequest');
 
-export function freezeRoutes(app: OpenAPIHono, deps: StethoscopeDeps & { trainedView: (out: string) => ViewSpec }, auth: AuthConfig): void {
-  app.use('/v1/stethoscope/freeze', requireKey(auth, 'admin'));
+export function freezeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
   app.openapi(
     createRoute({
       method: 'post',

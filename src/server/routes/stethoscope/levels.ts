@@ -4,15 +4,13 @@
  * the scoring model (the backbone by default, or the view that `model` / `merge` / `destroy` describe).
  */
 import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
-import { DEFAULT_THRESHOLDS } from '../../stethoscope/levels.ts';
-import { judgeItems, LevelItem } from '../../stethoscope/probe.ts';
-import { DestroySpec, MergeSpec } from '../../views/spec.ts';
-import { requireKey, type AuthConfig } from '../auth.ts';
-import { asBadRequest, unavailable } from '../errors.ts';
-import { serverLab } from '../lab.ts';
-import { errorResponses } from '../schemas.ts';
-import type { StethoscopeDeps } from './stethoscope.ts';
-import { Thresholds } from './stethoscope.ts';
+import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
+import { judgeItems, LevelItem } from '../../../stethoscope/probe.ts';
+import { DestroySpec, MergeSpec } from '../../../views/spec.ts';
+import { asBadRequest, unavailable } from '../../errors.ts';
+import { serverLab } from '../../lab.ts';
+import { errorResponses } from '../../schemas.ts';
+import { Thresholds, type StethoscopeDeps } from './shared.ts';
 
 const LevelsBody = z
   .strictObject({
@@ -34,8 +32,7 @@ const LevelsResponse = z
   })
   .openapi('LevelsResponse');
 
-export function levelsRoutes(app: OpenAPIHono, deps: StethoscopeDeps, auth: AuthConfig): void {
-  app.use('/v1/stethoscope/levels', requireKey(auth, 'admin'));
+export function levelsRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
   app.openapi(
     createRoute({
       method: 'post',

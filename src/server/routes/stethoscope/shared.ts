@@ -1,0 +1,66 @@
+/**
+ * What the stethoscope endpoints share: their dependencies, the level thresholds and scorer fields, the job
+ * resource, and the probe that runs prompts through an intact and an altered view.
+ */
+import { z } from '@hono/zod-openapi';
+import type { EngineHost } from '../../../runtime/host.ts';
+import type { ViewSpec } from '../../../runtime/protocol.ts';
+import type { JobManager, JobRecord } from '../../../stethoscope/jobs.ts';
+import { DEFAULT_THRESHOLDS, ThresholdsSpec, type LevelThresholds } from '../../../stethoscope/levels.ts';
+import type { ServingContext } from '../openai.ts';
+import { type PluginStore } from '../../../plugins/store.ts';
+import type { CheckpointRegistry } from '../../../stethoscope/checkpoints.ts';
+import { compareViews, ProbePrompt, SCORERS, type ScorerChoice } from '../../../stethoscope/probe.ts';
+import { serverLab } from '../../lab.ts';
+import { asBadRequest } from '../../errors.ts';
+
+export interface StethoscopeDeps {
+  host: EngineHost;
+  dataDir: string;
+  resolveView: (model: string, stethoscope?: { merge?: unknown; destroy?: unknown }) => ViewSpec;
+  jobs: JobManager;
+  modelRoots: string[];
+  /** A plugin's file by id (for a delta of backbone vs plugin). */
+  pluginFile: (id: string) => string | undefined;
+  backboneDir: string;
+  serving: ServingContext;
+  backboneName: string;
+  plugins: { store: PluginStore };
+  checkpoints: CheckpointRegistry;
+  /** The view of a Freeze run's output: its plugin file laid over the backbone, or every module of its checkpoint merged in. */
+  trainedView: (out: string) => ViewSpec;
+}
+
+export const Thresholds = ThresholdsSpec.describe(`Level thresholds (defaults ${JSON.stringify(DEFAULT_THRESHOLDS)}).`);
+
+export const Scorer = z.enum(SCORERS).default('backbone').openapi({ description: 'Which model scores NLL and PMI for the levels: the intact backbone (default) or the view that produced the output.' });
+
+export const JobSchema = z
+  .object({
+    id: z.string(),
+    object: z.literal('stethoscope.job'),
+    kind: z.string(),
+    status: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']),
+    created: z.number().int(),
+    started: z.number().int().nullable(),
+    finished: z.number().int().nullable(),
+    progress: z.object({ done: z.number().int(), total: z.number().int(), message: z.string() }),
+    params: z.any(),
+    result: z.any(),
+    error: z.string().nullable(),
+    files: z.array(z.string()),
+  })
+  .openapi('Job');
+
+/** A job record with the files it has written so far. */
+export const jobView = (deps: StethoscopeDeps, j: JobRecord) => ({ ...j, files: deps.jobs.files(j.id) });
+
+  /** Each prompt through the intact and the altered view, both outputs judged with levels I-IV. */
+export async function compare(deps: StethoscopeDeps, intact: ViewSpec, altered: ViewSpec, prompts: ProbePrompt[], opts: { maxTokens: number; thresholds: LevelThresholds; scorer: ScorerChoice; label: string }, signal: AbortSignal) {
+    try {
+      return await compareViews(serverLab(deps.serving.runner, signal, { wait: false }), deps.serving.tokenizer()!, { intact, altered }, prompts, opts);
+    } catch (e) {
+      throw asBadRequest(e);
+    }
+  }
+
