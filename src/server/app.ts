@@ -8,7 +8,7 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ApiError, errorResponse, fromZod, tooLarge } from './errors.ts';
 import type { Metrics } from './metrics.ts';
-import { openaiRoutes, type ServingContext } from './routes/openai.ts';
+import { openaiRoutes, type ServingContext } from './routes/openai/index.ts';
 import { pluginRoutes, type PluginDeps } from './routes/plugins.ts';
 import { stethoscopeAuth, stethoscopeRoutes, type StethoscopeDeps } from './routes/stethoscope/index.ts';
 import type { AuthConfig } from './auth.ts';

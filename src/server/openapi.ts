@@ -10,7 +10,7 @@ import type { PluginStore } from '../plugins/store.ts';
 import type { EngineHost } from '../runtime/host.ts';
 import type { JobManager } from '../stethoscope/jobs.ts';
 import type { CheckpointRegistry } from '../stethoscope/checkpoints.ts';
-import type { ServingContext } from './routes/openai.ts';
+import type { ServingContext } from './routes/openai/index.ts';
 import { Metrics } from './metrics.ts';
 
 export function buildOpenApiDocument(): unknown {

@@ -26,7 +26,7 @@ import type { OverlaySpec } from '../views/overlays.ts';
 import { viewFingerprint, type ViewSpec, type ViewTrace } from '../runtime/protocol.ts';
 import { JobRunner } from './jobs.ts';
 import { Metrics } from './metrics.ts';
-import type { ModelEntry, ServingContext } from './routes/openai.ts';
+import type { ModelEntry, ServingContext } from './routes/openai/index.ts';
 import { PluginStore } from '../plugins/store.ts';
 
 export interface RunningServer {

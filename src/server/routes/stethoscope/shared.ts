@@ -7,7 +7,7 @@ import type { EngineHost } from '../../../runtime/host.ts';
 import type { ViewSpec } from '../../../runtime/protocol.ts';
 import type { JobManager, JobRecord } from '../../../stethoscope/jobs.ts';
 import { DEFAULT_THRESHOLDS, ThresholdsSpec, type LevelThresholds } from '../../../stethoscope/levels.ts';
-import type { ServingContext } from '../openai.ts';
+import type { ServingContext } from '../openai/index.ts';
 import { type PluginStore } from '../../../plugins/store.ts';
 import type { CheckpointRegistry } from '../../../stethoscope/checkpoints.ts';
 import { compareViews, ProbePrompt, SCORERS, type ScorerChoice } from '../../../stethoscope/probe.ts';
