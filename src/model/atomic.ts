@@ -25,6 +25,16 @@ export function writeFileAtomic(path: string, content: string | Iterable<Uint8Ar
   fsyncDir(dirname(path));
 }
 
+/** Flushes a file's bytes to disk (before it is renamed into place: a rename of unflushed bytes can commit an empty file). */
+export function fsyncFile(path: string): void {
+  const fd = openSync(path, 'r+');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Makes a rename durable; some filesystems refuse fsync on a directory, which is then all we can do. */
 export function fsyncDir(dir: string): void {
   let fd = -1;

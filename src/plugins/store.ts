@@ -14,7 +14,7 @@ import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, ren
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { fsyncDir } from '../model/atomic.ts';
+import { fsyncDir, fsyncFile } from '../model/atomic.ts';
 import { writeFileAtomic } from '../model/atomic.ts';
 import type { PluginSummary } from './validate.ts';
 
@@ -202,6 +202,8 @@ export class PluginStore {
         utimesSync(blob, new Date(), new Date());
         rmSync(tempFile, { force: true });
       } else {
+        // The uploaded bytes reach the disk before the rename, and the rename before the manifest names it.
+        fsyncFile(tempFile);
         renameSync(tempFile, blob);
         fsyncDir(this.blobsDir);
       }

@@ -108,7 +108,7 @@ export function checkContext(ctx: ServingContext, promptLen: number, maxTokens: 
   }
 }
 
-/** An SSE response that ends with `data: [DONE]`, or with an error event if generation fails midway. */
+/** An SSE response that ends with `data: [DONE]`, after an error event if generation fails midway. */
 export function sse(c: Context, body: (s: SSEStreamingApi) => Promise<void>): Response {
   return streamSSE(c, async (stream) => {
     try {
@@ -116,7 +116,9 @@ export function sse(c: Context, body: (s: SSEStreamingApi) => Promise<void>): Re
       if (!stream.aborted) await stream.writeSSE({ data: '[DONE]' });
     } catch (e) {
       const err = e instanceof ApiError ? e : new ApiError(500, (e as Error).message, 'server_error');
+      // The error event, then [DONE] as after any stream: clients that wait for it do not hang.
       if (!stream.aborted) await stream.writeSSE({ data: JSON.stringify(err.body()) });
+      if (!stream.aborted) await stream.writeSSE({ data: '[DONE]' });
     }
   });
 }
