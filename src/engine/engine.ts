@@ -15,7 +15,7 @@ import { readSpec, type ModelSpec } from '../model/config.ts';
 import { expectedParams, parseName, PLUGGABLE_KINDS } from '../model/names.ts';
 import { View, type ResolvedView, type Tensor } from './view.ts';
 import { buildDecoderGraph, MASKED, NORM_KINDS, slotInput } from './graph.ts';
-import { graphShape, isTransposed, toGraphLayout, toHfLayout } from './layout.ts';
+import { graphShape, isTransposed, toGraphLayout, toHfLayout, PLUGIN_SLOTS } from './layout.ts';
 import { KvCache } from './kv-cache.ts';
 import { quantizeInt4, type Int4Weight } from './quantize.ts';
 
@@ -64,8 +64,7 @@ interface DecoderSession {
   headCopy: boolean;
 }
 
-/** Views per run on the serving session: rows of up to this many views (differing in o_proj/norms) share a run. */
-export const PLUGIN_SLOTS = 4;
+
 
 export class ViewError extends Error {
   override name = 'ViewError';

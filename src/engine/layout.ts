@@ -37,3 +37,6 @@ export function toHfLayout(spec: ModelSpec, name: string, data: Float32Array, hf
 export function graphShape(spec: ModelSpec, name: string, hfShape: number[]): number[] {
   return isTransposed(spec, name) ? [hfShape[1], hfShape[0]] : hfShape;
 }
+
+/** Views per run on the serving session: rows of up to this many views (differing in o_proj/norms) share a run. */
+export const PLUGIN_SLOTS = 4;

@@ -11,7 +11,8 @@
  * gets a lane of its own, as other views do.
  */
 import type { View } from './view.ts';
-import { PLUGIN_SLOTS, type Engine } from './engine.ts';
+import type { Engine } from './engine.ts';
+import { PLUGIN_SLOTS } from './layout.ts';
 import { Sequence, type Finish, type GeneratedToken, type GenerateParams } from './generate.ts';
 import type { KvCache } from './kv-cache.ts';
 import { logprobs, type TokenLogprob } from './sampler.ts';
@@ -32,6 +33,8 @@ export interface Job {
   /** Report prompt tokens' log-probabilities (echo with logprobs); the number of alternatives. */
   promptLogprobs?: number;
   onPromptLogprobs?: (lp: PromptLogprob[]) => void;
+  /** The job left the queue for a batch row (its prefill begins). */
+  onScheduled?: () => void;
   onToken: (t: GeneratedToken) => void;
   onDone: (f: Finish) => void;
   onError: (e: Error) => void;
@@ -189,6 +192,7 @@ export class Scheduler {
       const r: Running = { job, seq: new Sequence(job.params, this.tokenizer), lane, view: job.view, pending: job.promptIds.slice(), next: null, cancelled: false, failed: false, promptLps: [] };
       lane.rows.push(r);
       this.byId.set(job.id, r);
+      job.onScheduled?.();
     }
   }
 

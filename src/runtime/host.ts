@@ -13,6 +13,8 @@ import type { PromptLogprob } from '../engine/scheduler.ts';
 export interface JobHandlers {
   onToken: (t: GeneratedToken) => void;
   onPromptLogprobs?: (lp: PromptLogprob[]) => void;
+  /** The job left the engine's queue for a batch row. */
+  onScheduled?: () => void;
   onDone: (f: Finish) => void;
   onError: (e: Error) => void;
   /** The worker refused the job before it started (queue full, invalid). */
@@ -134,6 +136,9 @@ export class EngineHost {
     const h = this.jobs.get(m.id);
     if (!h) return;
     switch (m.type) {
+      case 'scheduled':
+        h.onScheduled?.();
+        break;
       case 'token':
         h.onToken(m.token);
         break;

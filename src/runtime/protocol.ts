@@ -58,6 +58,7 @@ export interface WorkerStats extends SchedulerStats {
 export type WorkerToHost =
   | { type: 'ready'; spec: ModelSpec; fingerprint: string; device: Device }
   | { type: 'fatal'; message: string }
+  | { type: 'scheduled'; id: string }
   | { type: 'token'; id: string; token: GeneratedToken }
   | { type: 'prompt_logprobs'; id: string; logprobs: PromptLogprob[] }
   | { type: 'done'; id: string; finish: Finish }

@@ -43,6 +43,7 @@ async function main() {
             view,
             promptLogprobs: m.promptLogprobs,
             onPromptLogprobs: (lps) => post({ type: 'prompt_logprobs', id, logprobs: lps }),
+            onScheduled: () => post({ type: 'scheduled', id }),
             onToken: (token) => post({ type: 'token', id, token }),
             onDone: (finish) => post({ type: 'done', id, finish }),
             onError: (e) => post({ type: 'error', id, message: e.message }),

@@ -91,11 +91,24 @@ export class JobRunner {
     signal.addEventListener('abort', onAbort, { once: true });
     const job: HostJob = { id, ...spec };
     this.metrics.promptTokens.inc(model, spec.promptIds.length);
+    let tScheduled = 0;
+    let tFirst = 0;
+    this.metrics.requestMaxGenerationTokens.observe(model, spec.params.maxTokens);
     this.host.submit(job, {
+      onScheduled: () => {
+        tScheduled = performance.now();
+        this.metrics.queueTime.observe(model, (tScheduled - t0) / 1000);
+      },
       onToken: (token) => {
         const now = performance.now();
-        if (count === 0) this.metrics.ttft.observe(model, (now - t0) / 1000);
-        else this.metrics.tpot.observe(model, (now - tPrev) / 1000);
+        if (count === 0) {
+          tFirst = now;
+          this.metrics.ttft.observe(model, (now - t0) / 1000);
+          if (tScheduled) this.metrics.prefillTime.observe(model, (now - tScheduled) / 1000);
+        } else {
+          this.metrics.tpot.observe(model, (now - tPrev) / 1000);
+          this.metrics.interToken.observe(model, (now - tPrev) / 1000);
+        }
         tPrev = now;
         count++;
         this.metrics.generationTokens.inc(model);
@@ -105,6 +118,9 @@ export class JobRunner {
       onDone: (finish) => {
         signal.removeEventListener('abort', onAbort);
         this.metrics.e2e.observe(model, (performance.now() - t0) / 1000);
+        this.metrics.requestPromptTokens.observe(model, spec.promptIds.length);
+        this.metrics.requestGenerationTokens.observe(model, count);
+        if (tFirst) this.metrics.decodeTime.observe(model, (tPrev - tFirst) / 1000);
         this.metrics.success.inc({ ...model, finished_reason: finish.reason });
         q.push({ type: 'done', finish });
         q.end();

@@ -23,6 +23,13 @@ export class Metrics {
   readonly registry = new Registry();
   readonly ttft: Histogram<'model_name'>;
   readonly tpot: Histogram<'model_name'>;
+  readonly interToken: Histogram<'model_name'>;
+  readonly requestPromptTokens: Histogram<'model_name'>;
+  readonly requestGenerationTokens: Histogram<'model_name'>;
+  readonly requestMaxGenerationTokens: Histogram<'model_name'>;
+  readonly queueTime: Histogram<'model_name'>;
+  readonly prefillTime: Histogram<'model_name'>;
+  readonly decodeTime: Histogram<'model_name'>;
   readonly e2e: Histogram<'model_name'>;
   readonly promptTokens: Counter<'model_name'>;
   readonly generationTokens: Counter<'model_name'>;
@@ -52,6 +59,15 @@ export class Metrics {
       },
     });
     new Gauge({
+      // The name vLLM uses today, and the Inference Extension's endpoint picker reads by default.
+      name: 'vllm:kv_cache_usage_perc', help: 'KV-cache occupancy as a fraction: running rows / maximum running rows.', labelNames, registers: [r],
+      async collect() {
+        const last = await current();
+        this.set({ model_name: src.modelName() }, (last?.running ?? 0) / src.maxRunning);
+      },
+    });
+    new Gauge({
+      // Deprecated in vLLM (renamed vllm:kv_cache_usage_perc); kept one release for existing dashboards.
       name: 'vllm:gpu_cache_usage_perc', help: 'KV-cache occupancy as a fraction: running rows / maximum running rows (sfn runs on CPU; the name is vLLM\'s).', labelNames, registers: [r],
       async collect() {
         const last = await current();
@@ -87,7 +103,17 @@ export class Metrics {
     total('sfn_engine_steps_total', 'Forward runs (prefill chunks and decode steps).', (s) => s.steps);
 
     this.ttft = new Histogram({ name: 'vllm:time_to_first_token_seconds', help: 'Time to first token.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
-    this.tpot = new Histogram({ name: 'vllm:time_per_output_token_seconds', help: 'Time per output token after the first.', labelNames, buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5], registers: [r] });
+    const tokenBuckets = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5];
+    // Deprecated in vLLM (renamed vllm:inter_token_latency_seconds); kept one release. Both get the same observations.
+    this.tpot = new Histogram({ name: 'vllm:time_per_output_token_seconds', help: 'Time per output token after the first (deprecated name).', labelNames, buckets: tokenBuckets, registers: [r] });
+    this.interToken = new Histogram({ name: 'vllm:inter_token_latency_seconds', help: 'Time between output tokens.', labelNames, buckets: tokenBuckets, registers: [r] });
+    const countBuckets = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000];
+    this.requestPromptTokens = new Histogram({ name: 'vllm:request_prompt_tokens', help: 'Prompt tokens per request.', labelNames, buckets: countBuckets, registers: [r] });
+    this.requestGenerationTokens = new Histogram({ name: 'vllm:request_generation_tokens', help: 'Generated tokens per request.', labelNames, buckets: countBuckets, registers: [r] });
+    this.requestMaxGenerationTokens = new Histogram({ name: 'vllm:request_max_num_generation_tokens', help: 'Maximum generation tokens requested (max_tokens) per request.', labelNames, buckets: countBuckets, registers: [r] });
+    this.queueTime = new Histogram({ name: 'vllm:request_queue_time_seconds', help: 'Time a request waited for a batch row.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
+    this.prefillTime = new Histogram({ name: 'vllm:request_prefill_time_seconds', help: 'Time from a batch row to the first token.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
+    this.decodeTime = new Histogram({ name: 'vllm:request_decode_time_seconds', help: 'Time from the first token to the last.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
     this.e2e = new Histogram({ name: 'vllm:e2e_request_latency_seconds', help: 'End-to-end request latency.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
     this.promptTokens = new Counter({ name: 'vllm:prompt_tokens_total', help: 'Prompt tokens processed.', labelNames, registers: [r] });
     this.generationTokens = new Counter({ name: 'vllm:generation_tokens_total', help: 'Tokens generated.', labelNames, registers: [r] });

@@ -7,6 +7,7 @@ import { serve, type ServerType } from '@hono/node-server';
 import { basename } from 'node:path';
 import { statSync } from 'node:fs';
 import { MODULE_KINDS } from '../model/names.ts';
+import { PLUGIN_SLOTS } from '../engine/layout.ts';
 import { BUILTIN_NAME, resolveModelDir } from '../model/builtin.ts';
 import { EngineHost } from '../runtime/host.ts';
 import { servedContext } from '../runtime/protocol.ts';
@@ -70,7 +71,8 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     stats: async () => (host.state === 'ready' ? host.stats().catch(() => null) : null),
     pluginsInUse: (s) => ({ running: pluginNames(s.views.running), waiting: pluginNames(s.views.waiting) }),
     maxRunning: config.maxRunning,
-    maxPlugins: config.maxRunning,
+    // Distinct plugins one decode step carries: the picker's adapter affinity must not count on more.
+    maxPlugins: PLUGIN_SLOTS,
   });
   const runner = new JobRunner(host, metrics, () => modelName, { maxRunning: config.maxRunning, maxWaiting: config.maxWaiting });
   const resolveView = (model: string, stethoscope: { merge?: unknown; destroy?: unknown } = {}): ViewSpec => {

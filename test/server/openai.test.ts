@@ -271,6 +271,21 @@ describe('OpenAI-compatible server on fixture A', () => {
     assert.ok(ttft && Number(ttft[1]) > 0);
   });
 
+  it('publishes every metric the Inference Extension picker and vLLM\'s dashboard query, with max_lora the plugin slots of a step', async () => {
+    await client.completions.create({ model: 'A', prompt: 'Hello', max_tokens: 3, temperature: 0, ignore_eos: true } as never);
+    const text = await (await fetch(`${srv.url}/metrics`)).text();
+    // The picker's defaults (queue, KV usage, LoRA info) and the panels of vLLM's Grafana dashboard.
+    const wanted = ['vllm:num_requests_waiting', 'vllm:kv_cache_usage_perc', 'vllm:lora_requests_info', 'vllm:num_requests_running', 'vllm:inter_token_latency_seconds_bucket',
+      'vllm:time_to_first_token_seconds_bucket', 'vllm:e2e_request_latency_seconds_bucket', 'vllm:request_prompt_tokens_bucket', 'vllm:request_generation_tokens_bucket',
+      'vllm:request_queue_time_seconds_bucket', 'vllm:request_prefill_time_seconds_bucket', 'vllm:request_decode_time_seconds_bucket', 'vllm:request_max_num_generation_tokens_bucket',
+      'vllm:prompt_tokens_total', 'vllm:generation_tokens_total'];
+    for (const name of wanted) assert.match(text, new RegExp(`^${name}[{ ]`, 'm'), name);
+    for (const name of ['vllm:request_queue_time_seconds_count', 'vllm:request_prefill_time_seconds_count', 'vllm:request_decode_time_seconds_count', 'vllm:request_generation_tokens_count']) {
+      assert.ok(Number(new RegExp(`^${name}\\{model_name="A"\\} (\\d+)`, 'm').exec(text)?.[1]) > 0, `${name} observed`);
+    }
+    assert.match(text, /max_lora="4"/);
+  });
+
   it('serves health, readiness and the OpenAPI document that is checked in', async () => {
     assert.equal((await fetch(`${srv.url}/health`)).status, 200);
     assert.equal((await fetch(`${srv.url}/ready`)).status, 200);
