@@ -57,6 +57,21 @@ export class ModelTokenizer {
     return new ModelTokenizer(json, cfg, stopIds(dir));
   }
 
+  private longest: number | null = null;
+
+  /**
+   * An upper bound on the UTF-8 bytes one token covers (the longest vocabulary entry, counted generously): a text
+   * of more than `n` times this many bytes has more than `n` tokens, known without tokenizing it.
+   */
+  get maxTokenBytes(): number {
+    if (this.longest === null) {
+      let max = 1;
+      for (const t of this.tok.get_vocab(true).keys()) max = Math.max(max, Buffer.byteLength(t, 'utf8'));
+      this.longest = max;
+    }
+    return this.longest;
+  }
+
   get hasChatTemplate(): boolean {
     return this.template !== null;
   }

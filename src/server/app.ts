@@ -4,6 +4,7 @@
  */
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { bodyLimit } from 'hono/body-limit';
+import { cors } from 'hono/cors';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ApiError, errorResponse, fromZod, tooLarge } from './errors.ts';
@@ -20,6 +21,8 @@ export interface AppDeps {
   auth: AuthConfig;
   metrics: Metrics;
   maxBodyBytes: number;
+  /** Origins allowed by CORS (`*` for any); none: no CORS. */
+  corsOrigins?: string[];
   /** 'loading' | 'ready' | 'failed' | 'closed', for /ready. */
   state: () => string;
   version: string;
@@ -47,11 +50,15 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     await next();
     deps.metrics.httpRequests.inc({ route: c.req.routePath, status: String(c.res.status) });
   });
+  // Browsers' preflights are answered before any key check (--cors-origin; none: no CORS headers at all).
+  if (deps.corsOrigins?.length) {
+    app.use('*', cors({ origin: deps.corsOrigins.includes('*') ? '*' : deps.corsOrigins, allowHeaders: ['Authorization', 'Content-Type'], allowMethods: ['GET', 'POST', 'DELETE', 'OPTIONS'], exposeHeaders: ['Retry-After'], maxAge: 600 }));
+  }
   // JSON bodies are bounded here; plugin uploads stream to disk under their own limit.
   const jsonLimit = bodyLimit({ maxSize: deps.maxBodyBytes, onError: (c) => errorResponse(c, tooLarge(`The request body exceeds ${deps.maxBodyBytes} bytes.`)) });
-  for (const path of ['/v1/completions', '/v1/chat/completions', '/v1/plugins/extract', '/v1/stethoscope/*']) app.use(path, jsonLimit);
+  for (const path of ['/v1/completions', '/v1/chat/completions', '/v1/plugins/extract', '/v1/stethoscope/*', '/tokenize', '/detokenize']) app.use(path, jsonLimit);
 
-  openaiRoutes(app, deps.serving, deps.auth);
+  openaiRoutes(app, deps.serving, deps.auth, deps.version);
   stethoscopeAuth(app, deps.auth);
   pluginRoutes(app, deps.plugins, deps.auth);
   stethoscopeRoutes(app, deps.stethoscope);
@@ -81,7 +88,12 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   );
   app.doc31('/openapi.json', OPENAPI_INFO);
 
-  app.notFound((c) => errorResponse(c, new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'invalid_request_error', 'not_found')));
+  app.notFound((c) => {
+    // A path that exists under other methods is a 405 with Allow, as HTTP says, rather than a 404.
+    const allowed = [...new Set(app.routes.filter((r) => r.method !== 'ALL' && routePattern(r.path).test(c.req.path)).map((r) => r.method))];
+    if (allowed.length) return errorResponse(c, new ApiError(405, `${c.req.method} is not allowed on ${c.req.path}; use ${allowed.join(', ')}.`, 'invalid_request_error', 'method_not_allowed', null, { Allow: allowed.join(', ') }));
+    return errorResponse(c, new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'invalid_request_error', 'not_found'));
+  });
   app.onError((err, c) => {
     if (err instanceof ApiError) return errorResponse(c, err);
     if (err instanceof HTTPException) {
@@ -93,6 +105,12 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     return errorResponse(c, new ApiError(500, 'Internal server error.', 'server_error'));
   });
   return app;
+}
+
+/** A hono route path (`/v1/models/:id`, `/v1/plugins/*`) as a regular expression over request paths. */
+function routePattern(path: string): RegExp {
+  const segment = (x: string) => (x === '*' ? '.*' : x.startsWith(':') ? '[^/]+' : x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  return new RegExp(`^${path.split('/').map(segment).join('/')}$`);
 }
 
 /** The OpenAPI document as the running server serves it (also written to openapi/openapi.json). */

@@ -30,6 +30,7 @@ export const ServerConfig = z.object({
   device: z.enum(['cpu', 'cuda']),
   quantize: z.enum(['none', 'int4']),
   reasoningFormat: z.enum(REASONING_FORMATS),
+  corsOrigins: z.array(z.string().regex(/^(\*|https?:\/\/[^/\s]+)$/, 'an origin is * or scheme://host[:port]')),
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 
@@ -61,6 +62,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
       device: { type: 'string' },
       quantize: { type: 'string' },
       'reasoning-format': { type: 'string' },
+      'cors-origin': { type: 'string', multiple: true },
     },
   });
   const raw = {
@@ -85,6 +87,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
     device: values.device ?? (env.SFN_DEVICE || 'cpu'),
     quantize: values.quantize ?? (env.SFN_QUANTIZE || 'none'),
     reasoningFormat: values['reasoning-format'] ?? (env.SFN_REASONING_FORMAT || 'auto'),
+    corsOrigins: values['cors-origin'] ?? csv(env.SFN_CORS_ORIGINS),
   };
   const parsed = ServerConfig.safeParse(raw);
   if (!parsed.success) {

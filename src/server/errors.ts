@@ -30,7 +30,7 @@ export class ApiError extends Error {
 export const badRequest = (message: string, param: string | null = null, code: string | null = null) => new ApiError(400, message, 'invalid_request_error', code, param);
 export const notFound = (message: string, code = 'not_found') => new ApiError(404, message, 'invalid_request_error', code);
 export const modelNotFound = (model: string) => new ApiError(404, `The model \`${model}\` does not exist.`, 'invalid_request_error', 'model_not_found', 'model');
-export const unauthorized = (message: string) => new ApiError(401, message, 'authentication_error', 'invalid_api_key');
+export const unauthorized = (message: string) => new ApiError(401, message, 'authentication_error', 'invalid_api_key', null, { 'WWW-Authenticate': 'Bearer' });
 export const forbidden = (message: string) => new ApiError(403, message, 'permission_error', 'insufficient_scope');
 export const tooMany = (message: string, retryAfter: number) => new ApiError(429, message, 'rate_limit_error', 'queue_full', null, { 'Retry-After': String(retryAfter) });
 export const unavailable = (message: string, retryAfter = 5) => new ApiError(503, message, 'service_unavailable', 'model_loading', null, { 'Retry-After': String(retryAfter) });

@@ -148,6 +148,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     auth: { apiKeys: config.apiKeys, adminKeys: config.adminKeys },
     metrics,
     maxBodyBytes: config.maxBodyBytes,
+    corsOrigins: config.corsOrigins,
     state: () => host.state,
     version: '0.1.0',
   });

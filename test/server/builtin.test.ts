@@ -84,6 +84,25 @@ describe('the built-in model', () => {
     }
   });
 
+  it('refuses text that cannot fit the context before tokenizing it', async () => {
+    const big = 'x '.repeat(512 * 9);
+    for (const [path, body, param] of [
+      ['/v1/completions', { model: 'stories260K', prompt: big, max_tokens: 1 }, 'prompt'],
+      ['/v1/completions', { model: 'stories260K', prompt: ['ok', big], max_tokens: 1 }, 'prompt.1'],
+      ['/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: big }], max_tokens: 1 }, 'messages'],
+    ] as const) {
+      const r = await post(path, body);
+      assert.equal(r.status, 400);
+      assert.equal(r.body.error.code, 'context_length_exceeded');
+      assert.equal(r.body.error.param, param);
+      assert.match(r.body.error.message, /bytes of text/);
+    }
+    // Just under the bound, the prompt is tokenized and judged on its tokens.
+    const r = await post('/v1/completions', { model: 'stories260K', prompt: 'x '.repeat(600), max_tokens: 1 });
+    assert.equal(r.body.error.code, 'context_length_exceeded');
+    assert.match(r.body.error.message, /tokens in the prompt|in the prompt/);
+  });
+
   it('refuses OpenAI features it does not implement, and accepts bookkeeping fields', async () => {
     for (const [field, value] of [['tools', [{ type: 'function', function: { name: 'f' } }]], ['tool_choice', 'auto'], ['response_format', { type: 'json_object' }], ['functions', []]] as const) {
       const r = await post('/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, [field]: value });
@@ -130,5 +149,50 @@ describe('the built-in model', () => {
     assert.equal(first.sfn.overlays[0].type, 'destroy');
     assert.notEqual(first.sfn.view, srv.host.fingerprint);
     assert.notEqual(first.sfn.view, destroyed.body.sfn.view, 'another destruction, another view');
+  });
+});
+
+describe('conventions other servers keep', () => {
+  let srv: RunningServer;
+  const KEY = 'user-key-12345678';
+  before(async () => {
+    srv = await startServer(parseServerConfig(['--model', BUILTIN_MODEL_DIR, '--port', '0', '--api-key', KEY, '--cors-origin', 'https://app.example.com'], {}), () => {});
+    await srv.host.ready;
+  });
+  after(() => srv.close());
+  const auth = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+
+  it('answers a CORS preflight from an allowed origin without a key, and names the origin on responses', async () => {
+    const pre = await fetch(`${srv.url}/v1/chat/completions`, { method: 'OPTIONS', headers: { origin: 'https://app.example.com', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization,content-type' } });
+    assert.equal(pre.status, 204);
+    assert.equal(pre.headers.get('access-control-allow-origin'), 'https://app.example.com');
+    assert.match(pre.headers.get('access-control-allow-headers') ?? '', /authorization/i);
+    const r = await fetch(`${srv.url}/v1/models`, { headers: { ...auth, origin: 'https://app.example.com' } });
+    assert.equal(r.headers.get('access-control-allow-origin'), 'https://app.example.com');
+    const other = await fetch(`${srv.url}/v1/models`, { headers: { ...auth, origin: 'https://evil.example.com' } });
+    assert.equal(other.headers.get('access-control-allow-origin'), null);
+  });
+
+  it('says how to authenticate on a 401, and 405 with Allow for a wrong method', async () => {
+    const r = await fetch(`${srv.url}/v1/models`);
+    assert.equal(r.status, 401);
+    assert.equal(r.headers.get('www-authenticate'), 'Bearer');
+    const wrong = await fetch(`${srv.url}/v1/completions`, { headers: auth });
+    assert.equal(wrong.status, 405);
+    assert.equal(wrong.headers.get('allow'), 'POST');
+    assert.equal(((await wrong.json()) as { error: { code: string } }).error.code, 'method_not_allowed');
+    assert.equal((await fetch(`${srv.url}/v1/models/stories260K`, { method: 'DELETE', headers: auth })).status, 405);
+    assert.equal((await fetch(`${srv.url}/v1/nothing-here`, { headers: auth })).status, 404);
+  });
+
+  it('tokenizes as generation encodes (BOS included), detokenizes, and reports its version', async () => {
+    const t = await fetch(`${srv.url}/tokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time' }) });
+    assert.deepEqual(await t.json(), { count: 5, max_model_len: 512, tokens: [1, 403, 407, 261, 378] });
+    const raw = await (await fetch(`${srv.url}/tokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', add_special_tokens: false }) })).json() as { tokens: number[] };
+    assert.deepEqual(raw.tokens, [403, 407, 261, 378]);
+    const d = (await (await fetch(`${srv.url}/detokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'stories260K', tokens: [403, 407, 261, 378] }) })).json()) as { prompt: string };
+    assert.equal(d.prompt.trim(), 'Once upon a time');
+    assert.equal((await fetch(`${srv.url}/tokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'nope', prompt: 'x' }) })).status, 404);
+    assert.deepEqual(await (await fetch(`${srv.url}/version`)).json(), { version: '0.1.0' });
   });
 });

@@ -10,7 +10,7 @@ import { chatPrompt, PromptError } from '../../../engine/prompt.ts';
 import { badRequest } from '../../errors.ts';
 import type { JobSpec } from '../../jobs.ts';
 import { ChatCompletionRequest, ChatCompletionResponse, errorResponses } from '../../schemas.ts';
-import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, sse } from './shared.ts';
+import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, sse } from './shared.ts';
 
 
 export const chatRoute = createRoute({
@@ -52,6 +52,8 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
   }
   checkBias(ctx, body);
   if (!tok.hasChatTemplate) throw badRequest('This model has no chat template; use /v1/completions.', 'messages', 'no_chat_template');
+  // The template only adds text: the messages' own bytes bound the prompt from below.
+  checkTextSize(ctx, tok, body.messages.reduce((a, m) => a + (m.content === null ? 0 : typeof m.content === 'string' ? Buffer.byteLength(m.content) : m.content.reduce((b, p) => b + Buffer.byteLength(p.text), 0)), 0), 'messages');
   const messages = body.messages.map((m) => ({
     role: m.role === 'developer' ? 'system' : m.role,
     content: m.content === null ? '' : typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),

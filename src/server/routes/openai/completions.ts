@@ -7,7 +7,7 @@ import type { ModelTokenizer } from '../../../engine/tokenizer.ts';
 import { badRequest } from '../../errors.ts';
 import type { JobSpec } from '../../jobs.ts';
 import { CompletionRequest, CompletionResponse, errorResponses } from '../../schemas.ts';
-import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, sse } from './shared.ts';
+import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, sse } from './shared.ts';
 
 
 function completionPrompts(ctx: ServingContext, tok: ModelTokenizer, prompt: CompletionRequest['prompt']): number[][] {
@@ -61,6 +61,8 @@ export const completionsRoute = createRoute({
 export async function completions(ctx: ServingContext, c: Context, body: CompletionRequest): Promise<Response> {
   const tok = ready(ctx);
   const view = ctx.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
+  if (typeof body.prompt === 'string') checkTextSize(ctx, tok, Buffer.byteLength(body.prompt), 'prompt');
+  else if (typeof body.prompt[0] === 'string') (body.prompt as string[]).forEach((p, i) => checkTextSize(ctx, tok, Buffer.byteLength(p), `prompt.${i}`));
   const prompts = completionPrompts(ctx, tok, body.prompt);
   checkBias(ctx, body);
   const n = body.n ?? 1;

@@ -97,6 +97,17 @@ export function usage(choices: Choice[], promptsCounted: number[][], reasoning =
   return { ...out, completion_tokens_details: { reasoning_tokens: reasoningTokens } };
 }
 
+/**
+ * Refuses text that cannot fit the context before tokenizing it: tokenizing megabytes holds the HTTP thread
+ * for seconds, and a text of more than (context x the longest token's bytes) bytes has more tokens than fit.
+ */
+export function checkTextSize(ctx: ServingContext, tok: ModelTokenizer, bytes: number, param: string): void {
+  const limit = ctx.maxContext();
+  if (bytes > limit * tok.maxTokenBytes) {
+    throw badRequest(`This model's maximum context length is ${limit} tokens, and ${bytes} bytes of text are more than that many tokens can hold.`, param, 'context_length_exceeded');
+  }
+}
+
 export function checkContext(ctx: ServingContext, promptLen: number, maxTokens: number, param: string): void {
   const limit = ctx.maxContext();
   if (promptLen + maxTokens > limit) {
