@@ -12,7 +12,7 @@ import type { Metrics } from './metrics.ts';
 import { openaiRoutes, type ServingContext } from './routes/openai/index.ts';
 import { pluginRoutes, type PluginDeps } from './routes/plugins.ts';
 import { stethoscopeAuth, stethoscopeRoutes, type StethoscopeDeps } from './routes/stethoscope/index.ts';
-import type { AuthConfig } from './auth.ts';
+import { USER_SCOPED, type AuthConfig } from './auth.ts';
 
 export interface AppDeps {
   serving: ServingContext;
@@ -86,7 +86,8 @@ export function createApp(deps: AppDeps): OpenAPIHono {
       return c.body(await deps.metrics.registry.metrics()) as never;
     },
   );
-  app.doc31('/openapi.json', OPENAPI_INFO);
+  let document: unknown = null;
+  app.get('/openapi.json', (c) => c.json((document ??= openapiDocument(app)) as object));
 
   app.notFound((c) => {
     // A path that exists under other methods is a 405 with Allow, as HTTP says, rather than a 404.
@@ -113,7 +114,37 @@ function routePattern(path: string): RegExp {
   return new RegExp(`^${path.split('/').map(segment).join('/')}$`);
 }
 
-/** The OpenAPI document as the running server serves it (also written to openapi/openapi.json). */
+/** Paths anyone may call; everything else takes a bearer key when keys are configured. */
+const OPEN_PATHS = new Set(['/health', '/ready', '/metrics', '/openapi.json', '/version']);
+
+/** The key scope an operation needs, as the routes' middleware enforces it. */
+function scopeOf(method: string, path: string): 'none' | 'user' | 'admin' {
+  if (OPEN_PATHS.has(path)) return 'none';
+  if (path.startsWith('/v1/stethoscope/')) return USER_SCOPED.has(`${method.toUpperCase()} ${path}`) ? 'user' : 'admin';
+  if (path.startsWith('/v1/plugins')) return method === 'get' ? 'user' : 'admin';
+  return 'user';
+}
+
+/**
+ * The OpenAPI document as the running server serves it (also written to openapi/openapi.json), with bearer
+ * security per operation (and the scope it needs as `x-sfn-scope`), an operationId for every operation, and the
+ * server it describes.
+ */
 export function openapiDocument(app: OpenAPIHono): unknown {
-  return app.getOpenAPI31Document(OPENAPI_INFO);
+  const doc = app.getOpenAPI31Document(OPENAPI_INFO) as unknown as { paths: Record<string, Record<string, Record<string, unknown>>>; components?: Record<string, unknown>; servers?: unknown };
+  doc.servers = [{ url: '/', description: 'The sfn server that serves this document.' }];
+  doc.components = {
+    ...doc.components,
+    securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer', description: 'An API key (--api-key, --admin-key). A user key generates and reads; an admin key also writes plugins and runs stethoscopes. With no keys configured, none is checked.' } },
+  };
+  for (const [path, item] of Object.entries(doc.paths)) {
+    for (const [method, op] of Object.entries(item)) {
+      const scope = scopeOf(method, path);
+      // e.g. post /v1/stethoscope/jobs/{id} -> postV1StethoscopeJobsById
+      op.operationId ??= method + path.split('/').filter(Boolean).map((s) => (s.startsWith('{') ? `By${s[1].toUpperCase()}${s.slice(2, -1)}` : s.replace(/(^|[-_.])(\w)/g, (_m, _p, c: string) => c.toUpperCase()))).join('');
+      op.security = scope === 'none' ? [] : [{ bearerAuth: [] }];
+      op['x-sfn-scope'] = scope;
+    }
+  }
+  return doc;
 }

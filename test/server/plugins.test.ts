@@ -154,6 +154,28 @@ describe('plugins over HTTP', () => {
     assert.equal(r.sets[1].trainable - r.sets[0].trainable, 4 * 64 * 64);
   });
 
+  it('documents every operation with an operationId, bearer security and the scope the server enforces', async () => {
+    const doc = (await (await fetch(`${srv.url}/openapi.json`)).json()) as { paths: Record<string, Record<string, { operationId: string; security: unknown[]; 'x-sfn-scope': string }>>; components: { securitySchemes: Record<string, unknown> } };
+    assert.ok(doc.components.securitySchemes.bearerAuth);
+    const ids = new Set<string>();
+    for (const [path, item] of Object.entries(doc.paths)) {
+      for (const [method, op] of Object.entries(item)) {
+        assert.ok(op.operationId && !ids.has(op.operationId), `${method} ${path}: operationId`);
+        ids.add(op.operationId);
+        const scope = op['x-sfn-scope'];
+        assert.deepEqual(op.security, scope === 'none' ? [] : [{ bearerAuth: [] }], `${method} ${path}`);
+        const url = srv.url + path.replace(/\{[^}]+\}/g, 'no-such-thing');
+        const send = (key?: string) => fetch(url, { method: method.toUpperCase(), headers: { ...(key ? headers(key) : {}), 'content-type': 'application/json' }, body: method === 'get' ? undefined : '{}' });
+        if (method === 'delete' && path.startsWith('/v1/plugins')) continue; // a real delete with the admin key is tested above
+        const asUser = (await send(USER)).status;
+        if (scope === 'admin') assert.equal(asUser, 403, `${method} ${path} should need an admin key`);
+        else assert.ok(asUser !== 401 && asUser !== 403, `${method} ${path}: a user key got ${asUser}`);
+        if (scope === 'none') assert.ok(![401, 403].includes((await send()).status), `${method} ${path} should be open`);
+        else assert.equal((await send()).status, 401, `${method} ${path} should need a key`);
+      }
+    }
+  });
+
   it('needs an admin key everywhere else under /v1/stethoscope, routes that do not exist included', async () => {
     const post = (path: string, key: string) => fetch(`${srv.url}${path}`, { method: 'POST', headers: { ...headers(key), 'content-type': 'application/json' }, body: '{}' });
     for (const path of ['/v1/stethoscope/levels', '/v1/stethoscope/freeze', '/v1/stethoscope/eval', '/v1/stethoscope/merge', '/v1/stethoscope/no-such-route']) {
