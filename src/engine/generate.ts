@@ -84,12 +84,16 @@ export class Detokenizer {
   private prefixOffset = 0;
   private readOffset = 0;
 
-  constructor(private readonly tok: ModelTokenizer) {}
+  constructor(
+    private readonly tok: ModelTokenizer,
+    /** Special tokens release no text (generation); false renders them (echoed prompts). */
+    private readonly skipSpecial = true,
+  ) {}
 
   push(id: number): string {
     this.ids.push(id);
-    const prefix = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset));
-    const full = this.tok.decode(this.ids.slice(this.prefixOffset));
+    const prefix = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset), this.skipSpecial);
+    const full = this.tok.decode(this.ids.slice(this.prefixOffset), this.skipSpecial);
     if (full.length > prefix.length && !full.endsWith('\uFFFD')) {
       this.prefixOffset = this.readOffset;
       this.readOffset = this.ids.length;

@@ -84,6 +84,40 @@ describe('the built-in model', () => {
     }
   });
 
+  it('completion logprobs on emoji and CJK: tokens join back into the text, offsets follow them, top_logprobs hold the chosen token', async () => {
+    type Lp = { tokens: string[]; token_logprobs: (number | null)[]; top_logprobs: (Record<string, number> | null)[]; text_offset: number[] };
+    const check = (text: string, lp: Lp, k: number) => {
+      assert.equal(lp.tokens.join(''), text);
+      let at = 0;
+      lp.tokens.forEach((t, i) => {
+        assert.equal(lp.text_offset[i], at, `offset of token ${i}`);
+        at += t.length;
+        const top = lp.top_logprobs[i];
+        if (top) {
+          assert.ok(t in top, `token ${i} (${JSON.stringify(t)}) is among its top_logprobs`);
+          assert.ok(Object.keys(top).length <= k + 1);
+        }
+      });
+    };
+    const prompt = 'Lily saw a 🙂 cat named 猫 and';
+    const { body } = await post('/v1/completions', { model: 'stories260K', prompt, max_tokens: 12, temperature: 0, logprobs: 2, echo: true });
+    const choice = body.choices[0] as { text: string; logprobs: Lp };
+    assert.ok(choice.text.includes('🙂') && choice.text.includes('猫'));
+    check(choice.text, choice.logprobs, 2);
+    // Streamed: each chunk's offsets continue from the text before it.
+    const r = await fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', prompt: '🙂🙂 猫', max_tokens: 10, temperature: 0, logprobs: 1, stream: true }) });
+    const all: Lp = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+    let text = '';
+    for (const line of (await r.text()).split('\n')) {
+      if (!line.startsWith('data: {')) continue;
+      const ch = JSON.parse(line.slice(6)).choices[0];
+      if (!ch) continue;
+      text += ch.text;
+      if (ch.logprobs) for (const key of ['tokens', 'token_logprobs', 'top_logprobs', 'text_offset'] as const) (all[key] as unknown[]).push(...ch.logprobs[key]);
+    }
+    check(text, all, 1);
+  });
+
   it('refuses text that cannot fit the context before tokenizing it', async () => {
     const big = 'x '.repeat(512 * 9);
     for (const [path, body, param] of [

@@ -2,6 +2,7 @@
  * `POST /v1/completions`: prompts as text (encoded as transformers does, BOS included), strings, ids or lists of ids; n choices, echo, logprobs in OpenAI's legacy format, streaming.
  */
 import { createRoute } from '@hono/zod-openapi';
+import { Detokenizer } from '../../../engine/generate.ts';
 import type { Context } from 'hono';
 import type { ModelTokenizer } from '../../../engine/tokenizer.ts';
 import { badRequest } from '../../errors.ts';
@@ -25,21 +26,40 @@ function completionPrompts(ctx: ServingContext, tok: ModelTokenizer, prompt: Com
   return prompts;
 }
 
-/** The `logprobs` object of a completion choice (OpenAI's legacy format), echo included. */
-function completionLogprobs(tok: ModelTokenizer, c: Choice, echo: boolean, k: number, asIds?: boolean | null) {
+/**
+ * The `logprobs` object of a completion choice (OpenAI's legacy format), echo included. Each token is the text it
+ * added, so the tokens join back into the choice's text (a character split across tokens goes to the token that
+ * completes it) and `text_offset` is where each starts in it, from `start` for a streamed chunk. `top_logprobs`
+ * always holds the chosen token, with up to `k` others (k + 1 entries at most, as OpenAI returns them).
+ */
+function completionLogprobs(tok: ModelTokenizer, c: Choice, echo: boolean, k: number, asIds?: boolean | null, start = 0) {
   const tokens: string[] = [];
   const tokenLogprobs: (number | null)[] = [];
   const top: (Record<string, number> | null)[] = [];
   const offsets: number[] = [];
-  let offset = 0;
+  let offset = start;
   const add = (id: number, lp: number | null, alts: { id: number; logprob: number }[] | null, text: string) => {
-    tokens.push(tokenName(tok, id, asIds));
+    const name = asIds ? `token_id:${id}` : text;
+    tokens.push(name);
     tokenLogprobs.push(lp);
-    top.push(alts === null ? null : Object.fromEntries(alts.slice(0, k).map((a) => [tokenName(tok, a.id, asIds), a.logprob])));
+    if (alts === null) top.push(null);
+    else {
+      const best = alts.slice(0, k);
+      const entries = best.map((a) => [a.id === id ? name : tokenName(tok, a.id, asIds), a.logprob] as const);
+      if (lp !== null && !best.some((a) => a.id === id)) entries.push([name, lp]);
+      top.push(Object.fromEntries(entries));
+    }
     offsets.push(offset);
     offset += text.length;
   };
-  if (echo && c.promptLogprobs) for (const p of c.promptLogprobs) add(p.id, p.logprob, p.logprob === null ? null : p.top, tok.decode([p.id], false));
+  if (echo && c.promptLogprobs) {
+    const d = new Detokenizer(tok, false);
+    const pieces = c.promptLogprobs.map((p) => d.push(p.id));
+    // A character the prompt ends inside is held back: it belongs to the last token of the echoed text.
+    const rest = tok.decode(c.promptIds, false).slice(pieces.join('').length);
+    if (pieces.length) pieces[pieces.length - 1] += rest;
+    c.promptLogprobs.forEach((p, i) => add(p.id, p.logprob, p.logprob === null ? null : p.top, pieces[i]));
+  }
   for (const t of c.tokens) add(t.id, t.logprob ?? null, t.top ?? [], t.text);
   return { tokens, token_logprobs: tokenLogprobs, top_logprobs: top, text_offset: offsets };
 }
@@ -133,8 +153,9 @@ export async function completions(ctx: ServingContext, c: Context, body: Complet
           await chunk([{ index: ch.index, text: echoText(ch), logprobs: lp, finish_reason: null }]);
         }
       } else if (e.type === 'token') {
+        const start = (echo ? echoText(ch).length : 0) + ch.tokens.reduce((a, t) => a + t.text.length, 0);
         ch.tokens.push(e.token);
-        const lp = k === undefined ? null : completionLogprobs(tok, { ...ch, tokens: [e.token], promptLogprobs: null }, false, k, body.return_tokens_as_token_ids);
+        const lp = k === undefined ? null : completionLogprobs(tok, { ...ch, tokens: [e.token], promptLogprobs: null }, false, k, body.return_tokens_as_token_ids, start);
         if (e.token.text || lp) await chunk([{ index: ch.index, text: e.token.text, logprobs: lp, finish_reason: null }]);
       } else {
         ch.finish = finishReason(e.finish.reason);
