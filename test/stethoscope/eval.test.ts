@@ -51,7 +51,8 @@ describe('evaluation jobs', () => {
   it('runs a set under a view, with outputs equal to greedy chat completions, and persists its results', async () => {
     const r = await post('/v1/stethoscope/eval', { jsonl, max_tokens: 8, levels: true, destroy: [{ method: 'zero', modules: ['o_proj'], layers: '1-2' }] });
     assert.equal(r.status, 202, await r.clone().text());
-    const { id } = (await r.json()) as { id: string };
+    const { id, progress } = (await r.json()) as { id: string; progress: { done: number; total: number } };
+    assert.equal(progress.total, 3, 'the job says how much work it has from the start');
     const job = await wait(id);
     assert.equal(job.status, 'succeeded', job.error ?? '');
     assert.deepEqual(job.files, ['results.jsonl', 'summary.json']);

@@ -108,6 +108,7 @@ describe('the paper protocol on the built-in pair', () => {
   it('merge table (Table 1): A, B, M1, M2, M3 on word problems, with accuracy, average tokens and levels', async () => {
     const r = await post('/v1/stethoscope/eval', { jsonl: PROBLEMS, table: { from: 'stories260K-math' }, chat: false, max_tokens: 48, levels: true });
     assert.equal(r.status, 202, JSON.stringify(r.body));
+    assert.equal(r.body.progress.total, 5 * 8, 'the job says how much work it has from the start');
     const job = await wait(r.body.id);
     assert.equal(job.status, 'succeeded', job.error ?? '');
     assert.equal(job.progress.total, 5 * 8);
@@ -122,7 +123,9 @@ describe('the paper protocol on the built-in pair', () => {
   });
 
   it('delta of the pair: every module kind moved, ranked, with the paper\'s figures', async () => {
-    const r = await post('/v1/stethoscope/delta', { b: 'stories260K-math' });
+    // B by its registered name, as merges accept it.
+    assert.equal((await post('/v1/stethoscope/checkpoints', { name: 'math', path: 'stories260K-math' })).status, 201);
+    const r = await post('/v1/stethoscope/delta', { b: 'math' });
     assert.equal(r.status, 202, JSON.stringify(r.body));
     const job = await wait(r.body.id);
     assert.equal(job.status, 'succeeded', job.error ?? '');

@@ -211,7 +211,8 @@ export async function cmdEval(args: string[]): Promise<void> {
   const view = stethoscopeView(engine, values.merge, values.destroy, plugins);
   const concurrency = int(values.concurrency, 'concurrency', 4)!;
   const settings: EvalSettings = {
-    maxTokens: int(values['max-tokens'], 'max-tokens', 512)!,
+    // Thinking must not spend the whole budget: by default the answer gets 512 tokens beyond the thinking's cap.
+    maxTokens: int(values['max-tokens'], 'max-tokens', 512 + (values.reasoning ? (int(values['max-thinking'], 'max-thinking') ?? 0) : 0))!,
     temperature: num(values.temperature, 'temperature') ?? 0,
     seed: int(values.seed, 'seed'),
     chat: !values['no-chat'],

@@ -12,7 +12,7 @@ import { jobView, JobSchema, type StethoscopeDeps } from './shared.ts';
 const DeltaBody = z
   .strictObject({
     a: z.string().optional().openapi({ description: 'Checkpoint A: a directory under the model roots. Default: the served backbone.' }),
-    b: z.string().optional().openapi({ description: 'Checkpoint B: a directory under the model roots.' }),
+    b: z.string().optional().openapi({ description: 'Checkpoint B: a registered checkpoint name, or a directory under the model roots.' }),
     plugin: z.string().optional().openapi({ description: 'Instead of b: a plugin id, laid over the backbone (A defaults to the backbone).' }),
     bins: z.number().int().min(2).max(1000).default(50),
     every: z.number().int().min(1).default(1).openapi({ description: 'Histogram panels every k layers.' }),
@@ -38,7 +38,8 @@ export function deltaRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
         if (!file) throw notFound(`no plugin "${body.plugin}"`, 'plugin_not_found');
         open = () => [checkpointSource(a), pluginSource(a, file)];
       } else {
-        const b = requireUnderRoots(deps.modelRoots, body.b!, 'b');
+        // A registered checkpoint name, as merges accept it in "from", else a directory under the model roots.
+        const b = deps.checkpoints.get(body.b!)?.path ?? requireUnderRoots(deps.modelRoots, body.b!, 'b');
         open = () => [checkpointSource(a), checkpointSource(b)];
       }
       const job = deps.jobs.start('delta', body, async (_job, dir, progress) => {

@@ -22,7 +22,7 @@ const EvalBody = z
     destroy: DestroySpec.nullish(),
     items: z.array(z.unknown()).min(1).max(100000).optional().openapi({ description: 'Items {id, prompt | messages, answer}.' }),
     jsonl: z.string().optional().openapi({ description: 'Or the set as JSONL text, one item per line.' }),
-    max_tokens: z.number().int().min(1).max(32768).default(512),
+    max_tokens: z.number().int().min(1).max(32768).optional().describe('Default 512, plus max_thinking_tokens in reasoning mode (so thinking cannot spend the whole budget).'),
     temperature: z.number().min(0).max(2).default(0),
     seed: z.number().int().min(0).optional(),
     chat: z.boolean().default(true),
@@ -77,7 +77,7 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
         }
       }
       const settings: EvalSettings = {
-        maxTokens: body.max_tokens,
+        maxTokens: body.max_tokens ?? 512 + (body.mode === 'reasoning' ? (body.max_thinking_tokens ?? 0) : 0),
         temperature: body.temperature,
         seed: body.seed,
         chat: body.chat,
@@ -102,6 +102,7 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
           return { row, view: v, scorer: body.scorer === 'view' ? v : intact };
         });
         const job = deps.jobs.start('merge-table', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress, signal) => {
+          progress(0, rows.length * items.length, 'started');
           const { table, results } = await mergeTable(lab(signal), tok, items, rows, settings, progress);
           writeMergeTable(table, results, dir);
           return { markdown: mergeMarkdown(table), rows: table.rows };
@@ -109,6 +110,7 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
         return c.json(jobView(deps, job), 202) as never;
       }
       const job = deps.jobs.start('eval', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress, signal) => {
+        progress(0, items.length, 'started');
         const { summary, results } = await runEval(items, tok, lab(signal), { run: view, scorer: body.scorer === 'view' ? view : intact }, settings, (d, t, last) => progress(d, t, last.id));
         writeFileSync(join(dir, 'results.jsonl'), resultsJsonl(results));
         writeFileSync(join(dir, 'summary.json'), JSON.stringify({ model, merge: body.merge ?? null, destroy: body.destroy ?? null, settings, ...summary }, null, 2));
