@@ -47,12 +47,29 @@ export function reasoningFormat(tok: ModelTokenizer, requested: ReasoningFormat 
   );
 }
 
-export function chatPrompt(tok: ModelTokenizer, messages: ChatMessage[], reasoning?: ReasoningOptions): { ids: number[]; reasoning?: ReasoningParams; format?: 'think' | 's1' } {
+/** vLLM's chat extensions: how the template is rendered. */
+export interface TemplateOptions {
+  /** End with the assistant's header (default true). */
+  addGenerationPrompt?: boolean;
+  /** Leave the final (assistant) message open, so that generation continues it. */
+  continueFinalMessage?: boolean;
+  /** Extra variables for the template (e.g. Qwen3's `enable_thinking`). */
+  kwargs?: Record<string, unknown>;
+}
+
+export function chatPrompt(tok: ModelTokenizer, messages: ChatMessage[], reasoning?: ReasoningOptions, opts: TemplateOptions = {}): { ids: number[]; reasoning?: ReasoningParams; format?: 'think' | 's1' } {
   let text: string;
   try {
-    text = tok.applyChatTemplate(messages, { addGenerationPrompt: true });
+    text = tok.applyChatTemplate(messages, { addGenerationPrompt: opts.continueFinalMessage ? false : (opts.addGenerationPrompt ?? true), extra: opts.kwargs });
   } catch (e) {
     throw new PromptError((e as Error).message, 'messages');
+  }
+  if (opts.continueFinalMessage) {
+    // As vLLM does: the rendered conversation is cut right after the final message's content.
+    const last = messages.at(-1)!;
+    const at = text.lastIndexOf(last.content);
+    if (last.role !== 'assistant' || !last.content || at < 0) throw new PromptError('continue_final_message needs a final assistant message with content, which the chat template renders', 'continue_final_message');
+    text = text.slice(0, at + last.content.length);
   }
   if (!reasoning) return { ids: tok.encode(text) };
   const format = reasoningFormat(tok, reasoning.format ?? 'auto');

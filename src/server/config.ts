@@ -34,6 +34,17 @@ export const ServerConfig = z.object({
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 
+/** Settings whose flag or variable is not the field's name in kebab / upper snake case. */
+const SETTING_NAMES: Record<string, string> = {
+  apiKeys: '--api-key / SFN_API_KEYS',
+  adminKeys: '--admin-key / SFN_ADMIN_KEYS',
+  pluginCacheBytes: '--plugin-cache-mb / SFN_PLUGIN_CACHE_MB',
+  maxPluginBytes: '--max-plugin-mb / SFN_MAX_PLUGIN_MB',
+  modelRoots: '--model-root / SFN_MODEL_ROOTS',
+  shutdownGraceSeconds: '--shutdown-grace-s / SFN_SHUTDOWN_GRACE_S',
+  corsOrigins: '--cors-origin / SFN_CORS_ORIGINS',
+};
+
 const num = (v: string | undefined) => (v === undefined || v === '' ? undefined : Number(v));
 
 /** Parses `sfn serve` flags over the environment. Throws with the offending setting named. */
@@ -92,7 +103,11 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
   const parsed = ServerConfig.safeParse(raw);
   if (!parsed.success) {
     const i = parsed.error.issues[0];
-    throw new Error(`invalid setting ${i.path.join('.')}: ${i.message}`);
+    // Name the setting as the user wrote it (flag and variable), not by its internal field.
+    const field = String(i.path[0]);
+    const flag = field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    const named = SETTING_NAMES[field] ?? `--${flag} / SFN_${flag.replace(/-/g, '_').toUpperCase()}`;
+    throw new Error(`invalid setting ${named}${i.path.length > 1 ? ` (item ${Number(i.path[1]) + 1})` : ''}: ${i.message}`);
   }
   return parsed.data;
 }

@@ -103,6 +103,9 @@ export const ChatCompletionRequest = z
     }),
     max_thinking_tokens: z.number().int().min(1).nullish().openapi({ description: 'Reasoning mode: thinking is closed by force at this many tokens.' }),
     thinking_token_budget: z.number().int().min(1).nullish().openapi({ description: 'vLLM\'s name for max_thinking_tokens.' }),
+    add_generation_prompt: z.boolean().nullish().openapi({ description: "vLLM extension: end the prompt with the assistant's header (default true)." }),
+    continue_final_message: z.boolean().nullish().openapi({ description: 'vLLM extension: continue the final assistant message instead of starting a new one.' }),
+    chat_template_kwargs: z.record(z.string(), z.unknown()).nullish().openapi({ description: "vLLM extension: extra variables for the chat template (e.g. Qwen3's enable_thinking)." }),
     wait: z.number().int().min(0).max(64).nullish().openapi({ description: 'Reasoning mode: how many times "Wait" may be appended. Default 1.' }),
   })
   .openapi('ChatCompletionRequest');

@@ -22,7 +22,12 @@ const THINK_END = 280;
 /** Fixture A's files with <think> / </think> removed from the tokenizer: a ChatML model that cannot think in tags. */
 function chatmlWithoutThinkTokens(): string {
   const dir = mkdtempSync(join(tmpdir(), 'sfn-nothink-'));
-  for (const f of ['config.json', 'model.safetensors', 'tokenizer_config.json', 'generation_config.json']) copyFileSync(join(fixtureDir('A'), f), join(dir, f));
+  for (const f of ['config.json', 'model.safetensors', 'generation_config.json']) copyFileSync(join(fixtureDir('A'), f), join(dir, f));
+  // A's ChatML template, with Qwen3's switch for an empty thinking block (chat_template_kwargs.enable_thinking).
+  const cfg = JSON.parse(readFileSync(join(fixtureDir('A'), 'tokenizer_config.json'), 'utf8'));
+  cfg.chat_template = cfg.chat_template.replace("{{ '<|im_start|>assistant\n' }}", "{{ '<|im_start|>assistant\n' }}{% if enable_thinking is defined and not enable_thinking %}{{ 'no thinking\n' }}{% endif %}");
+  if (!cfg.chat_template.includes('enable_thinking')) throw new Error('fixture template changed');
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify(cfg));
   const tok = JSON.parse(readFileSync(join(fixtureDir('A'), 'tokenizer.json'), 'utf8'));
   tok.added_tokens = tok.added_tokens.filter((t: { content: string }) => !t.content.includes('think'));
   writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tok));
@@ -123,6 +128,20 @@ describe('reasoning formats over HTTP, on a ChatML model without think tokens', 
     assert.equal(body.usage.completion_tokens_details!.reasoning_tokens, 0);
     assert.equal(body.usage.completion_tokens, delim + 1);
     assert.equal(body.choices[0].finish_reason, 'stop');
+  });
+
+  it("honours vLLM's chat extensions: add_generation_prompt, continue_final_message, chat_template_kwargs", async () => {
+    const user = '<|im_start|>user\nThink.<|im_end|>\n';
+    const promptTokens = async (body: Record<string, unknown>) => (await chat({ max_completion_tokens: 1, ...body })).body.usage as unknown as { prompt_tokens: number };
+    assert.equal((await promptTokens({})).prompt_tokens, tok.encode(user + '<|im_start|>assistant\n').length);
+    assert.equal((await promptTokens({ add_generation_prompt: false })).prompt_tokens, tok.encode(user).length);
+    assert.equal((await promptTokens({ chat_template_kwargs: { enable_thinking: false } })).prompt_tokens, tok.encode(user + '<|im_start|>assistant\nno thinking\n').length);
+    const cont = await promptTokens({ messages: [{ role: 'user', content: 'Think.' }, { role: 'assistant', content: 'The answer is' }], continue_final_message: true, add_generation_prompt: false });
+    assert.equal(cont.prompt_tokens, tok.encode(user + '<|im_start|>assistant\nThe answer is').length, 'the final message stays open');
+    const both = await chat({ messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: 'y' }], continue_final_message: true, add_generation_prompt: true, max_completion_tokens: 1 });
+    assert.equal(both.status, 400);
+    const clash = await chat({ chat_template_kwargs: { messages: [] }, max_completion_tokens: 1 });
+    assert.equal(clash.body.error!.param, 'chat_template_kwargs.messages');
   });
 
   it('reasoning_format "think" is a 400 naming the field on this model; fields without reasoning mode are too', async () => {

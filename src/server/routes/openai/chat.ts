@@ -62,7 +62,12 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
   let reasoning: JobParams['reasoning'];
   try {
     const budget = { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait, format: body.reasoning_format ?? ctx.reasoningFormat };
-    ({ ids: promptIds, reasoning } = chatPrompt(tok, messages, reasoningMode ? budget : undefined));
+    if (body.continue_final_message && body.add_generation_prompt) throw badRequest('add_generation_prompt and continue_final_message cannot both be true', 'continue_final_message');
+    if (body.continue_final_message && reasoningMode) throw badRequest('continue_final_message continues an answer; it does not open thinking', 'continue_final_message');
+    const reserved = Object.keys(body.chat_template_kwargs ?? {}).find((k) => ['messages', 'add_generation_prompt', 'bos_token', 'eos_token'].includes(k));
+    if (reserved) throw badRequest(`chat_template_kwargs.${reserved}: set by the request itself, not by template variables`, `chat_template_kwargs.${reserved}`);
+    const template = { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false, kwargs: body.chat_template_kwargs ?? undefined };
+    ({ ids: promptIds, reasoning } = chatPrompt(tok, messages, reasoningMode ? budget : undefined, template));
   } catch (e) {
     if (e instanceof PromptError) throw badRequest(e.message, e.param);
     throw e;
