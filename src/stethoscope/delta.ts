@@ -4,8 +4,10 @@
  * For every module (kind x layer; weight and bias together): ||B-A||_2, the relative ||B-A|| / ||A||, and the
  * distribution of the element-wise relative change r = (B-A)/A clipped to [-1, 1] (where A = 0: r = 0 if B = 0,
  * else sign(B-A)) as a histogram with fixed bins. Per module kind: the same norms over all layers, the
- * moments of r, and Sarle's bimodality coefficient BC = (g^2 + 1) / (k + 3(n-1)^2 / ((n-2)(n-3))) with g the
- * skewness and k the excess kurtosis (BC > 5/9 hints at two modes); kinds are ranked by relative change.
+ * moments of r, and the bimodality coefficient in its moment (uncorrected, population) form BC = (g^2 + 1) /
+ * (k + 3), with g = m3 / m2^1.5 the skewness and k = m4 / m2^2 - 3 the excess kurtosis of r (BC > 5/9 hints at
+ * two modes; at the element counts of a model the sample-size correction of Sarle's form is negligible); kinds
+ * are ranked by relative change, a kind that is zero in A and not in B first (relative change Infinity).
  * Sources are streamed in chunks of a tensor at a time: memory is bounded by the chunk, not the model.
  */
 import { CheckpointReader } from '../model/checkpoint.ts';
@@ -84,6 +86,18 @@ export interface DeltaOptions {
 }
 
 /**
+ * The histogram bin of r in [-1, 1]: bin i holds [edge i, edge i+1) with edge i = -1 + 2i/nb, exactly as the report
+ * lists the edges (the last bin includes 1). The product (r + 1) * nb/2 can land just below an integer for r on an
+ * edge; comparing with the edge itself puts such a value in the bin it starts.
+ */
+export function binOf(r: number, nb: number, half = nb / 2): number {
+  let bin = ((r + 1) * half) | 0;
+  if (bin + 1 < nb && r >= -1 + (2 * (bin + 1)) / nb) bin++;
+  else if (bin > 0 && r < -1 + (2 * bin) / nb) bin--;
+  return bin < nb ? bin : nb - 1;
+}
+
+/**
  * The hot loop, on its own so that V8 keeps it monomorphic over Float32Array inputs and a Float64Array
  * histogram (about 3x faster than inline with a plain array).
  */
@@ -108,8 +122,7 @@ function accumulate(x: Float32Array, y: Float32Array, h: Float64Array): { d2: nu
     s2 += r2;
     s3 += r2 * r;
     s4 += r2 * r2;
-    const bin = ((r + 1) * half) | 0;
-    h[bin < nb ? bin : nb - 1]++;
+    h[binOf(r, nb, half)]++;
   }
   return { d2, a2, s1, s2, s3, s4 };
 }
@@ -183,12 +196,13 @@ export async function computeDelta(a: WeightSource, b: WeightSource, opts: Delta
     const ok = m2 > 1e-300 && n > 3;
     const g = ok ? m3 / m2 ** 1.5 : null;
     const kurt = ok ? m4 / (m2 * m2) - 3 : null;
-    const bc = g !== null && kurt !== null ? (g * g + 1) / (kurt + (3 * (n - 1) ** 2) / ((n - 2) * (n - 3))) : null;
+    const bc = g !== null && kurt !== null ? (g * g + 1) / (kurt + 3) : null;
     const l2 = Math.sqrt(k.d2);
     const al2 = Math.sqrt(k.a2);
-    return { kind, rank: 0, elements: n, l2, a_l2: al2, rel_l2: al2 === 0 ? 0 : l2 / al2, mean_r: mean, skewness: g, excess_kurtosis: kurt, bimodality: bc };
+    // As the module rows: a kind that is zero in A and moved in B changed infinitely, not "not at all".
+    return { kind, rank: 0, elements: n, l2, a_l2: al2, rel_l2: al2 === 0 ? (l2 === 0 ? 0 : Infinity) : l2 / al2, mean_r: mean, skewness: g, excess_kurtosis: kurt, bimodality: bc };
   });
-  kindRows.sort((x, y) => y.rel_l2 - x.rel_l2).forEach((r, i) => (r.rank = i + 1));
+  kindRows.sort((x, y) => (x.rel_l2 === y.rel_l2 ? 0 : y.rel_l2 > x.rel_l2 ? 1 : -1)).forEach((r, i) => (r.rank = i + 1));
   mods.sort((x, y) => (x.layer ?? -1) - (y.layer ?? -1) || x.kind.localeCompare(y.kind));
   return { a: a.label, b: b.label, bins, modules: mods, kinds: kindRows };
 }

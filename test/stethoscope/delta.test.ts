@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { loadCheckpoint } from '../../src/model/checkpoint.ts';
 import { parseName } from '../../src/model/names.ts';
 import { extractPlugin } from '../../src/plugins/extract.ts';
-import { checkpointSource, computeDelta, pluginSource } from '../../src/stethoscope/delta.ts';
+import { binOf, checkpointSource, computeDelta, pluginSource } from '../../src/stethoscope/delta.ts';
 import { fixtureDir, ROOT } from '../helpers/fixtures.ts';
 
 const run = promisify(execFile);
@@ -61,8 +61,29 @@ describe('delta', () => {
     const m4 = rs.reduce((a, x) => a + (x - mean) ** 4, 0) / n;
     const g = m3 / m2 ** 1.5;
     const k = m4 / m2 ** 2 - 3;
-    const bc = (g * g + 1) / (k + (3 * (n - 1) ** 2) / ((n - 2) * (n - 3)));
+    // The moment (uncorrected) form, as documented.
+    const bc = (g * g + 1) / (k + 3);
     assert.ok(close(r.kinds.find((x) => x.kind === 'o_proj')!.bimodality!, bc, 1e-6));
+  });
+
+  it('puts a value on a histogram edge in the bin that edge starts', () => {
+    for (const nb of [20, 50, 64, 100]) {
+      for (let i = 0; i <= nb; i++) assert.equal(binOf(-1 + (2 * i) / nb, nb), Math.min(i, nb - 1), `edge ${i} of ${nb}`);
+      assert.equal(binOf(-1e-300, nb), nb / 2 - 1, 'just below 0 is in the bin that ends at 0');
+    }
+  });
+
+  it('ranks a kind that is zero in A and moved in B first, as its module rows say (relative change Infinity)', async () => {
+    // Two in-memory sources: o_proj is zero in A; the norms moved a little.
+    const tensors = (zero: boolean, bump: number) => new Map([
+      ['model.layers.0.self_attn.o_proj.weight', Float32Array.from({ length: 16 }, (_, i) => (zero ? 0 : 0.1 * (i + 1)))],
+      ['model.layers.0.input_layernorm.weight', Float32Array.from({ length: 4 }, () => 1 + bump)],
+    ]);
+    const source = (label: string, t: Map<string, Float32Array>) => ({ label, names: [...t.keys()], elements: (n: string) => t.get(n)!.length, readRange: (n: string, s: number, out: Float32Array) => (out.set(t.get(n)!.subarray(s, s + out.length)), out), close: () => {} });
+    const r = await computeDelta(source('A', tensors(true, 0)), source('B', tensors(false, 0.01)), { bins: 10 });
+    assert.equal(r.kinds[0].kind, 'o_proj');
+    assert.equal(r.kinds[0].rel_l2, Infinity);
+    assert.equal(r.modules.find((m) => m.kind === 'o_proj')!.rel_l2, Infinity);
   });
 
   it('compares a backbone with a plugin laid over it: only the plugin\'s modules move', async () => {
