@@ -8,7 +8,7 @@ import type { ViewSpec } from '../../../runtime/protocol.ts';
 import type { JobManager, JobRecord } from '../../../stethoscope/jobs.ts';
 import { DEFAULT_THRESHOLDS, ThresholdsSpec, type LevelThresholds } from '../../../stethoscope/levels.ts';
 import type { ServingContext } from '../openai/index.ts';
-import { type PluginStore } from '../../../plugins/store.ts';
+import type { PluginStore } from '../../../plugins/store.ts';
 import type { CheckpointRegistry } from '../../../stethoscope/checkpoints.ts';
 import { compareViews, ProbePrompt, SCORERS, type ScorerChoice } from '../../../stethoscope/probe.ts';
 import { serverLab } from '../../lab.ts';
@@ -55,12 +55,11 @@ export const JobSchema = z
 /** A job record with the files it has written so far. */
 export const jobView = (deps: StethoscopeDeps, j: JobRecord) => ({ ...j, files: deps.jobs.files(j.id) });
 
-  /** Each prompt through the intact and the altered view, both outputs judged with levels I-IV. */
+/** Each prompt through the intact and the altered view, both outputs judged with levels I-IV (a probe's 400s named). */
 export async function compare(deps: StethoscopeDeps, intact: ViewSpec, altered: ViewSpec, prompts: ProbePrompt[], opts: { maxTokens: number; thresholds: LevelThresholds; scorer: ScorerChoice; label: string }, signal: AbortSignal) {
-    try {
-      return await compareViews(serverLab(deps.serving.runner, signal, { wait: false }), deps.serving.tokenizer()!, { intact, altered }, prompts, opts);
-    } catch (e) {
-      throw asBadRequest(e);
-    }
+  try {
+    return await compareViews(serverLab(deps.serving.runner, signal, { wait: false }), deps.serving.tokenizer()!, { intact, altered }, prompts, opts);
+  } catch (e) {
+    throw asBadRequest(e);
   }
-
+}
