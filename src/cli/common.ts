@@ -54,15 +54,26 @@ export function cliDonor(from: string, param: string): DonorRef {
   return { kind: 'file', path: from, id: createHash('sha256').update(readFileSync(from)).digest('hex') };
 }
 
+/** A flag's (or a file line's) JSON, or a usage error naming where it came from. */
+export function json(text: string, flag: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`${flag}: not JSON: ${(e as Error).message}`);
+  }
+}
+
+/** `--ids 1,2,3` as token ids. */
+export function tokenIds(v: string, flag = '--ids'): number[] {
+  return v.split(',').map((s) => {
+    const n = Number(s.trim());
+    if (!Number.isInteger(n) || n < 0) throw new UsageError(`${flag}: "${s}" is not a token id`);
+    return n;
+  });
+}
+
 /** The view `--merge` / `--destroy` describe (the same JSON the API takes), or the backbone. */
 export function stethoscopeView(engine: Engine, merge?: string, destroy?: string, plugins: OverlaySpec[] = []) {
-  const json = (s: string, flag: string) => {
-    try {
-      return JSON.parse(s);
-    } catch (e) {
-      throw new UsageError(`${flag}: not JSON: ${(e as Error).message}`);
-    }
-  };
   const overlays: OverlaySpec[] = [...plugins];
   try {
     if (merge) overlays.push(resolveMerge(engine.spec, json(merge, '--merge'), cliDonor));

@@ -146,7 +146,7 @@ export class Sequence {
     let id = sample(logits, this.sampling, this.rng);
     const r = this.params.reasoning;
     if (r && this.phase === 'reasoning') {
-      const [endId, ...endRest] = r.endIds;
+      const endId = r.endIds[0];
       if (r.maxTokens !== null && this.thinkingTokens >= r.maxTokens) return this.close(raw, true);
       let ending = id === endId || this.stopIds.has(id);
       if (ending && this.thinkingTokens < r.minTokens) {
@@ -160,12 +160,9 @@ export class Sequence {
         id = sample(logits, this.sampling, this.rng);
         ending = false;
       }
-      // An EOS inside thinking ends thinking, not the reply: the delimiter takes its place.
-      if (ending && id !== endId) return this.close(raw, true);
-      if (ending) {
-        this.forced.push(...endRest);
-        this.closing = r.endIds.length;
-      }
+      // The delimiter follows a sampled end token; an EOS inside thinking ends thinking, not the reply, so the
+      // delimiter takes its place.
+      if (ending) return this.close(raw, id !== endId);
     }
     return this.acceptId(id, raw);
   }

@@ -19,7 +19,7 @@
  */
 import type { ModelSpec } from '../model/config.ts';
 import { expectedParams, formatName, parseName, type ModuleKind } from '../model/names.ts';
-import { MASKED, ropeTables } from './graph.ts';
+import { ropeTables } from './graph.ts';
 import { GraphBuilder, type ExternalTensor } from './onnx.ts';
 
 export interface TrainGraphOptions {
@@ -35,8 +35,6 @@ export interface TrainGraph {
   /** The trainable parameters, in the order their gradients are output. */
   trainable: string[];
 }
-
-export { MASKED };
 
 /** Forward order of a parameter's block: backward computes an input gradient only where an earlier block learns. */
 function order(spec: ModelSpec, name: string, kind: ModuleKind, layer: number | null): number {
@@ -65,9 +63,11 @@ export function buildTrainGraph(spec: ModelSpec, opts: TrainGraphOptions): Train
   /** Whether the gradient into the block at forward position `at` is needed by something earlier. */
   const needInput = (at: number) => earliest < at;
 
+  const declared = new Set<string>();
   const w = (layer: number | null, kind: ModuleKind, param: 'weight' | 'bias' = 'weight'): string => {
     const name = formatName({ layer, kind, param });
-    if (b.inputs.some((i) => i.name === name) || b.initializers.some((i) => i.name === name)) return name;
+    if (declared.has(name)) return name;
+    declared.add(name);
     const shape = shapes.get(name)!;
     if (opts.trainable.has(name)) b.input(name, 'float32', shape);
     else {

@@ -9,7 +9,8 @@ import * as ort from 'onnxruntime-node';
 import { CheckpointReader } from '../model/checkpoint.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
 import { expectedParams } from '../model/names.ts';
-import { buildTrainGraph, MASKED } from './train-graph.ts';
+import { MASKED } from './graph.ts';
+import { buildTrainGraph } from './train-graph.ts';
 
 /** One training sequence: its token ids, and which tokens are targets (`targets[j]`: token j is predicted from 0..j-1). */
 export interface TrainRow {

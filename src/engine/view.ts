@@ -40,6 +40,17 @@ export interface ResolvedView {
   gates: Map<number, number>;
 }
 
+/**
+ * A view's fingerprint: the backbone's when nothing is overlaid, else a hash of it and the overlays' ids in order.
+ * Built views and the specs the server sends its engine (which name overlays by the same kind of id) use it alike.
+ */
+export function viewFingerprint(backbone: string, overlays: readonly { type: string; id: string }[]): string {
+  if (overlays.length === 0) return backbone;
+  const h = createHash('sha256').update(backbone);
+  for (const o of overlays) h.update(`\0${o.type}:${o.id}`);
+  return h.digest('hex').slice(0, 32);
+}
+
 export class View {
   readonly fingerprint: string;
 
@@ -48,9 +59,7 @@ export class View {
     readonly backbone: string,
     readonly overlays: readonly Overlay[] = [],
   ) {
-    const h = createHash('sha256').update(backbone);
-    for (const o of overlays) h.update(`\0${o.type}:${o.id}`);
-    this.fingerprint = overlays.length === 0 ? backbone : h.digest('hex').slice(0, 32);
+    this.fingerprint = viewFingerprint(backbone, overlays);
   }
 
   /** A view with one more overlay on top (later overlays win). */

@@ -2,7 +2,8 @@
  * The HTTP thread's handle on the engine worker: starts it, tracks loading/ready, submits jobs and routes
  * the worker's events back to each job's handlers.
  */
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { tsWorker } from '../util/ts-worker.ts';
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import type { Device } from '../engine/engine.ts';
@@ -72,9 +73,7 @@ export class EngineHost {
 
   /** Starts an engine thread; resolves once it has loaded the model. */
   private start(): Promise<void> {
-    const url = new URL('./worker.ts', import.meta.url).href;
-    // The worker is TypeScript too: register tsx inside it before importing it.
-    const worker = new Worker(`import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(url)}); })`, { eval: true, workerData: this.init });
+    const worker = tsWorker(new URL('./worker.ts', import.meta.url), this.init);
     this.worker = worker;
     this.state = 'loading';
     return new Promise((resolve, reject) => {

@@ -1,5 +1,4 @@
 /** Messages between the HTTP thread (the host) and the engine's worker thread. */
-import { createHash } from 'node:crypto';
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import type { OverlaySpec, OverlayStats } from '../views/overlays.ts';
@@ -13,14 +12,6 @@ export interface WorkerInit {
   /** maxContext is capped at the model's max_position_embeddings once the config is read. */
   scheduler: SchedulerOptions;
   overlayCacheBytes: number;
-}
-
-/** A view spec's fingerprint: the backbone's when there are no overlays, else a hash of it and the overlays' ids. */
-export function viewFingerprint(backbone: string, overlays: readonly OverlaySpec[]): string {
-  if (overlays.length === 0) return backbone;
-  const h = createHash('sha256').update(backbone);
-  for (const o of overlays) h.update(`\0${o.type}:${o.id}`);
-  return h.digest('hex').slice(0, 32);
 }
 
 /** The context limit actually served: the configured one, capped by the model. */

@@ -24,7 +24,8 @@ import type { DonorRef } from '../views/build.ts';
 import { resolveDestroy, resolveMerge } from '../views/resolve.ts';
 import { DestroySpec, MergeSpec, parseSpec, SpecError } from '../views/spec.ts';
 import type { OverlaySpec } from '../views/overlays.ts';
-import { viewFingerprint, type ViewSpec, type ViewTrace } from '../runtime/protocol.ts';
+import type { ViewSpec, ViewTrace } from '../runtime/protocol.ts';
+import { viewFingerprint } from '../engine/view.ts';
 import { JobRunner } from './jobs.ts';
 import { Metrics } from './metrics.ts';
 import type { ModelEntry, ServingContext } from './routes/openai/index.ts';
@@ -130,7 +131,10 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
       checkpoints,
       trainedView: (out: string): ViewSpec => {
         const id = `trained:${out}:${statSync(out).mtimeMs}`;
-        if (out.endsWith('.safetensors')) return { overlays: [{ type: 'file', id, path: out }], trace: { view: viewFingerprint(host.fingerprint!, [{ type: 'file', id, path: out }]), overlays: [] } };
+        if (out.endsWith('.safetensors')) {
+          const plugin: OverlaySpec = { type: 'file', id, path: out };
+          return { overlays: [plugin], trace: { view: viewFingerprint(host.fingerprint!, [plugin]), overlays: [] } };
+        }
         const all = MODULE_KINDS.filter((k) => !(host.spec!.tieWordEmbeddings && k === 'lm_head'));
         const merge = [{ modules: [...all], layers: 'all', from: out, alpha: 1 }];
         const overlay = resolveMerge(host.spec!, merge, () => ({ kind: 'dir', path: out, id }));

@@ -6,7 +6,7 @@
  * its level. The same code runs behind the server's job endpoint and `sfn eval`; only the backend differs.
  */
 import { z } from 'zod';
-import type { Lab } from './lab.ts';
+import { mapLimit, type Lab } from './lab.ts';
 import { chatPrompt, type ReasoningOptions } from '../engine/prompt.ts';
 import type { ModelTokenizer } from '../engine/tokenizer.ts';
 import { judge } from './judge.ts';
@@ -92,33 +92,27 @@ export async function runEval<V>(
   s: EvalSettings,
   progress: (done: number, total: number, last: ItemResult) => void = () => {},
 ): Promise<{ summary: EvalSummary; results: ItemResult[] }> {
-  const results: ItemResult[] = new Array(items.length);
-  let next = 0;
   let done = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      const item = items[i];
-      const messages = item.messages ?? [{ role: 'user', content: item.prompt! }];
-      const { ids, reasoning } = s.chat || s.reasoning ? chatPrompt(tok, messages, s.reasoning) : { ids: tok.encodePrompt(item.prompt!), reasoning: undefined };
-      const g = await lab.generate(views.run, ids, { maxTokens: s.maxTokens, temperature: s.temperature, seed: s.seed, reasoning });
-      const m = answerMatches(g.content, item.answer);
-      const r: ItemResult = {
-        id: item.id,
-        answer: item.answer,
-        output: g.content,
-        reasoning: s.reasoning ? g.reasoning : null,
-        extracted: m.extracted,
-        correct: m.matched,
-        tokens: g.ids.length,
-        finish_reason: g.finish,
-      };
-      if (s.levels) r.level = await judge(tok, (c, a) => lab.score(views.scorer, c, a), ids, { ids: g.contentIds, text: g.content }, item.answer, s.thresholds ?? DEFAULT_THRESHOLDS);
-      results[i] = r;
-      progress(++done, items.length, r);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(s.concurrency, items.length)) }, worker));
+  // `concurrency` items at a time: they batch together in the scheduler.
+  const results = await mapLimit(items, s.concurrency, async (item) => {
+    const messages = item.messages ?? [{ role: 'user', content: item.prompt! }];
+    const { ids, reasoning } = s.chat || s.reasoning ? chatPrompt(tok, messages, s.reasoning) : { ids: tok.encodePrompt(item.prompt!), reasoning: undefined };
+    const g = await lab.generate(views.run, ids, { maxTokens: s.maxTokens, temperature: s.temperature, seed: s.seed, reasoning });
+    const m = answerMatches(g.content, item.answer);
+    const r: ItemResult = {
+      id: item.id,
+      answer: item.answer,
+      output: g.content,
+      reasoning: s.reasoning ? g.reasoning : null,
+      extracted: m.extracted,
+      correct: m.matched,
+      tokens: g.ids.length,
+      finish_reason: g.finish,
+    };
+    if (s.levels) r.level = await judge(tok, (c, a) => lab.score(views.scorer, c, a), ids, { ids: g.contentIds, text: g.content }, item.answer, s.thresholds ?? DEFAULT_THRESHOLDS);
+    progress(++done, items.length, r);
+    return r;
+  });
   const levels = s.levels ? (Object.fromEntries((['I', 'II', 'III', 'IV'] as Level[]).map((l) => [l, results.filter((r) => r.level!.level === l).length])) as Record<Level, number>) : null;
   return {
     summary: {

@@ -3,14 +3,14 @@
  * server's HTTP thread. Cancelling asks the thread to stop between steps: terminating a thread inside an
  * onnxruntime run aborts the whole process.
  */
-import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { tsWorker } from '../util/ts-worker.ts';
 import { FreezeError, runFreeze, type FreezeResult, type FreezeSettings } from './freeze.ts';
 
 type Message = { type: 'progress'; step: number; steps: number; loss: number } | { type: 'done'; result: FreezeResult } | { type: 'error'; message: string; param?: string };
 
 export function freezeInWorker(settings: FreezeSettings, progress: (step: number, steps: number, loss: number) => void, signal?: AbortSignal): Promise<FreezeResult> {
-  const url = new URL('./freeze-worker.ts', import.meta.url).href;
-  const worker = new Worker(`import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(url)}); })`, { eval: true, workerData: { freeze: settings } });
+  const worker = tsWorker(new URL('./freeze-worker.ts', import.meta.url), { freeze: settings });
   return new Promise((resolve, reject) => {
     let settled = false;
     const settle = (f: () => void) => {

@@ -22,7 +22,7 @@ import { writeDeltaOutputs } from '../../stethoscope/plots.ts';
 import { parseJsonl, resultsJsonl, runEval, type EvalSettings } from '../../stethoscope/eval.ts';
 import { localLab } from '../../stethoscope/local-lab.ts';
 
-import { choice, cliDonor, engineOptions, int, num, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
+import { choice, cliDonor, engineOptions, int, num, resolveModelDir, stethoscopeView, tokenIds, UsageError } from '../common.ts';
 
 
 export async function cmdMakeModel(args: string[]): Promise<void> {
@@ -52,11 +52,7 @@ export async function cmdLogits(args: string[]): Promise<void> {
     options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' }, device: { type: 'string' }, quantize: { type: 'string' }, merge: { type: 'string' }, destroy: { type: 'string' } },
   });
   if (!values.ids) throw new UsageError('logits needs --ids 1,2,3');
-  const ids = values.ids.split(',').map((s) => {
-    const n = Number(s.trim());
-    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--ids: "${s}" is not a token id`);
-    return n;
-  });
+  const ids = tokenIds(values.ids);
   const greedyN = int(values.greedy, 'greedy', 0)!;
   const engine = await Engine.load(resolveModelDir(values.model), engineOptions(values));
   const view = stethoscopeView(engine, values.merge, values.destroy);

@@ -15,15 +15,7 @@ import { FreezeError, parseTrainKinds, readTrainingFile, runFreeze, trainableNam
 import { parseJsonl } from '../../stethoscope/eval.ts';
 import { DEFAULT_TABLE2, freezeTable, freezeTableMarkdown, FreezeTableRows, writeFreezeTable } from '../../stethoscope/freeze-table.ts';
 import { localLab } from '../../stethoscope/local-lab.ts';
-import { choice, int, num, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
-
-function ids(v: string): number[] {
-  return v.split(',').map((s) => {
-    const n = Number(s.trim());
-    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--ids: "${s}" is not a token id`);
-    return n;
-  });
-}
+import { choice, int, num, resolveModelDir, stethoscopeView, tokenIds, UsageError } from '../common.ts';
 
 const kindsOf = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
 
@@ -38,7 +30,7 @@ export async function cmdGrads(args: string[]): Promise<void> {
   } catch (e) {
     throw new UsageError(`--kinds: ${(e as Error).message}`);
   }
-  const seq = ids(values.ids);
+  const seq = tokenIds(values.ids);
   if (seq.length < 2) throw new UsageError('--ids: give at least two tokens (one prediction)');
   const trainer = await Trainer.load(dir, names, { threads: int(values.threads, 'threads') });
   try {
@@ -68,7 +60,10 @@ export async function cmdFreeze(args: string[]): Promise<void> {
   const seq = int(values.seq, 'seq', 512)!;
   let rows;
   try {
-    rows = values.ids ? [{ ids: ids(values.ids), targets: ids(values.ids).map(() => true) }] : readTrainingFile(ModelTokenizer.fromDir(dir), values.data!, seq);
+    if (values.ids) {
+      const fixed = tokenIds(values.ids);
+      rows = [{ ids: fixed, targets: fixed.map(() => true) }];
+    } else rows = readTrainingFile(ModelTokenizer.fromDir(dir), values.data!, seq);
   } catch (e) {
     if (e instanceof FreezeError || e instanceof UsageError) throw new UsageError(`${values.data ?? '--ids'}: ${e.message}`);
     throw e;

@@ -14,7 +14,7 @@ import { localLab } from '../../stethoscope/local-lab.ts';
 import { judgeItems, LabelledItem, LevelItem, ProbePrompt, SCORERS, type ScorerChoice } from '../../stethoscope/probe.ts';
 import { destructionMarkdown, destructionRows, destructionTable, DestructionTableSpec, mergeMarkdown, mergeRows, mergeTable, MergeTableSpec, writeDestructionTable, writeMergeTable } from '../../stethoscope/tables.ts';
 import type { OverlaySpec } from '../../views/overlays.ts';
-import { choice, cliDonor, int, num, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
+import { choice, cliDonor, int, json, num, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
 
 function parse<T>(schema: z.ZodType<T>, raw: unknown, what: string): T {
   const r = schema.safeParse(raw);
@@ -24,14 +24,6 @@ function parse<T>(schema: z.ZodType<T>, raw: unknown, what: string): T {
     throw new UsageError(`${what}${path ? `: ${path}` : ''}: ${i.code === 'unrecognized_keys' ? `unknown field "${i.keys[0]}"` : i.message}`);
   }
   return r.data;
-}
-
-function json(text: string, flag: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new UsageError(`${flag}: not JSON: ${(e as Error).message}`);
-  }
 }
 
 /** A JSONL file, each line checked against `schema`; errors name the line. */

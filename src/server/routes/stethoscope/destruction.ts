@@ -5,7 +5,7 @@ import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DestroySpec } from '../../../views/spec.ts';
-import { ApiError, badRequest, unavailable } from '../../errors.ts';
+import { ApiError, badRequest } from '../../errors.ts';
 import { renderSvg, sweepSpec } from '../../../stethoscope/plots.ts';
 import { DEFAULT_THRESHOLDS, type LevelThresholds } from '../../../stethoscope/levels.ts';
 import { ProbePrompt } from '../../../stethoscope/probe.ts';
@@ -13,6 +13,7 @@ import { destructionMarkdown, destructionRows, destructionTable, DestructionTabl
 import { serverLab } from '../../lab.ts';
 import { errorResponses } from '../../schemas.ts';
 import { compare, jobView, Thresholds, Scorer, JobSchema, type StethoscopeDeps } from './shared.ts';
+import { ready } from '../openai/shared.ts';
 
 const DestructionBody = z
   .strictObject({
@@ -55,8 +56,7 @@ export function destructionRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void
     }),
     async (c) => {
       const body = c.req.valid('json');
-      const tok = deps.serving.tokenizer();
-      if (!tok || deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      const tok = ready(deps.serving);
       const model = body.model ?? deps.backboneName;
       const intact = deps.resolveView(model);
       const thresholds: LevelThresholds = { ...DEFAULT_THRESHOLDS, ...body.thresholds };

@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ViewSpec } from '../../../runtime/protocol.ts';
 import { DestroySpec, MergeSpec } from '../../../views/spec.ts';
-import { ApiError, badRequest, unavailable } from '../../errors.ts';
+import { ApiError, badRequest } from '../../errors.ts';
 import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
 import { PromptError, REASONING_FORMATS, reasoningFormat } from '../../../engine/prompt.ts';
 import { checkItem, EvalDataError, parseJsonl, resultsJsonl, runEval, type EvalItem, type EvalSettings } from '../../../stethoscope/eval.ts';
@@ -14,6 +14,7 @@ import { mergeMarkdown, mergeRows, mergeTable, MergeTableSpec, writeMergeTable }
 import { serverLab } from '../../lab.ts';
 import { errorResponses } from '../../schemas.ts';
 import { jobView, Thresholds, Scorer, JobSchema, type StethoscopeDeps } from './shared.ts';
+import { ready } from '../openai/shared.ts';
 
 const EvalBody = z
   .strictObject({
@@ -52,8 +53,7 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
     }),
     (c) => {
       const body = c.req.valid('json');
-      const tok = deps.serving.tokenizer();
-      if (!tok || deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      const tok = ready(deps.serving);
       let items: EvalItem[];
       try {
         if ((body.items === undefined) === (body.jsonl === undefined)) throw new EvalDataError('give exactly one of "items" and "jsonl"');

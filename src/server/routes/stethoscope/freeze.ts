@@ -14,11 +14,12 @@ import { FreezeError, parseTrainKinds, trainableNames, trainingRows, type Freeze
 import { DEFAULT_TABLE2, freezeTable, freezeTableMarkdown, FreezeTableRows, writeFreezeTable } from '../../../stethoscope/freeze-table.ts';
 import { freezeInWorker } from '../../../stethoscope/freeze-worker.ts';
 import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
-import { badRequest, unavailable } from '../../errors.ts';
+import { badRequest } from '../../errors.ts';
 import { serverLab } from '../../lab.ts';
 import { errorResponses } from '../../schemas.ts';
 import { commitPluginFile, pluginView } from '../plugins.ts';
 import { JobSchema, type StethoscopeDeps } from './shared.ts';
+import { ready } from '../openai/shared.ts';
 
 const FreezeBody = z
   .strictObject({
@@ -62,8 +63,7 @@ export function freezeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
     }),
     (c) => {
       const body = c.req.valid('json');
-      const tok = deps.serving.tokenizer();
-      if (!tok || deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      const tok = ready(deps.serving);
       const spec = deps.host.spec!;
       if ((body.data === undefined) === (body.ids === undefined)) throw badRequest('give exactly one of "data" and "ids"', 'data');
       let rows;

@@ -7,10 +7,11 @@ import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
 import { judgeItems, LevelItem } from '../../../stethoscope/probe.ts';
 import { DestroySpec, MergeSpec } from '../../../views/spec.ts';
-import { asBadRequest, unavailable } from '../../errors.ts';
+import { asBadRequest } from '../../errors.ts';
 import { serverLab } from '../../lab.ts';
 import { errorResponses } from '../../schemas.ts';
 import { Thresholds, type StethoscopeDeps } from './shared.ts';
+import { ready } from '../openai/shared.ts';
 
 const LevelsBody = z
   .strictObject({
@@ -43,8 +44,7 @@ export function levelsRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
     }),
     async (c) => {
       const body = c.req.valid('json');
-      const tok = deps.serving.tokenizer();
-      if (!tok || deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      const tok = ready(deps.serving);
       const model = body.model ?? deps.backboneName;
       const view = deps.resolveView(model, { merge: body.merge, destroy: body.destroy });
       const thresholds = { ...DEFAULT_THRESHOLDS, ...body.thresholds };

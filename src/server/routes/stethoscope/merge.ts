@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { checkPluginId } from '../../../plugins/store.ts';
 import { rmSync, statSync } from 'node:fs';
 import { MergeSpec } from '../../../views/spec.ts';
-import { badRequest, unavailable } from '../../errors.ts';
+import { badRequest } from '../../errors.ts';
 import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
 import { parseName, PLUGGABLE_KINDS } from '../../../model/names.ts';
 import { sha256File } from '../../../plugins/store.ts';
@@ -15,6 +15,7 @@ import { commitPluginFile, pluginView } from '../plugins.ts';
 import { ProbePrompt } from '../../../stethoscope/probe.ts';
 import { errorResponses } from '../../schemas.ts';
 import { compare, Thresholds, Scorer, type StethoscopeDeps } from './shared.ts';
+import { ready } from '../openai/shared.ts';
 
 const MergeBody = z
   .strictObject({
@@ -45,7 +46,7 @@ export function mergeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
     }),
     async (c) => {
       const body = c.req.valid('json');
-      if (!deps.serving.tokenizer() || deps.host.state !== 'ready') throw unavailable('The model is still loading.');
+      ready(deps.serving);
       if (!body.prompts && !body.save_as) throw badRequest('give "prompts", "save_as", or both', 'prompts');
       const model = body.model ?? deps.backboneName;
       const merged = deps.resolveView(model, { merge: body.merge });
