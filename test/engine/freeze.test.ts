@@ -15,7 +15,7 @@ import { readSpec } from '../../src/model/config.ts';
 import { CheckpointReader } from '../../src/model/checkpoint.ts';
 import { toFloat32 } from '../../src/model/dtype.ts';
 import { SafetensorsFile } from '../../src/model/safetensors.ts';
-import { runFreeze } from '../../src/stethoscope/freeze.ts';
+import { AdamW, runFreeze } from '../../src/stethoscope/freeze.ts';
 import { fixtureDir, ROOT } from '../helpers/fixtures.ts';
 import { logSoftmax, referenceLogits, type RefTensor } from '../helpers/reference.ts';
 
@@ -93,6 +93,41 @@ describe('Freeze gradients and steps against torch', () => {
       const plugin = SafetensorsFile.open(out);
       assert.match(plugin.header.metadata['sfn.base_fingerprint'], /^[0-9a-f]{32}$/);
       plugin.close();
+    });
+
+    it(`three steps of the training graph and AdamW match torch on ${c.fixture} within 1e-5 (losses 1e-4) once torch's rounding of zero gradients is given`, async () => {
+      // The one thing no other float32 implementation reproduces is the sign torch's rounding gives a gradient that
+      // is zero up to rounding (AdamW turns it into a full lr step). Give the trainer torch's step-1 values for
+      // those elements (|g| < 1e-6 of the tensor's largest), compute everything else, and hold every element to
+      // the acceptance bound. (torch itself in float64 misses 1e-5 on L_llama3_tied: bench/freeze_replay.py.)
+      const tg = tensors(join(FREEZE, c.fixture, 'grads.safetensors'));
+      const trainer = await Trainer.load(fixtureDir(c.model), new Set(o.trainable_names), { threads: 1 });
+      const opt = new AdamW(trainer.params, { lr: o.lr, betas: [0.9, 0.999], eps: 1e-8, weightDecay: o.wd });
+      const row = { ids: o.ids, targets: o.ids.map(() => true) };
+      const losses: number[] = [];
+      let given = 0;
+      let elements = 0;
+      for (let s = 0; s <= o.steps; s++) {
+        const r = await trainer.step([row]);
+        if (s > 0) losses.push(r.loss);
+        if (s === o.steps) break;
+        if (s === 0) {
+          for (const [n, g] of r.grads) {
+            const t = tg.get(n)!;
+            const floor = 1e-6 * t.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+            elements += g.length;
+            t.forEach((x, i) => Math.abs(x) < floor && g[i] !== x && ((g[i] = x), given++));
+          }
+        }
+        opt.update(r.grads);
+      }
+      await trainer.release();
+      assert.ok(given <= elements * 1e-3, `${given} of ${elements} gradients given`);
+      for (const [n, w] of tensors(join(FREEZE, c.fixture, 'step3.safetensors'))) {
+        const p = trainer.params.get(n)!;
+        for (let i = 0; i < w.length; i++) assert.ok(Math.abs(w[i] - p[i]) <= 1e-5, `${n}[${i}]: ${p[i]} vs ${w[i]}`);
+      }
+      losses.forEach((l, i) => assert.ok(Math.abs(l - o.losses[i]) <= 1e-4, `loss after step ${i + 1}: ${l} vs ${o.losses[i]}`));
     });
   }
 });
