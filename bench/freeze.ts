@@ -16,7 +16,7 @@ import { Rng } from '../src/util/random.ts';
 import { Trainer } from '../src/engine/trainer.ts';
 import { readSpec } from '../src/model/config.ts';
 import { cachedModel, type Preset } from '../src/model/make-model.ts';
-import { parseTrainKinds, trainableNames } from '../src/stethoscope/freeze.ts';
+import { parseTrainKinds, trainableNames } from '../src/stethoscope/freeze-sets.ts';
 
 const { values } = parseArgs({ options: { steps: { type: 'string', default: '5' }, rounds: { type: 'string', default: '2' }, presets: { type: 'string', default: 'builtin,qwen2.5-0.5b' }, 'no-torch': { type: 'boolean', default: false } } });
 const steps = Number(values.steps);

@@ -5,7 +5,8 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
-import type { Engine, Device, EngineOptions, Quantize } from '../engine/engine.ts';
+import type { Engine } from '../engine/engine.ts';
+import type { Device, EngineOptions, Quantize } from '../engine/session.ts';
 import type { DonorRef } from '../views/build.ts';
 import { resolveDestroy, resolveMerge } from '../views/resolve.ts';
 import { SpecError } from '../views/spec.ts';

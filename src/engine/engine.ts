@@ -7,64 +7,17 @@
  * - research: every weight is an input, so any module can be overridden (merges of q/k/v or the MLP,
  *   destruction of any kind). Built on first need and kept.
  */
-import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { toFloat32, toFloat32Transposed } from '../model/dtype.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
-import { expectedParams, parseName, PLUGGABLE_KINDS } from '../model/names.ts';
+import { expectedParams, parseName } from '../model/names.ts';
 import { View, type ResolvedView, type Tensor } from './view.ts';
-import { buildDecoderGraph, MASKED, NORM_KINDS, slotInput } from './graph.ts';
-import { graphShape, isTransposed, toGraphLayout, toHfLayout, PLUGIN_SLOTS } from './layout.ts';
+import { MASKED } from './graph.ts';
+import { isTransposed, toGraphLayout, toHfLayout } from './layout.ts';
 import { KvCache } from './kv-cache.ts';
-import { quantizeInt4, type Int4Weight } from './quantize.ts';
-
-export interface EngineOptions {
-  /** onnxruntime intra-op threads; defaults to the machine's cores. */
-  threads?: number;
-  /** Make every weight an input in the serving session too (slower; for tests of the research path). */
-  allInputs?: boolean;
-  /**
-   * Let onnxruntime's intra-op threads spin-wait between the ops of a run (on by default; they stop spinning
-   * when the run ends either way). false: they sleep between ops.
-   */
-  spin?: boolean;
-  /** Write onnxruntime's per-op profile (chrome trace JSON) with this file prefix. */
-  profilePrefix?: string;
-  /**
-   * 'cuda' asks for onnxruntime's CUDA execution provider (its files come from `ONNXRUNTIME_NODE_INSTALL=cuda12`
-   * at install time); where it cannot start (no files, no GPU) the engine warns and runs on the CPU.
-   */
-  device?: Device;
-  /** Where warnings go (console.warn by default). */
-  warn?: (message: string) => void;
-  /**
-   * 'int4': the serving session's frozen linear weights (q/k/v, gate/up/down) become block-wise int4
-   * MatMulNBits initializers. Swappable weights stay fp32 inputs, and the research session stays fp32.
-   */
-  quantize?: Quantize;
-}
-
-export type Quantize = 'none' | 'int4';
-
-/** The frozen kinds that --quantize int4 quantizes (everything a view cannot swap on the serving session). */
-const QUANTIZED_KINDS = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']);
-
-export type Device = 'cpu' | 'cuda';
-
-export type SessionKind = 'serving' | 'research';
-
-interface DecoderSession {
-  kind: SessionKind;
-  session: ort.InferenceSession;
-  inputs: ReadonlySet<string>;
-  /** Plugin slots of the graph (1: none). */
-  slots: number;
-  /** Whether the graph holds a prepacked copy of the backbone's head (and takes `head_backbone`). */
-  headCopy: boolean;
-}
-
-
+import { WeightFeeds, type SlotMix } from './weight-feeds.ts';
+import { createDecoderSession, type DecoderSession, type Device, type EngineOptions, type SessionKind } from './session.ts';
 
 export class ViewError extends Error {
   override name = 'ViewError';
@@ -86,17 +39,9 @@ export interface ForwardOptions {
 export class Engine {
   private serving!: DecoderSession;
   private research: Promise<DecoderSession> | null = null;
-  /** Graph-layout tensors of overlays, keyed by the HF-layout array they came from. */
-  private readonly layoutCache = new WeakMap<Float32Array, Float32Array>();
-  private readonly tensorCache = new WeakMap<Float32Array, ort.Tensor>();
-  private readonly normNames: ReadonlySet<string>;
-  private readonly oProjNames: ReadonlySet<string>;
+  private readonly feeds: WeightFeeds;
   /** The parameter the head multiplies by (embed_tokens when tied). */
   private readonly headName: string;
-  private readonly rowNormBuffers = new Map<string, Float32Array>();
-  private readonly falseTensor = new ort.Tensor('bool', Uint8Array.from([0]), []);
-  private readonly trueTensor = new ort.Tensor('bool', Uint8Array.from([1]), []);
-  private readonly noPositions = new ort.Tensor('int64', new BigInt64Array(0), [0]);
   readonly shapes: Map<string, number[]>;
   readonly baseView: View;
   /** The device sessions actually run on ('cpu' after a CUDA fallback). */
@@ -113,11 +58,9 @@ export class Engine {
   ) {
     this.shapes = expectedParams(spec);
     this.baseView = new View(fingerprint);
-    const names = [...this.shapes.keys()];
-    this.normNames = new Set(names.filter((n) => NORM_KINDS.includes(parseName(n)!.kind)));
-    this.oProjNames = new Set(names.filter((n) => parseName(n)!.kind === 'o_proj' && parseName(n)!.param === 'weight'));
     this.device = options.device ?? 'cpu';
     this.headName = spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    this.feeds = new WeightFeeds(spec, weights, this.shapes, this.headName);
   }
 
   /** Loads a Hugging Face model directory. */
@@ -207,51 +150,9 @@ export class Engine {
   }
 
   private async buildSession(kind: SessionKind): Promise<DecoderSession> {
-    const inputs = new Set<string>();
-    for (const name of this.shapes.keys()) {
-      const p = parseName(name)!;
-      if (kind === 'research' || PLUGGABLE_KINDS.includes(p.kind)) inputs.add(name);
-    }
-    const frozen = new Map([...this.weights].filter(([n]) => !inputs.has(n)));
-    let quantized: Map<string, Int4Weight> | undefined;
-    if (kind === 'serving' && this.options.quantize === 'int4') {
-      quantized = new Map();
-      for (const [name, data] of frozen) {
-        const p = parseName(name)!;
-        if (p.param !== 'weight' || !QUANTIZED_KINDS.has(p.kind)) continue;
-        const [K, N] = graphShape(this.spec, name, this.shapes.get(name)!);
-        quantized.set(name, quantizeInt4(data, K, N));
-      }
-    }
-    const slots = kind === 'serving' ? PLUGIN_SLOTS : 1;
-    const backboneHead = kind === 'serving' ? this.weights.get(this.headName) : undefined;
-    const graph = buildDecoderGraph(this.spec, { inputs, frozen, quantized, slots, backboneHead });
-    const options: ort.InferenceSession.SessionOptions = {
-      externalData: graph.external,
-      graphOptimizationLevel: 'all',
-      intraOpNumThreads: this.options.threads ?? availableParallelism(),
-      executionMode: 'sequential',
-      // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step: 4-6% of a
-      // step, measured on one set of weights); spinning without force_spinning_stop went on after each run,
-      // taking a core from the rest of the process (26 ms of CPU per idle 50 ms).
-      // MatmulTransposeFusion would turn the head's (W x^T)^T into a transB product: 18.4 vs 16.3 ms at one row.
-      extra: { session: { intra_op: { allow_spinning: this.options.spin === false ? '0' : '1' }, force_spinning_stop: '1' }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
-      ...(this.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${this.options.profilePrefix}-${kind}` } : {}),
-    };
-    let session: ort.InferenceSession;
-    if (this.device === 'cuda') {
-      try {
-        // CPU stays listed: nodes the CUDA provider lacks kernels for run there.
-        session = await ort.InferenceSession.create(graph.bytes, { ...options, executionProviders: ['cuda', 'cpu'] });
-      } catch (err) {
-        this.device = 'cpu';
-        (this.options.warn ?? console.warn)(`sfn: warning: the CUDA execution provider could not start (${(err as Error).message.split('\n')[0]}); running on the CPU`);
-        session = await ort.InferenceSession.create(graph.bytes, options);
-      }
-    } else {
-      session = await ort.InferenceSession.create(graph.bytes, options);
-    }
-    return { kind, session, inputs, slots, headCopy: backboneHead !== undefined };
+    const r = await createDecoderSession({ spec: this.spec, weights: this.weights, shapes: this.shapes, headName: this.headName, device: this.device, options: this.options }, kind);
+    this.device = r.device;
+    return r.session;
   }
 
   private researchSession(): Promise<DecoderSession> {
@@ -276,32 +177,6 @@ export class Engine {
       if (!shape) throw new ViewError(`overlay names "${name}", which the backbone does not have`);
       if (t.shape.join() !== shape.join()) throw new ViewError(`overlay tensor "${name}" has shape [${t.shape}], the backbone's is [${shape}]`);
     }
-  }
-
-  private feedTensor(data: Float32Array, dims: number[]): ort.Tensor {
-    let t = this.tensorCache.get(data);
-    // A shared buffer (the Zero overlay's) may serve tensors of other shapes with the same size.
-    if (!t || t.dims.join() !== dims.join()) {
-      t = new ort.Tensor('float32', data, dims);
-      this.tensorCache.set(data, t);
-    }
-    return t;
-  }
-
-  /** A parameter as a resolved view has it, in graph layout: its overlay's tensor, else the backbone's. */
-  private viewWeight(name: string, view: ResolvedView): Float32Array {
-    const over = view.tensors.get(name);
-    return over ? this.graphData(name, over) : this.weights.get(name)!;
-  }
-
-  private graphData(name: string, t: Tensor): Float32Array {
-    if (t.layout === 'graph') return t.data;
-    let g = this.layoutCache.get(t.data);
-    if (!g) {
-      g = toGraphLayout(this.spec, name, t.data, t.shape);
-      this.layoutCache.set(t.data, g);
-    }
-    return g;
   }
 
   /**
@@ -372,23 +247,8 @@ export class Engine {
       feeds[`past.${l}.key`] = new ort.Tensor('float32', r.keys, [B, kvH, C, D]);
       feeds[`past.${l}.value`] = new ort.Tensor('float32', r.values, [B, kvH, D, C]);
     }
-    if (mix) this.mixedFeeds(feeds, session, mix, B, S);
-    else {
-      for (const name of session.inputs) {
-        const data = this.viewWeight(name, resolved);
-        const shape = graphShape(spec, name, this.shapes.get(name)!);
-        // Slotted graphs take norms per row; one row's weight broadcasts over all rows.
-        feeds[name] = this.feedTensor(data, session.slots > 1 && this.normNames.has(name) ? [1, 1, shape[0]] : shape);
-        if (session.slots > 1 && this.oProjNames.has(name)) for (let k = 1; k < session.slots; k++) feeds[slotInput(name, k)] = feeds[name];
-      }
-      if (session.slots > 1) {
-        // Read only by the mixed branch, but every input must be fed.
-        feeds.mixed = this.falseTensor;
-        for (let k = 0; k < session.slots; k++) feeds[`slot_positions.${k}`] = this.noPositions;
-        feeds.slot_order = this.noPositions;
-      }
-      if (session.headCopy) feeds.head_backbone = resolved.tensors.has(this.headName) ? this.falseTensor : this.trueTensor;
-    }
+    if (mix) this.feeds.mixed(feeds, session, mix, B, S);
+    else this.feeds.single(feeds, session, resolved);
 
     const out = await session.session.run(feeds);
     for (let l = 0; l < spec.numLayers; l++) {
@@ -413,24 +273,18 @@ export class Engine {
    * and norms (which the graph takes per slot / per row) and gates no layer.
    */
   sharesRuns(view: View): boolean {
-    return this.sharesRunsResolved(view.resolve());
-  }
-
-  private sharesRunsResolved({ tensors, gates }: ResolvedView): boolean {
-    if (gates.size > 0) return false;
-    for (const name of tensors.keys()) if (!this.oProjNames.has(name) && !this.normNames.has(name)) return false;
-    return true;
+    return this.feeds.sharesRuns(view.resolve());
   }
 
   /** Distinct views of a run's rows and each row's slot; null when they are all one view. */
-  private mixFor(rowViews: View[]): { views: ResolvedView[]; slotOf: number[] } | null {
+  private mixFor(rowViews: View[]): SlotMix | null {
     const index = new Map<string, number>();
     const views: ResolvedView[] = [];
     const slotOf = rowViews.map((v) => {
       let k = index.get(v.fingerprint);
       if (k === undefined) {
         const resolved = v.resolve();
-        if (!this.sharesRunsResolved(resolved)) throw new ViewError('a view that replaces more than o_proj and norms cannot share a run with other views');
+        if (!this.feeds.sharesRuns(resolved)) throw new ViewError('a view that replaces more than o_proj and norms cannot share a run with other views');
         k = views.length;
         index.set(v.fingerprint, k);
         views.push(resolved);
@@ -440,43 +294,6 @@ export class Engine {
     if (views.length === 1) return null;
     if (views.length > this.serving.slots) throw new ViewError(`${views.length} views in one run; the serving graph has ${this.serving.slots} plugin slots`);
     return { views, slotOf };
-  }
-
-  private mixedFeeds(feeds: Record<string, ort.Tensor>, session: DecoderSession, mix: { views: ResolvedView[]; slotOf: number[] }, B: number, S: number): void {
-    const { spec } = this;
-    const H = spec.hiddenSize;
-    for (const name of session.inputs) {
-      const shape = graphShape(spec, name, this.shapes.get(name)!);
-      if (this.normNames.has(name)) {
-        // Each row's own norm weight, in a buffer reused across runs (fresh memory is slow to touch here).
-        let buf = this.rowNormBuffers.get(name);
-        if (!buf || buf.length < B * H) this.rowNormBuffers.set(name, (buf = new Float32Array(Math.max(B, 8) * H)));
-        const perSlot = mix.views.map((v) => this.viewWeight(name, v));
-        for (let b = 0; b < B; b++) buf.set(perSlot[mix.slotOf[b]], b * H);
-        feeds[name] = new ort.Tensor('float32', buf.subarray(0, B * H), [B, 1, H]);
-      } else if (this.oProjNames.has(name)) {
-        for (let k = 0; k < session.slots; k++) feeds[slotInput(name, k)] = this.feedTensor(this.viewWeight(name, mix.views[Math.min(k, mix.views.length - 1)]), shape);
-      } else {
-        // embed_tokens / lm_head: no view that shares runs replaces them.
-        feeds[name] = this.feedTensor(this.weights.get(name)!, shape);
-      }
-    }
-    feeds.mixed = this.trueTensor;
-    if (session.headCopy) feeds.head_backbone = this.trueTensor;
-    const order = new BigInt64Array(B * S);
-    let column = 0;
-    for (let k = 0; k < session.slots; k++) {
-      const positions: bigint[] = [];
-      for (let b = 0; b < B; b++) {
-        if (mix.slotOf[b] !== k) continue;
-        for (let t = 0; t < S; t++) {
-          order[b * S + t] = BigInt(column++);
-          positions.push(BigInt(b * S + t));
-        }
-      }
-      feeds[`slot_positions.${k}`] = new ort.Tensor('int64', BigInt64Array.from(positions), [positions.length]);
-    }
-    feeds.slot_order = new ort.Tensor('int64', order, [B * S]);
   }
 
   /** Logits of every position of `ids`, from an empty cache (the `sfn logits` computation). */

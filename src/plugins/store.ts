@@ -11,11 +11,11 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { fsyncDir, fsyncFile } from '../model/atomic.ts';
 import { writeFileAtomic } from '../model/atomic.ts';
+import { HOST, ownerGone, withLockFile } from './store-lock.ts';
 import type { PluginSummary } from './validate.ts';
 
 export const PLUGIN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -52,33 +52,6 @@ export class PluginExistsError extends Error {
 
 /** A temporary file untouched this long is a leftover whoever wrote it (uploads keep writing to theirs). */
 const TEMP_STALE_MS = 15 * 60_000;
-/** The lock is held for renames and small writes only; one older than this was left by a dead process. */
-const LOCK_STALE_MS = 30_000;
-
-const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, '_');
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/**
- * Whether a temporary or lock name `host~pid~...` belongs to a process known to be gone: one of this host's
- * that has exited, or this very pid (a restarted container's pid 1 had the same pid as its predecessor).
- */
-function ownerGone(name: string): boolean {
-  const [host, pid] = name.replace(/^\./, '').split('~');
-  return host === HOST && /^\d+$/.test(pid ?? '') && (Number(pid) === process.pid || !alive(Number(pid)));
-}
-
-function sleepSync(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
 export class PluginStore {
   readonly pluginsDir: string;
   readonly blobsDir: string;
@@ -293,38 +266,11 @@ export class PluginStore {
     }
   }
 
-  /** Runs fn holding the store's lock file (created exclusively; one left by a dead process is broken). */
+  /** Runs fn holding the store's lock file, on an up-to-date view of the manifests. */
   private withLock<T>(fn: () => T): T {
-    const me = `${HOST}~${process.pid}`;
-    const t0 = Date.now();
-    for (;;) {
-      try {
-        writeFileSync(this.lockPath, me, { flag: 'wx' });
-        break;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      let holder: string;
-      let age: number;
-      try {
-        holder = readFileSync(this.lockPath, 'utf8');
-        age = Date.now() - statSync(this.lockPath).mtimeMs;
-      } catch {
-        continue; // released meanwhile
-      }
-      if (ownerGone(holder) || age > LOCK_STALE_MS) {
-        this.log(`sfn: plugin store: breaking a lock left by ${holder || 'an unknown process'} (${Math.round(age / 1000)} s old)`);
-        rmSync(this.lockPath, { force: true });
-        continue;
-      }
-      if (Date.now() - t0 > 2 * LOCK_STALE_MS) throw new Error(`the plugin store at ${this.root} stays locked by ${holder}`);
-      sleepSync(5);
-    }
-    try {
+    return withLockFile(this.lockPath, `the plugin store at ${this.root}`, this.log, () => {
       this.refresh(true);
       return fn();
-    } finally {
-      rmSync(this.lockPath, { force: true });
-    }
+    });
   }
 }

@@ -6,7 +6,7 @@ import type { Worker } from 'node:worker_threads';
 import { tsWorker } from '../util/ts-worker.ts';
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
-import type { Device } from '../engine/engine.ts';
+import type { Device } from '../engine/session.ts';
 import type { Finish, GeneratedToken } from '../engine/generate.ts';
 import type { HostToWorker, JobParams, ViewSpec, WorkerInit, WorkerStats, WorkerToHost } from './protocol.ts';
 import type { PromptLogprob } from '../engine/scheduler.ts';

@@ -2,7 +2,7 @@
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import type { OverlaySpec, OverlayStats } from '../views/overlays.ts';
-import type { Device, EngineOptions } from '../engine/engine.ts';
+import type { Device, EngineOptions } from '../engine/session.ts';
 import type { Finish, GeneratedToken, JobParams } from '../engine/generate.ts';
 import type { PromptLogprob, SchedulerOptions, SchedulerStats } from '../engine/scheduler.ts';
 

@@ -5,7 +5,8 @@
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { tsWorker } from '../util/ts-worker.ts';
-import { FreezeError, runFreeze, type FreezeResult, type FreezeSettings } from './freeze.ts';
+import { runFreeze, type FreezeResult, type FreezeSettings } from './freeze.ts';
+import { FreezeError } from './freeze-sets.ts';
 
 type Message = { type: 'progress'; step: number; steps: number; loss: number } | { type: 'done'; result: FreezeResult } | { type: 'error'; message: string; param?: string };
 

@@ -2,14 +2,13 @@
  * The Freeze stethoscope: fine-tune only chosen module kinds of a checkpoint (the paper's F1: norms; F2: embed +
  * head + o_proj + norms; F3: + q/k/v; F4: all) with gradients from the training graph and AdamW as
  * `torch.optim.AdamW` computes it, and write the result as a plugin (or, when a non-pluggable kind learned, a
- * full checkpoint), with the loss curve, the run's plan and resumable checkpoints.
+ * full checkpoint), with the loss curve, the run's plan and resumable checkpoints. What learns: freeze-sets.ts; the
+ * data: freeze-data.ts; the optimizer: engine/adamw.ts.
  */
-import { existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { z } from 'zod';
-import { Rng } from '../util/random.ts';
+import { AdamW, lrAt } from '../engine/adamw.ts';
 import { Trainer, type TrainRow } from '../engine/trainer.ts';
-import type { ModelTokenizer } from '../engine/tokenizer.ts';
 import { writeFileAtomic } from '../model/atomic.ts';
 import { BASE_FINGERPRINT_KEY, Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
@@ -18,201 +17,9 @@ import { expectedParams, parseName, PLUGGABLE_KINDS, type ModuleKind } from '../
 import { SafetensorsFile, writeSafetensors } from '../model/safetensors.ts';
 import { writeCheckpoint } from '../model/write-checkpoint.ts';
 import type { TopLevelSpec } from 'vega-lite';
+import { batchAt } from './freeze-data.ts';
+import { FreezeError, parseTrainKinds, trainableNames } from './freeze-sets.ts';
 import { renderSvg } from './plots.ts';
-
-// ---------------------------------------------------------------- what learns
-
-/** Trainable module sets by the names runs use; `head` on a tied model is the embedding. */
-export const TRAIN_SETS: Record<string, ModuleKind[]> = {
-  o_proj: ['o_proj'],
-  norms: ['input_layernorm', 'post_attention_layernorm', 'norm'],
-  embed: ['embed_tokens'],
-  head: ['lm_head'],
-  q_proj: ['q_proj'],
-  k_proj: ['k_proj'],
-  v_proj: ['v_proj'],
-  qkv: ['q_proj', 'k_proj', 'v_proj'],
-  gate_proj: ['gate_proj'],
-  up_proj: ['up_proj'],
-  down_proj: ['down_proj'],
-  mlp: ['gate_proj', 'up_proj', 'down_proj'],
-  all: ['embed_tokens', 'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'input_layernorm', 'post_attention_layernorm', 'norm', 'lm_head'],
-};
-
-/** The paper's Table 2 rows. */
-export const TABLE2_ROWS: Record<string, string[]> = {
-  F1: ['norms'],
-  F2: ['embed', 'head', 'o_proj', 'norms'],
-  F3: ['embed', 'head', 'o_proj', 'norms', 'qkv'],
-  F4: ['all'],
-};
-
-export class FreezeError extends Error {
-  constructor(
-    message: string,
-    readonly param: string,
-  ) {
-    super(message);
-  }
-}
-
-export function parseTrainKinds(sets: string[]): ModuleKind[] {
-  const kinds = new Set<ModuleKind>();
-  for (const s of sets) {
-    const k = TRAIN_SETS[s];
-    if (!k) throw new FreezeError(`unknown module set "${s}" (${Object.keys(TRAIN_SETS).join(', ')})`, 'kinds');
-    k.forEach((x) => kinds.add(x));
-  }
-  if (!kinds.size) throw new FreezeError('name the module sets to train', 'kinds');
-  return [...kinds];
-}
-
-/** The parameters (weights and biases) of `kinds` in this model; a tied head trains as the embedding. */
-export function trainableNames(spec: ModelSpec, kinds: ModuleKind[]): Set<string> {
-  const want = new Set(kinds.map((k) => (k === 'lm_head' && spec.tieWordEmbeddings ? 'embed_tokens' : k)));
-  return new Set([...expectedParams(spec).keys()].filter((n) => want.has(parseName(n)!.kind)));
-}
-
-// ---------------------------------------------------------------- AdamW, as torch.optim.AdamW computes it
-
-export interface AdamWOptions {
-  lr: number;
-  betas: [number, number];
-  eps: number;
-  weightDecay: number;
-}
-
-/** torch's single-tensor AdamW in float32: decoupled decay, bias-corrected moments, eps outside the root. */
-export class AdamW {
-  readonly m = new Map<string, Float32Array>();
-  readonly v = new Map<string, Float32Array>();
-  step = 0;
-
-  constructor(
-    private readonly params: Map<string, Float32Array>,
-    private readonly opts: AdamWOptions,
-  ) {
-    for (const [n, p] of params) {
-      this.m.set(n, new Float32Array(p.length));
-      this.v.set(n, new Float32Array(p.length));
-    }
-  }
-
-  update(grads: Map<string, Float32Array>, lr = this.opts.lr): void {
-    this.step++;
-    const [b1, b2] = this.opts.betas;
-    const f = Math.fround;
-    const decay = f(1 - lr * this.opts.weightDecay);
-    const stepSize = f(lr / (1 - b1 ** this.step));
-    const bc2Sqrt = f(Math.sqrt(1 - b2 ** this.step));
-    for (const [n, p] of this.params) {
-      const g = grads.get(n)!;
-      const m = this.m.get(n)!;
-      const v = this.v.get(n)!;
-      for (let i = 0; i < p.length; i++) {
-        p[i] = f(p[i] * decay);
-        m[i] = f(m[i] + f(f(1 - b1) * f(g[i] - m[i])));
-        v[i] = f(f(v[i] * b2) + f(f(g[i] * g[i]) * f(1 - b2)));
-        const denom = f(f(Math.sqrt(v[i]) / bc2Sqrt) + this.opts.eps);
-        p[i] = f(p[i] - f(stepSize * f(m[i] / denom)));
-      }
-    }
-  }
-}
-
-/** The learning rate at `step` (0-based): linear warmup, then constant or cosine to 0. */
-export function lrAt(step: number, s: { lr: number; warmup: number; schedule: 'constant' | 'cosine'; steps: number }): number {
-  if (s.warmup > 0 && step < s.warmup) return (s.lr * (step + 1)) / s.warmup;
-  if (s.schedule === 'constant') return s.lr;
-  const t = (step - s.warmup) / Math.max(1, s.steps - s.warmup);
-  return s.lr * 0.5 * (1 + Math.cos(Math.PI * Math.min(1, t)));
-}
-
-// ---------------------------------------------------------------- data
-
-const TrainLine = z.union([
-  z.strictObject({ text: z.string().min(1) }),
-  z.strictObject({ prompt: z.string(), completion: z.string().min(1) }),
-  z.strictObject({ messages: z.array(z.strictObject({ role: z.enum(['system', 'user', 'assistant']), content: z.string() })).min(1) }),
-]);
-
-/**
- * A training set, one JSON object per line: `{"text"}` (every token after the first is a target),
- * `{"prompt", "completion"}` (the completion's tokens are), or `{"messages"}` ending with the assistant's turn
- * (the assistant's tokens are). Texts are encoded as transformers' tokenizer(text) does (BOS where the
- * tokenizer adds one), and end with EOS so that a model learns to stop.
- */
-export function trainingRows(tok: ModelTokenizer, jsonl: string, seq: number): TrainRow[] {
-  const eos = tok.eosIds[0];
-  const rows: TrainRow[] = [];
-  jsonl.split('\n').forEach((line, i) => {
-    if (!line.trim()) return;
-    let raw: unknown;
-    try {
-      raw = JSON.parse(line);
-    } catch (e) {
-      throw new FreezeError(`line ${i + 1}: not JSON (${(e as Error).message})`, 'data');
-    }
-    const r = TrainLine.safeParse(raw);
-    if (!r.success) throw new FreezeError(`line ${i + 1}: give {"text"}, {"prompt", "completion"} or {"messages"}`, 'data');
-    const x = r.data;
-    let prefix: number[];
-    let ids: number[];
-    if ('text' in x) {
-      prefix = [];
-      ids = tok.encodePrompt(x.text);
-    } else if ('completion' in x) {
-      prefix = tok.encodePrompt(x.prompt);
-      const full = tok.encodePrompt(x.prompt + x.completion);
-      // Tokens merge across the boundary in some tokenizers: count from where the two encodings part.
-      let k = 0;
-      while (k < prefix.length && k < full.length && prefix[k] === full[k]) k++;
-      prefix = prefix.slice(0, k);
-      ids = full;
-    } else {
-      if (x.messages.at(-1)!.role !== 'assistant') throw new FreezeError(`line ${i + 1}: the last message must be the assistant's (its tokens are the targets)`, 'data');
-      prefix = tok.encode(tok.applyChatTemplate(x.messages.slice(0, -1), { addGenerationPrompt: true }));
-      ids = tok.encode(tok.applyChatTemplate(x.messages, { addGenerationPrompt: false }));
-    }
-    if (eos !== undefined && ids.at(-1) !== eos) ids.push(eos);
-    ids = ids.slice(0, seq);
-    const targets = ids.map((_, j) => j >= Math.max(1, prefix.length));
-    if (targets.some(Boolean)) rows.push({ ids, targets });
-  });
-  if (!rows.length) throw new FreezeError('the training set has no targets', 'data');
-  return rows;
-}
-
-/** The rows of step `step`'s micro-batch `micro`: a seeded permutation per epoch, so a resumed run sees the same data. */
-export function batchAt(rows: TrainRow[], step: number, micro: number, s: { batch: number; gradAccum: number; seed: number }): TrainRow[] {
-  const per = s.batch * s.gradAccum;
-  const start = step * per + micro * s.batch;
-  const out: TrainRow[] = [];
-  for (let k = start; k < start + s.batch; k++) {
-    const epoch = Math.floor(k / rows.length);
-    out.push(rows[permutation(rows.length, s.seed + epoch)[k % rows.length]]);
-  }
-  return out;
-}
-
-const permCache = new Map<string, number[]>();
-function permutation(n: number, seed: number): number[] {
-  const key = `${n}:${seed}`;
-  let p = permCache.get(key);
-  if (!p) {
-    const rng = new Rng(seed >>> 0);
-    p = Array.from({ length: n }, (_, i) => i);
-    for (let i = n - 1; i > 0; i--) {
-      const j = rng.nextUint32() % (i + 1);
-      [p[i], p[j]] = [p[j], p[i]];
-    }
-    if (permCache.size > 64) permCache.clear();
-    permCache.set(key, p);
-  }
-  return p;
-}
-
-// ---------------------------------------------------------------- a run
 
 export interface FreezeSettings {
   model: string;
@@ -405,7 +212,3 @@ export function lossCurveSpec(runs: { run: string; curve: { step: number; loss: 
   };
 }
 
-/** Reads a JSONL training file. */
-export function readTrainingFile(tok: ModelTokenizer, path: string, seq: number): TrainRow[] {
-  return trainingRows(tok, readFileSync(path, 'utf8'), seq);
-}

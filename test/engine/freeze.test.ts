@@ -15,7 +15,8 @@ import { readSpec } from '../../src/model/config.ts';
 import { CheckpointReader } from '../../src/model/checkpoint.ts';
 import { toFloat32 } from '../../src/model/dtype.ts';
 import { SafetensorsFile } from '../../src/model/safetensors.ts';
-import { AdamW, runFreeze } from '../../src/stethoscope/freeze.ts';
+import { AdamW } from '../../src/engine/adamw.ts';
+import { runFreeze } from '../../src/stethoscope/freeze.ts';
 import { fixtureDir, ROOT } from '../helpers/fixtures.ts';
 import { logSoftmax, referenceLogits, type RefTensor } from '../helpers/reference.ts';
 

@@ -1,0 +1,118 @@
+/**
+ * The engine's onnxruntime sessions over one set of graph-layout weights: which weights are graph inputs (the
+ * serving session: the pluggable kinds; the research session: all), int4 quantisation of the frozen linears,
+ * the execution provider and its CPU fallback.
+ */
+import { availableParallelism } from 'node:os';
+import * as ort from 'onnxruntime-node';
+import type { ModelSpec } from '../model/config.ts';
+import { parseName, PLUGGABLE_KINDS } from '../model/names.ts';
+import { buildDecoderGraph } from './graph.ts';
+import { graphShape, PLUGIN_SLOTS } from './layout.ts';
+import { quantizeInt4, type Int4Weight } from './quantize.ts';
+
+export interface EngineOptions {
+  /** onnxruntime intra-op threads; defaults to the machine's cores. */
+  threads?: number;
+  /** Make every weight an input in the serving session too (slower; for tests of the research path). */
+  allInputs?: boolean;
+  /**
+   * Let onnxruntime's intra-op threads spin-wait between the ops of a run (on by default; they stop spinning
+   * when the run ends either way). false: they sleep between ops.
+   */
+  spin?: boolean;
+  /** Write onnxruntime's per-op profile (chrome trace JSON) with this file prefix. */
+  profilePrefix?: string;
+  /**
+   * 'cuda' asks for onnxruntime's CUDA execution provider (its files come from `ONNXRUNTIME_NODE_INSTALL=cuda12`
+   * at install time); where it cannot start (no files, no GPU) the engine warns and runs on the CPU.
+   */
+  device?: Device;
+  /** Where warnings go (console.warn by default). */
+  warn?: (message: string) => void;
+  /**
+   * 'int4': the serving session's frozen linear weights (q/k/v, gate/up/down) become block-wise int4
+   * MatMulNBits initializers. Swappable weights stay fp32 inputs, and the research session stays fp32.
+   */
+  quantize?: Quantize;
+}
+
+export type Quantize = 'none' | 'int4';
+
+/** The frozen kinds that --quantize int4 quantizes (everything a view cannot swap on the serving session). */
+const QUANTIZED_KINDS = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']);
+
+export type Device = 'cpu' | 'cuda';
+
+export type SessionKind = 'serving' | 'research';
+
+export interface DecoderSession {
+  kind: SessionKind;
+  session: ort.InferenceSession;
+  inputs: ReadonlySet<string>;
+  /** Plugin slots of the graph (1: none). */
+  slots: number;
+  /** Whether the graph holds a prepacked copy of the backbone's head (and takes `head_backbone`). */
+  headCopy: boolean;
+}
+
+export interface SessionSource {
+  spec: ModelSpec;
+  /** Every parameter in graph layout. */
+  weights: ReadonlyMap<string, Float32Array>;
+  shapes: ReadonlyMap<string, number[]>;
+  /** The parameter the head multiplies by (embed_tokens when tied). */
+  headName: string;
+  device: Device;
+  options: EngineOptions;
+}
+
+/** Builds one session; `device` is where it actually runs ('cpu' after a CUDA fallback). */
+export async function createDecoderSession(c: SessionSource, kind: SessionKind): Promise<{ session: DecoderSession; device: Device }> {
+    const inputs = new Set<string>();
+    for (const name of c.shapes.keys()) {
+      const p = parseName(name)!;
+      if (kind === 'research' || PLUGGABLE_KINDS.includes(p.kind)) inputs.add(name);
+    }
+    const frozen = new Map([...c.weights].filter(([n]) => !inputs.has(n)));
+    let quantized: Map<string, Int4Weight> | undefined;
+    if (kind === 'serving' && c.options.quantize === 'int4') {
+      quantized = new Map();
+      for (const [name, data] of frozen) {
+        const p = parseName(name)!;
+        if (p.param !== 'weight' || !QUANTIZED_KINDS.has(p.kind)) continue;
+        const [K, N] = graphShape(c.spec, name, c.shapes.get(name)!);
+        quantized.set(name, quantizeInt4(data, K, N));
+      }
+    }
+    const slots = kind === 'serving' ? PLUGIN_SLOTS : 1;
+    const backboneHead = kind === 'serving' ? c.weights.get(c.headName) : undefined;
+    const graph = buildDecoderGraph(c.spec, { inputs, frozen, quantized, slots, backboneHead });
+    const options: ort.InferenceSession.SessionOptions = {
+      externalData: graph.external,
+      graphOptimizationLevel: 'all',
+      intraOpNumThreads: c.options.threads ?? availableParallelism(),
+      executionMode: 'sequential',
+      // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step: 4-6% of a
+      // step, measured on one set of weights); spinning without force_spinning_stop went on after each run,
+      // taking a core from the rest of the process (26 ms of CPU per idle 50 ms).
+      // MatmulTransposeFusion would turn the head's (W x^T)^T into a transB product: 18.4 vs 16.3 ms at one row.
+      extra: { session: { intra_op: { allow_spinning: c.options.spin === false ? '0' : '1' }, force_spinning_stop: '1' }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
+      ...(c.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${c.options.profilePrefix}-${kind}` } : {}),
+    };
+    let session: ort.InferenceSession;
+    let device = c.device;
+    if (device === 'cuda') {
+      try {
+        // CPU stays listed: nodes the CUDA provider lacks kernels for run there.
+        session = await ort.InferenceSession.create(graph.bytes, { ...options, executionProviders: ['cuda', 'cpu'] });
+      } catch (err) {
+        device = 'cpu';
+        (c.options.warn ?? console.warn)(`sfn: warning: the CUDA execution provider could not start (${(err as Error).message.split('\n')[0]}); running on the CPU`);
+        session = await ort.InferenceSession.create(graph.bytes, options);
+      }
+    } else {
+      session = await ort.InferenceSession.create(graph.bytes, options);
+    }
+    return { device, session: { kind, session, inputs, slots, headCopy: backboneHead !== undefined } };
+}
