@@ -1,12 +1,10 @@
 /**
- * Server settings from flags and environment variables (flags win). Every setting is listed in
- * docs/configuration.md with its variable.
+ * Server settings from flags and environment variables (flags win), declared once in SERVE: the reference in
+ * docs/configuration.md is generated from it (`npm run docs:options`).
  */
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { REASONING_FORMATS } from '../engine/prompt.ts';
-
-const csv = (s: string | undefined) => (s ? s.split(',').map((x) => x.trim()).filter(Boolean) : []);
+import { command, optionName, parseOptions } from '../util/options.ts';
 
 export const ServerConfig = z.object({
   host: z.string().min(1),
@@ -34,80 +32,84 @@ export const ServerConfig = z.object({
 });
 export type ServerConfig = z.infer<typeof ServerConfig>;
 
-/** Settings whose flag or variable is not the field's name in kebab / upper snake case. */
-const SETTING_NAMES: Record<string, string> = {
-  apiKeys: '--api-key / SFN_API_KEYS',
-  adminKeys: '--admin-key / SFN_ADMIN_KEYS',
-  pluginCacheBytes: '--plugin-cache-mb / SFN_PLUGIN_CACHE_MB',
-  maxPluginBytes: '--max-plugin-mb / SFN_MAX_PLUGIN_MB',
-  modelRoots: '--model-root / SFN_MODEL_ROOTS',
-  shutdownGraceSeconds: '--shutdown-grace-s / SFN_SHUTDOWN_GRACE_S',
-  corsOrigins: '--cors-origin / SFN_CORS_ORIGINS',
-};
+const MiB = 1024 * 1024;
 
-const num = (v: string | undefined) => (v === undefined || v === '' ? undefined : Number(v));
+/** `sfn serve`'s options: the one declaration behind parsing, `sfn serve --help` and docs/configuration.md. */
+export const SERVE = command({
+  name: 'serve',
+  summary: 'run the OpenAI-compatible server',
+  options: {
+    model: { kind: 'string', arg: 'DIR', env: 'SFN_MODEL', defaultHelp: 'the built-in models/stories260K', help: 'HF model directory' },
+    'served-model-name': { kind: 'string', arg: 'NAME', env: 'SFN_SERVED_MODEL_NAME', defaultHelp: 'the directory name', help: 'the `model` name clients use' },
+    host: { kind: 'string', arg: 'ADDR', env: 'SFN_HOST', default: '127.0.0.1', help: 'listen address (0.0.0.0 in containers)' },
+    port: { kind: 'int', env: 'SFN_PORT', default: 8000, help: 'listen port' },
+    'api-key': { kind: 'string', arg: 'KEY', env: 'SFN_API_KEYS', repeat: true, help: 'keys that may generate (at least 8 characters)' },
+    'admin-key': { kind: 'string', arg: 'KEY', env: 'SFN_ADMIN_KEYS', repeat: true, help: 'keys that may also write and probe (at least 8 characters)' },
+    threads: { kind: 'int', env: 'SFN_THREADS', defaultHelp: 'all cores', help: 'onnxruntime intra-op threads' },
+    'max-batch': { kind: 'int', env: 'SFN_MAX_BATCH', default: 8, help: 'sequences decoded together per view' },
+    'max-running': { kind: 'int', env: 'SFN_MAX_RUNNING', default: 16, help: 'sequences admitted at once' },
+    'max-waiting': { kind: 'int', env: 'SFN_MAX_WAITING', default: 64, help: 'queued sequences; past it, 429' },
+    'max-context': { kind: 'int', env: 'SFN_MAX_CONTEXT', default: 4096, help: 'prompt + completion tokens (capped by max_position_embeddings)' },
+    'prefill-chunk': { kind: 'int', env: 'SFN_PREFILL_CHUNK', default: 512, help: 'prompt tokens per prefill run (runs alternate with decode steps)' },
+    'max-body-bytes': { kind: 'int', env: 'SFN_MAX_BODY_BYTES', default: 4 * MiB, defaultHelp: '4 MiB', help: 'JSON body limit (413 past it)' },
+    'data-dir': { kind: 'string', arg: 'DIR', env: 'SFN_DATA_DIR', default: './data', help: 'plugin store and job results' },
+    'plugin-cache-mb': { kind: 'number', env: 'SFN_PLUGIN_CACHE_MB', default: 1024, help: 'MiB of plugin tensors kept loaded' },
+    'max-plugin-mb': { kind: 'number', env: 'SFN_MAX_PLUGIN_MB', default: 4096, help: 'largest plugin upload (413 past it)' },
+    'model-root': { kind: 'string', arg: 'DIR', env: 'SFN_MODEL_ROOTS', repeat: true, help: 'directories that merges, deltas, extraction and the freeze plan may read' },
+    'cors-origin': { kind: 'string', arg: 'ORIGIN', env: 'SFN_CORS_ORIGINS', repeat: true, help: 'origins browsers may call from (https://app.example.com, or *); none: no CORS headers' },
+    'reasoning-format': { kind: 'string', choices: REASONING_FORMATS, env: 'SFN_REASONING_FORMAT', default: 'auto', help: "reasoning mode's format when a request does not name one (api.md#reasoning-mode)" },
+    'shutdown-grace-s': { kind: 'number', env: 'SFN_SHUTDOWN_GRACE_S', default: 30, help: 'on SIGTERM, how long requests in flight may finish' },
+    device: { kind: 'string', choices: ['cpu', 'cuda'], env: 'SFN_DEVICE', default: 'cpu', help: 'onnxruntime execution provider; cuda falls back to the CPU with a warning when it cannot start' },
+    quantize: {
+      kind: 'string',
+      choices: ['none', 'int4'],
+      env: 'SFN_QUANTIZE',
+      default: 'none',
+      help: 'int4: the frozen linear weights (q/k/v, gate/up/down) of the serving session as block-wise int4; swappable weights stay fp32, so plugins and o_proj/norm merges swap exactly as before',
+    },
+  },
+});
+
+/** Each setting's option, for naming it in errors as the user wrote it. */
+const OPTION_OF: Record<keyof ServerConfig, keyof typeof SERVE.options> = {
+  host: 'host', port: 'port', model: 'model', servedModelName: 'served-model-name', apiKeys: 'api-key', adminKeys: 'admin-key', threads: 'threads',
+  maxBatch: 'max-batch', maxRunning: 'max-running', maxWaiting: 'max-waiting', maxContext: 'max-context', prefillChunk: 'prefill-chunk',
+  maxBodyBytes: 'max-body-bytes', dataDir: 'data-dir', pluginCacheBytes: 'plugin-cache-mb', maxPluginBytes: 'max-plugin-mb', modelRoots: 'model-root',
+  shutdownGraceSeconds: 'shutdown-grace-s', device: 'device', quantize: 'quantize', reasoningFormat: 'reasoning-format', corsOrigins: 'cors-origin',
+};
 
 /** Parses `sfn serve` flags over the environment. Throws with the offending setting named. */
 export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
-  const { values } = parseArgs({
-    args,
-    options: {
-      host: { type: 'string' },
-      port: { type: 'string' },
-      model: { type: 'string' },
-      'served-model-name': { type: 'string' },
-      'api-key': { type: 'string', multiple: true },
-      'admin-key': { type: 'string', multiple: true },
-      threads: { type: 'string' },
-      'max-batch': { type: 'string' },
-      'max-running': { type: 'string' },
-      'max-waiting': { type: 'string' },
-      'max-context': { type: 'string' },
-      'prefill-chunk': { type: 'string' },
-      'max-body-bytes': { type: 'string' },
-      'data-dir': { type: 'string' },
-      'plugin-cache-mb': { type: 'string' },
-      'max-plugin-mb': { type: 'string' },
-      'model-root': { type: 'string', multiple: true },
-      'shutdown-grace-s': { type: 'string' },
-      device: { type: 'string' },
-      quantize: { type: 'string' },
-      'reasoning-format': { type: 'string' },
-      'cors-origin': { type: 'string', multiple: true },
-    },
-  });
+  const { values: v } = parseOptions(SERVE, args, env);
   const raw = {
-    host: values.host ?? env.SFN_HOST ?? '127.0.0.1',
-    port: num(values.port ?? env.SFN_PORT) ?? 8000,
-    model: values.model ?? (env.SFN_MODEL || undefined),
-    servedModelName: values['served-model-name'] ?? (env.SFN_SERVED_MODEL_NAME || undefined),
-    apiKeys: values['api-key'] ?? csv(env.SFN_API_KEYS),
-    adminKeys: values['admin-key'] ?? csv(env.SFN_ADMIN_KEYS),
-    threads: num(values.threads ?? env.SFN_THREADS),
-    maxBatch: num(values['max-batch'] ?? env.SFN_MAX_BATCH) ?? 8,
-    maxRunning: num(values['max-running'] ?? env.SFN_MAX_RUNNING) ?? 16,
-    maxWaiting: num(values['max-waiting'] ?? env.SFN_MAX_WAITING) ?? 64,
-    maxContext: num(values['max-context'] ?? env.SFN_MAX_CONTEXT) ?? 4096,
-    prefillChunk: num(values['prefill-chunk'] ?? env.SFN_PREFILL_CHUNK) ?? 512,
-    maxBodyBytes: num(values['max-body-bytes'] ?? env.SFN_MAX_BODY_BYTES) ?? 4 * 1024 * 1024,
-    dataDir: values['data-dir'] ?? env.SFN_DATA_DIR ?? './data',
-    pluginCacheBytes: (num(values['plugin-cache-mb'] ?? env.SFN_PLUGIN_CACHE_MB) ?? 1024) * 1024 * 1024,
-    maxPluginBytes: (num(values['max-plugin-mb'] ?? env.SFN_MAX_PLUGIN_MB) ?? 4096) * 1024 * 1024,
-    modelRoots: values['model-root'] ?? csv(env.SFN_MODEL_ROOTS),
-    shutdownGraceSeconds: num(values['shutdown-grace-s'] ?? env.SFN_SHUTDOWN_GRACE_S) ?? 30,
-    device: values.device ?? (env.SFN_DEVICE || 'cpu'),
-    quantize: values.quantize ?? (env.SFN_QUANTIZE || 'none'),
-    reasoningFormat: values['reasoning-format'] ?? (env.SFN_REASONING_FORMAT || 'auto'),
-    corsOrigins: values['cors-origin'] ?? csv(env.SFN_CORS_ORIGINS),
+    host: v.host,
+    port: v.port,
+    model: v.model,
+    servedModelName: v['served-model-name'],
+    apiKeys: v['api-key'],
+    adminKeys: v['admin-key'],
+    threads: v.threads,
+    maxBatch: v['max-batch'],
+    maxRunning: v['max-running'],
+    maxWaiting: v['max-waiting'],
+    maxContext: v['max-context'],
+    prefillChunk: v['prefill-chunk'],
+    maxBodyBytes: v['max-body-bytes'],
+    dataDir: v['data-dir'],
+    pluginCacheBytes: v['plugin-cache-mb'] * MiB,
+    maxPluginBytes: v['max-plugin-mb'] * MiB,
+    modelRoots: v['model-root'],
+    shutdownGraceSeconds: v['shutdown-grace-s'],
+    device: v.device,
+    quantize: v.quantize,
+    reasoningFormat: v['reasoning-format'],
+    corsOrigins: v['cors-origin'],
   };
   const parsed = ServerConfig.safeParse(raw);
   if (!parsed.success) {
     const i = parsed.error.issues[0];
-    // Name the setting as the user wrote it (flag and variable), not by its internal field.
-    const field = String(i.path[0]);
-    const flag = field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-    const named = SETTING_NAMES[field] ?? `--${flag} / SFN_${flag.replace(/-/g, '_').toUpperCase()}`;
-    throw new Error(`invalid setting ${named}${i.path.length > 1 ? ` (item ${Number(i.path[1]) + 1})` : ''}: ${i.message}`);
+    const flag = OPTION_OF[i.path[0] as keyof ServerConfig];
+    throw new Error(`invalid setting ${optionName(flag, SERVE.options[flag])}${i.path.length > 1 ? ` (item ${Number(i.path[1]) + 1})` : ''}: ${i.message}`);
   }
   return parsed.data;
 }

@@ -6,7 +6,7 @@
  * its level. The same code runs behind the server's job endpoint and `sfn eval`; only the backend differs.
  */
 import { z } from 'zod';
-import { mapLimit, type Lab } from './lab.ts';
+import { mapLimit, type EngineClient } from './engine-client.ts';
 import { chatPrompt, type ReasoningOptions } from '../engine/prompt.ts';
 import type { ModelTokenizer } from '../engine/tokenizer.ts';
 import { judge } from './judge.ts';
@@ -87,7 +87,7 @@ export interface EvalSummary {
 export async function runEval<V>(
   items: EvalItem[],
   tok: ModelTokenizer,
-  lab: Lab<V>,
+  client: EngineClient<V>,
   views: { run: V; scorer: V },
   s: EvalSettings,
   progress: (done: number, total: number, last: ItemResult) => void = () => {},
@@ -97,7 +97,7 @@ export async function runEval<V>(
   const results = await mapLimit(items, s.concurrency, async (item) => {
     const messages = item.messages ?? [{ role: 'user', content: item.prompt! }];
     const { ids, reasoning } = s.chat || s.reasoning ? chatPrompt(tok, messages, s.reasoning) : { ids: tok.encodePrompt(item.prompt!), reasoning: undefined };
-    const g = await lab.generate(views.run, ids, { maxTokens: s.maxTokens, temperature: s.temperature, seed: s.seed, reasoning });
+    const g = await client.generate(views.run, ids, { maxTokens: s.maxTokens, temperature: s.temperature, seed: s.seed, reasoning });
     const m = answerMatches(g.content, item.answer);
     const r: ItemResult = {
       id: item.id,
@@ -109,7 +109,7 @@ export async function runEval<V>(
       tokens: g.ids.length,
       finish_reason: g.finish,
     };
-    if (s.levels) r.level = await judge(tok, (c, a) => lab.score(views.scorer, c, a), ids, { ids: g.contentIds, text: g.content }, item.answer, s.thresholds ?? DEFAULT_THRESHOLDS);
+    if (s.levels) r.level = await judge(tok, (c, a) => client.score(views.scorer, c, a), ids, { ids: g.contentIds, text: g.content }, item.answer, s.thresholds ?? DEFAULT_THRESHOLDS);
     progress(++done, items.length, r);
     return r;
   });

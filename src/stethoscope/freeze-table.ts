@@ -11,7 +11,7 @@ import type { ModelTokenizer } from '../engine/tokenizer.ts';
 import { runEval, type EvalItem, type EvalSettings, type EvalSummary } from './eval.ts';
 import { lossCurveSpec, type FreezeResult } from './freeze.ts';
 import { TABLE2_ROWS } from './freeze-sets.ts';
-import type { Lab } from './lab.ts';
+import type { EngineClient } from './engine-client.ts';
 import type { Level } from './levels.ts';
 import { renderSvg } from './plots.ts';
 
@@ -36,7 +36,7 @@ export async function freezeTable<V>(
   rows: FreezeTableRow[],
   train: (row: FreezeTableRow, index: number) => Promise<{ result: FreezeResult; view: V }>,
   base: V,
-  lab: Lab<V>,
+  client: EngineClient<V>,
   tok: ModelTokenizer,
   items: EvalItem[],
   settings: EvalSettings,
@@ -45,14 +45,14 @@ export async function freezeTable<V>(
   const total = rows.length + 1;
   const lines: FreezeTableLine[] = [];
   const curves: { run: string; curve: { step: number; loss: number }[] }[] = [];
-  const a = await runEval(items, tok, lab, { run: base, scorer: base }, settings);
+  const a = await runEval(items, tok, client, { run: base, scorer: base }, settings);
   lines.push({ name: 'A', kinds: [], parameters: 0, steps: 0, steps_per_second: null, final_loss: null, ...a.summary });
   progress(1, total, 'A evaluated');
   for (const [i, row] of rows.entries()) {
     const { result, view } = await train(row, i);
     progress(i + 1.5, total, `${row.name} trained`);
     // Scored under the base model, as the paper judges every row against A.
-    const ev = await runEval(items, tok, lab, { run: view, scorer: base }, settings);
+    const ev = await runEval(items, tok, client, { run: view, scorer: base }, settings);
     lines.push({ name: row.name, kinds: row.kinds, parameters: result.parameters, steps: result.steps, steps_per_second: result.steps_per_second, final_loss: result.final_loss, ...ev.summary });
     curves.push({ run: row.name, curve: result.losses.map((loss, k) => ({ step: k + 1, loss })) });
     progress(i + 2, total, `${row.name} evaluated`);

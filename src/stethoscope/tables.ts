@@ -15,7 +15,7 @@ import type { ModelSpec } from '../model/config.ts';
 import { MODULE_KINDS } from '../model/names.ts';
 import type { ModelTokenizer } from '../engine/tokenizer.ts';
 import { runEval, type EvalItem, type EvalSettings, type EvalSummary } from './eval.ts';
-import type { Lab } from './lab.ts';
+import type { EngineClient } from './engine-client.ts';
 import type { Level, LevelThresholds } from './levels.ts';
 import { renderSvg } from './plots.ts';
 import { probeIds, probeOne, ProbePrompt, type JudgedOutput, type ScorerChoice } from './probe.ts';
@@ -60,7 +60,7 @@ export interface DestructionTable {
 }
 
 export async function destructionTable<V>(
-  lab: Lab<V>,
+  client: EngineClient<V>,
   tok: ModelTokenizer,
   t: DestructionTableSpec,
   views: { intact: V; rows: V[] },
@@ -73,7 +73,7 @@ export async function destructionTable<V>(
   const run = (view: V, label: string) =>
     Promise.all(
       t.prompts.map(async (p, i) => {
-        const out = await probeOne(lab, tok, view, opts.scorer === 'view' ? view : views.intact, ids[i], p.answer, opts.maxTokens, opts.thresholds);
+        const out = await probeOne(client, tok, view, opts.scorer === 'view' ? view : views.intact, ids[i], p.answer, opts.maxTokens, opts.thresholds);
         opts.progress?.(++done, total, `${label}, prompt ${i}`);
         return out;
       }),
@@ -187,7 +187,7 @@ export interface MergeTable {
 }
 
 export async function mergeTable<V>(
-  lab: Lab<V>,
+  client: EngineClient<V>,
   tok: ModelTokenizer,
   items: EvalItem[],
   rows: { row: MergeRow; view: V; scorer: V }[],
@@ -197,7 +197,7 @@ export async function mergeTable<V>(
   const total = rows.length * items.length;
   let done = 0;
   const runs = await Promise.all(
-    rows.map(({ row, view, scorer }) => runEval(items, tok, lab, { run: view, scorer }, settings, (_d, _t, last) => progress?.(++done, total, `${row.name}: ${last.id}`))),
+    rows.map(({ row, view, scorer }) => runEval(items, tok, client, { run: view, scorer }, settings, (_d, _t, last) => progress?.(++done, total, `${row.name}: ${last.id}`))),
   );
   return {
     table: { rows: rows.map(({ row }, k) => ({ name: row.name, merge: row.merge ?? null, ...runs[k].summary })) },

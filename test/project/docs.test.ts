@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
+import { generatedSections, withSection } from '../../src/cli/reference.ts';
 import { ROOT } from '../helpers/fixtures.ts';
 
 const read = (p: string) => readFileSync(join(ROOT, p), 'utf8');
@@ -28,6 +29,13 @@ describe('documentation', () => {
         assert.ok(existsSync(join(ROOT, path)), `${page}: link to missing ${target}`);
         if (anchor) assert.ok(anchors(read(path)).has(anchor), `${page}: no heading #${anchor} in ${path}`);
       }
+    }
+  });
+
+  it('has the option references that the declarations generate (run `npm run docs:options` after changing an option)', () => {
+    for (const [path, text] of generatedSections()) {
+      const page = read(path);
+      assert.equal(page, withSection(page, text), `${path} is stale: run \`npm run docs:options\``);
     }
   });
 });

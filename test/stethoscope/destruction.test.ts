@@ -1,13 +1,15 @@
-/** The destruction probe over HTTP: intact vs destroyed outputs with levels, and the sweep heatmap job. */
+/** The destruction probe over HTTP: intact vs destroyed outputs with levels, and the sweep heatmap job (and its CLI twin). */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
 import { parseServerConfig } from '../../src/server/config.ts';
 import { startServer, type RunningServer } from '../../src/server/serve.ts';
 import { meanKl } from '../../src/stethoscope/damage.ts';
-import { fixtureDir, oracle } from '../helpers/fixtures.ts';
+import { fixtureDir, oracle, ROOT } from '../helpers/fixtures.ts';
 
 describe('destruction probe', () => {
   let srv: RunningServer;
@@ -68,6 +70,15 @@ describe('destruction probe', () => {
     assert.ok(Math.abs(cell.kl - want) < 1e-4 * Math.max(1, want), `${cell.kl} vs ${want}`);
     const svg = await (await fetch(`${srv.url}/v1/stethoscope/jobs/${id}/files/sweep.svg`)).text();
     assert.match(svg, /^<svg/);
+
+    // `sfn destruction-sweep` runs the same function over an engine in its own process: the same cells.
+    const out = mkdtempSync(join(tmpdir(), 'sfn-sweep-cli-'));
+    const { stdout } = await promisify(execFile)(process.execPath, ['bin/sfn.js', 'destruction-sweep', '--model', fixtureDir('A'), '--method', 'zero', '--modules', 'o_proj,up_proj', '--window', '2', '--stride', '1', '--ids', o.ids.join(','), '--out', out], { cwd: ROOT });
+    const cli = JSON.parse(stdout) as typeof job.result;
+    assert.deepEqual(cli.cells.map((c) => [c.module, c.layers]), job.result.cells.map((c) => [c.module, c.layers]));
+    cli.cells.forEach((c, i) => assert.ok(Math.abs(c.kl - job.result.cells[i].kl) <= 1e-6 * Math.max(1, c.kl), `${c.module} ${c.layers}: ${c.kl} vs ${job.result.cells[i].kl}`));
+    assert.deepEqual(JSON.parse(readFileSync(join(out, 'sweep.json'), 'utf8')), cli);
+    assert.match(readFileSync(join(out, 'sweep.svg'), 'utf8'), /^<svg/);
   });
 
   it('refuses a probe without a destroy spec or with a bad one', async () => {

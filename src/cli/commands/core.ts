@@ -4,7 +4,6 @@
  */
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import type { OverlaySpec } from '../../views/overlays.ts';
 import { Engine } from '../../engine/engine.ts';
 import { generate } from '../../engine/generate.ts';
@@ -20,40 +19,29 @@ import { exportView } from '../../stethoscope/export.ts';
 import { checkpointSource, computeDelta, pluginSource } from '../../stethoscope/delta.ts';
 import { writeDeltaOutputs } from '../../stethoscope/plots.ts';
 import { parseJsonl, resultsJsonl, runEval, type EvalSettings } from '../../stethoscope/eval.ts';
-import { localLab } from '../../stethoscope/local-lab.ts';
+import { localClient } from '../../stethoscope/local-client.ts';
 
-import { choice, cliDonor, engineOptions, int, num, resolveModelDir, stethoscopeView, tokenIds, UsageError } from '../common.ts';
+import { cliDonor, engineOptions, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
+import { declaration } from '../declarations.ts';
+import { parseOptions } from '../../util/options.ts';
 
 
 export async function cmdMakeModel(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: { preset: { type: 'string', default: 'tiny' }, seed: { type: 'string' }, dtype: { type: 'string', default: 'bf16' }, 'shard-mb': { type: 'string' } },
-  });
-  const dir = positionals[0];
-  if (!dir || positionals.length > 1) throw new UsageError('make-model takes one directory');
-  if (!(values.preset! in PRESETS)) throw new UsageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}`);
-  const dtype = values.dtype!.toUpperCase();
-  if (!['BF16', 'F16', 'F32'].includes(dtype)) throw new UsageError('--dtype must be bf16, f16 or f32');
-  const shardMb = int(values['shard-mb'], 'shard-mb');
+  const { values, positionals } = parseOptions(declaration('make-model'), args);
+  const [dir] = positionals;
+  const shardMb = values['shard-mb'];
   const spec = makeModel(dir, {
-    preset: values.preset as Preset,
-    seed: int(values.seed, 'seed', 0),
-    dtype: dtype as FloatDtype,
+    preset: values.preset,
+    seed: values.seed,
+    dtype: values.dtype.toUpperCase() as FloatDtype,
     shardBytes: shardMb ? shardMb * 1024 * 1024 : undefined,
   });
   process.stderr.write(`sfn: wrote a random ${values.preset} checkpoint (${spec.numLayers} layers, hidden ${spec.hiddenSize}) to ${dir}\n`);
 }
 
 export async function cmdLogits(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: { model: { type: 'string' }, ids: { type: 'string' }, greedy: { type: 'string' }, threads: { type: 'string' }, device: { type: 'string' }, quantize: { type: 'string' }, merge: { type: 'string' }, destroy: { type: 'string' } },
-  });
-  if (!values.ids) throw new UsageError('logits needs --ids 1,2,3');
-  const ids = tokenIds(values.ids);
-  const greedyN = int(values.greedy, 'greedy', 0)!;
+  const { values } = parseOptions(declaration('logits'), args);
+  const { ids, greedy: greedyN } = values;
   const engine = await Engine.load(resolveModelDir(values.model), engineOptions(values));
   const view = stethoscopeView(engine, values.merge, values.destroy);
   // All positions' logits from one prefill, then greedy decoding on the same cache (ignoring EOS).
@@ -72,24 +60,7 @@ export async function cmdLogits(args: string[]): Promise<void> {
 }
 
 export async function cmdGenerate(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: 'string' },
-      prompt: { type: 'string' },
-      chat: { type: 'boolean', default: false },
-      'max-tokens': { type: 'string' },
-      temperature: { type: 'string' },
-      'top-p': { type: 'string' },
-      'top-k': { type: 'string' },
-      seed: { type: 'string' },
-      stop: { type: 'string', multiple: true },
-      threads: { type: 'string' },
-      device: { type: 'string' },
-      quantize: { type: 'string' },
-    },
-  });
-  if (values.prompt === undefined) throw new UsageError('generate needs --prompt TEXT');
+  const { values } = parseOptions(declaration('generate'), args);
   const dir = resolveModelDir(values.model);
   const tokenizer = ModelTokenizer.fromDir(dir);
   const engine = await Engine.load(dir, engineOptions(values));
@@ -98,12 +69,12 @@ export async function cmdGenerate(args: string[]): Promise<void> {
   const controller = new AbortController();
   process.once('SIGINT', () => controller.abort());
   const it = generate(engine, tokenizer, ids, {
-    maxTokens: int(values['max-tokens'], 'max-tokens', 128)!,
-    temperature: num(values.temperature, 'temperature') ?? 0,
-    topP: num(values['top-p'], 'top-p'),
-    topK: int(values['top-k'], 'top-k'),
-    seed: int(values.seed, 'seed'),
-    stop: values.stop,
+    maxTokens: values['max-tokens'],
+    temperature: values.temperature,
+    topP: values['top-p'],
+    topK: values['top-k'],
+    seed: values.seed,
+    stop: values.stop.length ? values.stop : undefined,
     signal: controller.signal,
   });
   let r = await it.next();
@@ -117,11 +88,10 @@ export async function cmdGenerate(args: string[]): Promise<void> {
 }
 
 export async function cmdExtract(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { base: { type: 'string' }, tuned: { type: 'string' }, modules: { type: 'string', default: 'o_proj,norms,embed,head' }, out: { type: 'string' }, description: { type: 'string' } } });
-  if (!values.base || !values.tuned || !values.out) throw new UsageError('extract needs --base DIR --tuned DIR --out FILE');
+  const { values } = parseOptions(declaration('extract'), args);
   let kinds;
   try {
-    kinds = parseModuleSets(values.modules!);
+    kinds = parseModuleSets(values.modules.join(','));
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
@@ -133,32 +103,26 @@ export async function cmdExtract(args: string[]): Promise<void> {
 }
 
 export async function cmdExport(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: { model: { type: 'string' }, plugin: { type: 'string', multiple: true }, merge: { type: 'string' }, destroy: { type: 'string' }, out: { type: 'string' }, dtype: { type: 'string', default: 'f32' }, 'shard-mb': { type: 'string' } },
-  });
-  if (!values.out) throw new UsageError('export needs --out DIR');
-  const dtype = values.dtype!.toUpperCase();
-  if (!['BF16', 'F16', 'F32'].includes(dtype)) throw new UsageError('--dtype must be bf16, f16 or f32');
+  const { values } = parseOptions(declaration('export'), args);
+  const dtype = values.dtype.toUpperCase();
   const engine = await Engine.load(resolveModelDir(values.model));
-  const plugins: OverlaySpec[] = (values.plugin ?? []).map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
+  const plugins: OverlaySpec[] = values.plugin.map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
   const view = stethoscopeView(engine, values.merge, values.destroy, plugins);
-  const shardMb = int(values['shard-mb'], 'shard-mb');
+  const shardMb = values['shard-mb'];
   const { tensors } = exportView(engine, view, values.out, { dtype: dtype as FloatDtype, shardBytes: shardMb ? shardMb * 1024 * 1024 : undefined });
   process.stderr.write(`sfn: exported ${tensors} tensors of the view to ${values.out}\n`);
   await engine.release();
 }
 
 export async function cmdDelta(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { out: { type: 'string' }, bins: { type: 'string' }, every: { type: 'string' } } });
+  const { values, positionals } = parseOptions(declaration('delta'), args);
   const [a, b] = positionals;
-  if (!a || !b || positionals.length > 2 || !values.out) throw new UsageError('delta takes A B --out DIR (B: a checkpoint dir or a plugin file over A)');
   const bSource = statSync(b).isDirectory() ? checkpointSource(b) : pluginSource(a, b);
   const aSource = checkpointSource(a);
   const t0 = performance.now();
   let last = 0;
   const report = await computeDelta(aSource, bSource, {
-    bins: int(values.bins, 'bins', 50),
+    bins: values.bins,
     onProgress: (done, total) => {
       if (process.stderr.isTTY && performance.now() - last > 100) {
         last = performance.now();
@@ -170,23 +134,14 @@ export async function cmdDelta(args: string[]): Promise<void> {
   });
   aSource.close();
   bSource.close();
-  const files = await writeDeltaOutputs(report, values.out, int(values.every, 'every', 1));
+  const files = await writeDeltaOutputs(report, values.out, values.every);
   process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: delta of ${report.modules.length} modules in ${((performance.now() - t0) / 1000).toFixed(1)} s; wrote ${files.join(', ')} to ${values.out}\n`);
   for (const k of report.kinds) process.stderr.write(`  ${String(k.rank).padStart(2)}. ${k.kind.padEnd(26)} rel ||B-A|| ${k.rel_l2.toExponential(3)}  bimodality ${k.bimodality?.toFixed(3) ?? '-'}\n`);
 }
 
 export async function cmdEval(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string' }, plugin: { type: 'string', multiple: true }, merge: { type: 'string' }, destroy: { type: 'string' },
-      'max-tokens': { type: 'string' }, temperature: { type: 'string' }, seed: { type: 'string' }, reasoning: { type: 'boolean', default: false }, 'min-thinking': { type: 'string' },
-      'max-thinking': { type: 'string' }, wait: { type: 'string' }, levels: { type: 'boolean', default: false }, concurrency: { type: 'string' }, 'no-chat': { type: 'boolean', default: false },
-      'reasoning-format': { type: 'string' },
-    },
-  });
-  if (!values.data || !values.out) throw new UsageError('eval needs --data FILE.jsonl --out DIR');
-  const format = choice<ReasoningFormat>('reasoning-format', values['reasoning-format'], 'SFN_REASONING_FORMAT', REASONING_FORMATS);
+  const { values } = parseOptions(declaration('eval'), args);
+  const format = values['reasoning-format'];
   let items;
   try {
     items = parseJsonl(readFileSync(values.data, 'utf8'));
@@ -203,21 +158,21 @@ export async function cmdEval(args: string[]): Promise<void> {
     }
   }
   const engine = await Engine.load(dir);
-  const plugins: OverlaySpec[] = (values.plugin ?? []).map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
+  const plugins: OverlaySpec[] = values.plugin.map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
   const view = stethoscopeView(engine, values.merge, values.destroy, plugins);
-  const concurrency = int(values.concurrency, 'concurrency', 4)!;
+  const concurrency = values.concurrency;
   const settings: EvalSettings = {
     // Thinking must not spend the whole budget: by default the answer gets 512 tokens beyond the thinking's cap.
-    maxTokens: int(values['max-tokens'], 'max-tokens', 512 + (values.reasoning ? (int(values['max-thinking'], 'max-thinking') ?? 0) : 0))!,
-    temperature: num(values.temperature, 'temperature') ?? 0,
-    seed: int(values.seed, 'seed'),
+    maxTokens: values['max-tokens'] ?? 512 + (values.reasoning ? (values['max-thinking'] ?? 0) : 0),
+    temperature: values.temperature,
+    seed: values.seed,
     chat: !values['no-chat'],
-    reasoning: values.reasoning ? { minThinkingTokens: int(values['min-thinking'], 'min-thinking'), maxThinkingTokens: int(values['max-thinking'], 'max-thinking'), wait: int(values.wait, 'wait'), format } : undefined,
-    levels: values.levels!,
+    reasoning: values.reasoning ? { minThinkingTokens: values['min-thinking'], maxThinkingTokens: values['max-thinking'], wait: values.wait, format } : undefined,
+    levels: values.levels,
     concurrency,
   };
   const t0 = performance.now();
-  const { summary, results } = await runEval(items, tok, localLab(engine, tok, concurrency), { run: view, scorer: engine.baseView }, settings, (done, total, last) => {
+  const { summary, results } = await runEval(items, tok, localClient(engine, tok, concurrency), { run: view, scorer: engine.baseView }, settings, (done, total, last) => {
     const w = 30;
     const f = Math.round((done / total) * w);
     const correct = last.correct ? 'correct' : 'wrong';
@@ -232,7 +187,7 @@ export async function cmdEval(args: string[]): Promise<void> {
 }
 
 export async function cmdFreezePlan(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { model: { type: 'string' }, json: { type: 'boolean', default: false } } });
+  const { values } = parseOptions(declaration('freeze-plan'), args);
   const plan = freezePlan(readSpec(resolveModelDir(values.model)).spec);
   process.stdout.write((values.json ? JSON.stringify(plan, null, 2) : freezePlanTable(plan)) + '\n');
 }

@@ -4,7 +4,6 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { Engine } from '../../engine/engine.ts';
 import { Trainer } from '../../engine/trainer.ts';
 import { ModelTokenizer } from '../../engine/tokenizer.ts';
@@ -16,25 +15,24 @@ import { readTrainingFile } from '../../stethoscope/freeze-data.ts';
 import { FreezeError, parseTrainKinds, trainableNames } from '../../stethoscope/freeze-sets.ts';
 import { parseJsonl } from '../../stethoscope/eval.ts';
 import { DEFAULT_TABLE2, freezeTable, freezeTableMarkdown, FreezeTableRows, writeFreezeTable } from '../../stethoscope/freeze-table.ts';
-import { localLab } from '../../stethoscope/local-lab.ts';
-import { choice, int, num, resolveModelDir, stethoscopeView, tokenIds, UsageError } from '../common.ts';
-
-const kindsOf = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+import { localClient } from '../../stethoscope/local-client.ts';
+import { parseOptions } from '../../util/options.ts';
+import { resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
+import { declaration } from '../declarations.ts';
 
 export async function cmdGrads(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { model: { type: 'string' }, ids: { type: 'string' }, kinds: { type: 'string' }, out: { type: 'string' }, threads: { type: 'string' } } });
-  if (!values.ids || !values.kinds || !values.out) throw new UsageError('grads needs --ids 1,2,3 --kinds o_proj,norms[,embed,head,...] --out FILE.safetensors');
+  const { values } = parseOptions(declaration('grads'), args);
   const dir = resolveModelDir(values.model);
   const { spec } = readSpec(dir);
   let names: Set<string>;
   try {
-    names = trainableNames(spec, parseTrainKinds(kindsOf(values.kinds)));
+    names = trainableNames(spec, parseTrainKinds(values.kinds));
   } catch (e) {
     throw new UsageError(`--kinds: ${(e as Error).message}`);
   }
-  const seq = tokenIds(values.ids);
+  const seq = values.ids;
   if (seq.length < 2) throw new UsageError('--ids: give at least two tokens (one prediction)');
-  const trainer = await Trainer.load(dir, names, { threads: int(values.threads, 'threads') });
+  const trainer = await Trainer.load(dir, names, { threads: values.threads });
   try {
     // labels = the ids shifted by one: transformers' model(ids, labels=ids).loss
     const r = await trainer.step([{ ids: seq, targets: seq.map(() => true) }]);
@@ -47,50 +45,41 @@ export async function cmdGrads(args: string[]): Promise<void> {
 }
 
 export async function cmdFreeze(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: 'string' }, data: { type: 'string' }, ids: { type: 'string' }, kinds: { type: 'string' }, steps: { type: 'string' }, lr: { type: 'string' }, wd: { type: 'string' },
-      batch: { type: 'string' }, seq: { type: 'string' }, warmup: { type: 'string' }, schedule: { type: 'string' }, 'grad-accum': { type: 'string' }, seed: { type: 'string' },
-      'checkpoint-every': { type: 'string' }, resume: { type: 'boolean', default: false }, out: { type: 'string' }, description: { type: 'string' }, threads: { type: 'string' },
-    },
-  });
-  if (!values.kinds || !values.out || (values.data === undefined) === (values.ids === undefined)) {
-    throw new UsageError('freeze needs --kinds o_proj,norms --out PLUGIN.safetensors (or DIR) and one of --data SET.jsonl and --ids 1,2,3');
-  }
+  const { values } = parseOptions(declaration('freeze'), args);
+  if ((values.data === undefined) === (values.ids === undefined)) throw new UsageError('freeze: give exactly one of --data SET.jsonl and --ids 1,2,3');
   const dir = resolveModelDir(values.model);
-  const seq = int(values.seq, 'seq', 512)!;
+  const seq = values.seq;
   let rows;
   try {
     if (values.ids) {
-      const fixed = tokenIds(values.ids);
+      const fixed = values.ids;
       rows = [{ ids: fixed, targets: fixed.map(() => true) }];
     } else rows = readTrainingFile(ModelTokenizer.fromDir(dir), values.data!, seq);
   } catch (e) {
     if (e instanceof FreezeError || e instanceof UsageError) throw new UsageError(`${values.data ?? '--ids'}: ${e.message}`);
     throw e;
   }
-  const steps = int(values.steps, 'steps', 100)!;
+  const steps = values.steps;
   const t0 = performance.now();
   try {
     const r = await runFreeze(
       {
         model: dir,
-        kinds: kindsOf(values.kinds),
+        kinds: values.kinds,
         rows,
         steps,
-        lr: num(values.lr, 'lr') ?? 1e-4,
-        wd: num(values.wd, 'wd') ?? 0,
-        batch: int(values.batch, 'batch', Math.min(8, rows.length))!,
-        gradAccum: int(values['grad-accum'], 'grad-accum', 1)!,
-        warmup: int(values.warmup, 'warmup', 0)!,
-        schedule: choice('schedule', values.schedule, 'SFN_FREEZE_SCHEDULE', ['constant', 'cosine'] as const),
-        seed: int(values.seed, 'seed', 0)!,
-        checkpointEvery: int(values['checkpoint-every'], 'checkpoint-every', 0)!,
+        lr: values.lr,
+        wd: values.wd,
+        batch: values.batch ?? Math.min(8, rows.length),
+        gradAccum: values['grad-accum'],
+        warmup: values.warmup,
+        schedule: values.schedule,
+        seed: values.seed,
+        checkpointEvery: values['checkpoint-every'],
         out: values.out,
-        resume: values.resume!,
+        resume: values.resume,
         description: values.description,
-        threads: int(values.threads, 'threads'),
+        threads: values.threads,
       },
       (step, total, loss) => {
         if (step === total || step % Math.max(1, Math.floor(total / 20)) === 0) process.stderr.write(`sfn: step ${step}/${total} loss ${loss.toFixed(4)}\n`);
@@ -107,22 +96,14 @@ export async function cmdFreeze(args: string[]): Promise<void> {
 }
 
 export async function cmdFreezeTable(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: 'string' }, data: { type: 'string' }, eval: { type: 'string' }, out: { type: 'string' }, rows: { type: 'string' }, steps: { type: 'string' }, lr: { type: 'string' },
-      wd: { type: 'string' }, batch: { type: 'string' }, seq: { type: 'string' }, warmup: { type: 'string' }, schedule: { type: 'string' }, seed: { type: 'string' },
-      'max-tokens': { type: 'string' }, levels: { type: 'boolean', default: false }, 'no-chat': { type: 'boolean', default: false }, threads: { type: 'string' },
-    },
-  });
-  if (!values.data || !values.eval || !values.out) throw new UsageError('freeze-table needs --data TRAIN.jsonl --eval SET.jsonl --out DIR');
+  const { values } = parseOptions(declaration('freeze-table'), args);
   const dir = resolveModelDir(values.model);
   const tok = ModelTokenizer.fromDir(dir);
   let rows;
   let items;
   let tableRows = DEFAULT_TABLE2;
   try {
-    rows = readTrainingFile(tok, values.data, int(values.seq, 'seq', 512)!);
+    rows = readTrainingFile(tok, values.data, values.seq);
     items = parseJsonl(readFileSync(values.eval, 'utf8'));
     if (values.rows) tableRows = FreezeTableRows.parse(JSON.parse(values.rows));
   } catch (e) {
@@ -131,18 +112,18 @@ export async function cmdFreezeTable(args: string[]): Promise<void> {
   mkdirSync(values.out, { recursive: true });
   const engine = await Engine.load(dir);
   try {
-    const lab = localLab(engine, tok, 8);
+    const client = localClient(engine, tok, 8);
     const { lines, curves } = await freezeTable(
       tableRows,
       async (row) => {
         const names = trainableNames(engine.spec, parseTrainKinds(row.kinds));
         const pluggable = [...names].every((n) => PLUGGABLE_KINDS.includes(parseName(n)!.kind));
-        const out = pluggable ? join(values.out!, `${row.name}.safetensors`) : join(values.out!, row.name);
+        const out = pluggable ? join(values.out, `${row.name}.safetensors`) : join(values.out, row.name);
         const result = await runFreeze(
           {
-            model: dir, kinds: row.kinds, rows: rows!, steps: int(values.steps, 'steps', 100)!, lr: num(values.lr, 'lr') ?? 1e-3, wd: num(values.wd, 'wd') ?? 0,
-            batch: int(values.batch, 'batch', 8)!, gradAccum: 1, warmup: int(values.warmup, 'warmup', 0)!, schedule: choice('schedule', values.schedule, 'SFN_FREEZE_SCHEDULE', ['constant', 'cosine'] as const),
-            seed: int(values.seed, 'seed', 0)!, checkpointEvery: 0, out, resume: false, threads: int(values.threads, 'threads'),
+            model: dir, kinds: row.kinds, rows: rows!, steps: values.steps, lr: values.lr, wd: values.wd,
+            batch: values.batch, gradAccum: 1, warmup: values.warmup, schedule: values.schedule,
+            seed: values.seed, checkpointEvery: 0, out, resume: false, threads: values.threads,
           },
           (step, total, loss) => step === total && process.stderr.write(`sfn: ${row.name} (${row.kinds.join(', ')}): ${total} steps, loss ${loss.toFixed(4)}\n`),
         );
@@ -152,10 +133,10 @@ export async function cmdFreezeTable(args: string[]): Promise<void> {
         return { result, view };
       },
       engine.baseView,
-      lab,
+      client,
       tok,
       items,
-      { maxTokens: int(values['max-tokens'], 'max-tokens', 64)!, temperature: 0, chat: !values['no-chat'], levels: values.levels!, concurrency: 8 },
+      { maxTokens: values['max-tokens'], temperature: 0, chat: !values['no-chat'], levels: values.levels, concurrency: 8 },
     );
     const files = await writeFreezeTable(lines, curves, values.out);
     process.stderr.write(`sfn: wrote ${files.join(', ')} to ${values.out}\n`);

@@ -2,17 +2,14 @@
  * `POST /v1/stethoscope/destruction` (admin): destruction probes, sweeps and the destruction table (Table 3).
  */
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { DestroySpec } from '../../../views/spec.ts';
 import { ApiError, badRequest } from '../../errors.ts';
-import { renderSvg, sweepSpec } from '../../../stethoscope/plots.ts';
+import { destructionSweep, sweepGrid, writeSweep, type SweepSettings } from '../../../stethoscope/sweep.ts';
 import { DEFAULT_THRESHOLDS, type LevelThresholds } from '../../../stethoscope/levels.ts';
 import { ProbePrompt } from '../../../stethoscope/probe.ts';
 import { destructionMarkdown, destructionRows, destructionTable, DestructionTableSpec, writeDestructionTable } from '../../../stethoscope/tables.ts';
-import { serverLab } from '../../lab.ts';
 import { errorResponses } from '../../schemas.ts';
-import { compare, jobView, Thresholds, Scorer, JobSchema, type StethoscopeDeps } from './shared.ts';
+import { compare, jobView, Thresholds, Scorer, JobSchema, type StethoscopeDeps, engineClient } from './shared.ts';
 import { ready } from '../openai/shared.ts';
 
 const DestructionBody = z
@@ -68,26 +65,14 @@ export function destructionRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void
         if (ids.length < 2) throw badRequest('sweep.text: needs at least 2 tokens', 'sweep.text');
         const bad = ids.find((id) => id >= deps.serving.vocabSize());
         if (bad !== undefined) throw badRequest(`sweep.ids: token id ${bad} is outside the vocabulary`, 'sweep.ids');
-        const L = deps.host.spec!.numLayers;
-        const stride = sw.stride ?? sw.window;
-        const windows: [number, number][] = [];
-        for (let s0 = 0; s0 < L; s0 += stride) windows.push([s0, Math.min(L - 1, s0 + sw.window - 1)]);
-        const rows = sw.method === 'remove' ? ['layers'] : sw.modules;
-        if (!rows.length) throw badRequest('sweep.modules: name the module kinds to sweep', 'sweep.modules');
+        const settings: SweepSettings = { method: sw.method, modules: sw.modules, window: sw.window, stride: sw.stride, seed: sw.seed };
+        if (sw.method !== 'remove' && !sw.modules.length) throw badRequest('sweep.modules: name the module kinds to sweep', 'sweep.modules');
+        const specs = sweepGrid(deps.host.spec!.numLayers, settings);
         // Resolve every view now, so a bad spec is a 400 rather than a failed job.
-        const grid = rows.map((kind) =>
-          windows.map(([a, b]) => deps.resolveView(model, { destroy: [{ method: sw.method, modules: sw.method === 'remove' ? [] : [kind], layers: `${a}-${b}`, seed: sw.seed }] })),
-        );
-        const job = deps.jobs.start('destruction-sweep', body, async (_job, dir, progress) => {
-          const cells: { module: string; layers: string; start: number; kl: number }[] = [];
-          for (let r = 0; r < rows.length; r++) {
-            const kls = await deps.host.kl(ids, intact, grid[r]);
-            kls.forEach((v, w) => cells.push({ module: rows[r], layers: `${windows[w][0]}-${windows[w][1]}`, start: windows[w][0], kl: v }));
-            progress(r + 1, rows.length, rows[r]);
-          }
-          const result = { method: sw.method, window: sw.window, stride, tokens: ids.length, score: 'mean KL(intact || destroyed), nats', cells };
-          writeFileSync(join(dir, 'sweep.json'), JSON.stringify(result, null, 1));
-          writeFileSync(join(dir, 'sweep.svg'), await renderSvg(sweepSpec(result)));
+        const grid = specs.map((row) => row.map((cell) => deps.resolveView(model, { destroy: cell.destroy })));
+        const job = deps.jobs.start('destruction-sweep', body, async (_job, dir, progress, signal) => {
+          const result = await destructionSweep(engineClient(deps, signal, { wait: true }), ids, intact, specs, grid, settings, progress);
+          await writeSweep(result, dir);
           return result;
         });
         return c.json(jobView(deps, job), 202) as never;
@@ -109,7 +94,7 @@ export function destructionRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void
           }
         });
         const job = deps.jobs.start('destruction-table', body, async (_job, dir, progress, signal) => {
-          const table = await destructionTable(serverLab(deps.serving.runner, signal, { wait: true }), tok, t, { intact, rows }, { maxTokens: body.max_tokens, thresholds, scorer: body.scorer, progress });
+          const table = await destructionTable(engineClient(deps, signal, { wait: true }), tok, t, { intact, rows }, { maxTokens: body.max_tokens, thresholds, scorer: body.scorer, progress });
           await writeDestructionTable(table, dir);
           return { markdown: destructionMarkdown(table), rows: table.rows.map((r) => ({ method: r.method, module: r.module, levels: r.outputs.map((o) => o.level) })), intact: table.intact.map((o) => o.level) };
         });

@@ -11,9 +11,8 @@ import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
 import { PromptError, REASONING_FORMATS, reasoningFormat } from '../../../engine/prompt.ts';
 import { checkItem, EvalDataError, parseJsonl, resultsJsonl, runEval, type EvalItem, type EvalSettings } from '../../../stethoscope/eval.ts';
 import { mergeMarkdown, mergeRows, mergeTable, MergeTableSpec, writeMergeTable } from '../../../stethoscope/tables.ts';
-import { serverLab } from '../../lab.ts';
 import { errorResponses } from '../../schemas.ts';
-import { jobView, Thresholds, Scorer, JobSchema, type StethoscopeDeps } from './shared.ts';
+import { jobView, Thresholds, Scorer, JobSchema, type StethoscopeDeps, engineClient } from './shared.ts';
 import { ready } from '../openai/shared.ts';
 
 const EvalBody = z
@@ -87,7 +86,7 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
         concurrency: body.concurrency,
       };
       // A cancelled job's signal aborts its sequences in the scheduler.
-      const lab = (signal: AbortSignal) => serverLab(deps.serving.runner, signal, { wait: true });
+      const client = (signal: AbortSignal) => engineClient(deps, signal, { wait: true });
       if (body.table) {
         if (body.merge || body.destroy || body.model) throw badRequest('"table" runs its own rows over the backbone; give no model, merge or destroy', 'table');
         const rows = mergeRows(body.table, deps.host.spec!).map((row, i) => {
@@ -103,7 +102,7 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
         });
         const job = deps.jobs.start('merge-table', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress, signal) => {
           progress(0, rows.length * items.length, 'started');
-          const { table, results } = await mergeTable(lab(signal), tok, items, rows, settings, progress);
+          const { table, results } = await mergeTable(client(signal), tok, items, rows, settings, progress);
           writeMergeTable(table, results, dir);
           return { markdown: mergeMarkdown(table), rows: table.rows };
         });
@@ -111,7 +110,7 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       }
       const job = deps.jobs.start('eval', { ...body, jsonl: undefined, items: items.length }, async (_job, dir, progress, signal) => {
         progress(0, items.length, 'started');
-        const { summary, results } = await runEval(items, tok, lab(signal), { run: view, scorer: body.scorer === 'view' ? view : intact }, settings, (d, t, last) => progress(d, t, last.id));
+        const { summary, results } = await runEval(items, tok, client(signal), { run: view, scorer: body.scorer === 'view' ? view : intact }, settings, (d, t, last) => progress(d, t, last.id));
         writeFileSync(join(dir, 'results.jsonl'), resultsJsonl(results));
         writeFileSync(join(dir, 'summary.json'), JSON.stringify({ model, merge: body.merge ?? null, destroy: body.destroy ?? null, settings, ...summary }, null, 2));
         return summary;

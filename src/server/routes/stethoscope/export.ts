@@ -8,7 +8,7 @@ import { checkPluginId } from '../../../plugins/store.ts';
 import { DestroySpec, MergeSpec } from '../../../views/spec.ts';
 import { ApiError, badRequest, unavailable } from '../../errors.ts';
 import { errorResponses } from '../../schemas.ts';
-import { type StethoscopeDeps } from './shared.ts';
+import { engineClient, type StethoscopeDeps } from './shared.ts';
 
 const ExportBody = z
   .strictObject({
@@ -42,7 +42,7 @@ export function exportRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       if (existsSync(out) && !body.overwrite) throw new ApiError(409, `export "${body.name}" exists; pass "overwrite": true`, 'invalid_request_error', 'export_exists', 'name');
       const view = deps.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
       try {
-        const { tensors } = await deps.host.export(view, out, body.dtype.toUpperCase() as 'F32' | 'BF16' | 'F16');
+        const { tensors } = await engineClient(deps, c.req.raw.signal, { wait: false }).export(view, out, { dtype: body.dtype.toUpperCase() as 'F32' | 'BF16' | 'F16' });
         return c.json({ path: out, tensors }, 201);
       } catch (e) {
         throw badRequest(`export failed: ${(e as Error).message}`);

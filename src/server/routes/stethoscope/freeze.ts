@@ -17,10 +17,9 @@ import { DEFAULT_TABLE2, freezeTable, freezeTableMarkdown, FreezeTableRows, writ
 import { freezeInWorker } from '../../../stethoscope/freeze-worker.ts';
 import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
 import { badRequest } from '../../errors.ts';
-import { serverLab } from '../../lab.ts';
 import { errorResponses } from '../../schemas.ts';
 import { commitPluginFile, pluginView } from '../plugins.ts';
-import { JobSchema, type StethoscopeDeps } from './shared.ts';
+import { JobSchema, type StethoscopeDeps, engineClient } from './shared.ts';
 import { ready } from '../openai/shared.ts';
 
 const FreezeBody = z
@@ -127,7 +126,7 @@ export function freezeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
               return { result, view: deps.trainedView(out) };
             },
             deps.resolveView(deps.backboneName),
-            serverLab(deps.serving.runner, signal, { wait: true }),
+            engineClient(deps, signal, { wait: true }),
             tok,
             items,
             evalSettings,

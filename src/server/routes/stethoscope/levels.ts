@@ -8,9 +8,8 @@ import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
 import { judgeItems, LevelItem } from '../../../stethoscope/probe.ts';
 import { DestroySpec, MergeSpec } from '../../../views/spec.ts';
 import { asBadRequest } from '../../errors.ts';
-import { serverLab } from '../../lab.ts';
 import { errorResponses } from '../../schemas.ts';
-import { Thresholds, type StethoscopeDeps } from './shared.ts';
+import { Thresholds, type StethoscopeDeps, engineClient } from './shared.ts';
 import { ready } from '../openai/shared.ts';
 
 const LevelsBody = z
@@ -50,7 +49,7 @@ export function levelsRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       const thresholds = { ...DEFAULT_THRESHOLDS, ...body.thresholds };
       let results;
       try {
-        results = await judgeItems(serverLab(deps.serving.runner, c.req.raw.signal, { wait: false }), tok, view, body.items, thresholds);
+        results = await judgeItems(engineClient(deps, c.req.raw.signal, { wait: false }), tok, view, body.items, thresholds);
       } catch (e) {
         throw asBadRequest(e);
       }

@@ -11,7 +11,8 @@ import type { ServingContext } from '../openai/index.ts';
 import type { PluginStore } from '../../../plugins/store.ts';
 import type { CheckpointRegistry } from '../../../stethoscope/checkpoints.ts';
 import { compareViews, ProbePrompt, SCORERS, type ScorerChoice } from '../../../stethoscope/probe.ts';
-import { serverLab } from '../../lab.ts';
+import type { EngineClient } from '../../../stethoscope/engine-client.ts';
+import { serverClient } from '../../engine-client.ts';
 import { asBadRequest } from '../../errors.ts';
 
 export interface StethoscopeDeps {
@@ -29,6 +30,11 @@ export interface StethoscopeDeps {
   checkpoints: CheckpointRegistry;
   /** The view of a Freeze run's output: its plugin file laid over the backbone, or every module of its checkpoint merged in. */
   trainedView: (out: string) => ViewSpec;
+}
+
+/** The engine, as the stethoscopes see it, for one request or job (`wait`: a job waits for queue room, a request gets a 429). */
+export function engineClient(deps: StethoscopeDeps, signal: AbortSignal, opts: { wait: boolean }): EngineClient<ViewSpec> {
+  return serverClient({ runner: deps.serving.runner, host: deps.host }, signal, opts);
 }
 
 export const Thresholds = ThresholdsSpec.describe(`Level thresholds (defaults ${JSON.stringify(DEFAULT_THRESHOLDS)}).`);
@@ -58,7 +64,7 @@ export const jobView = (deps: StethoscopeDeps, j: JobRecord) => ({ ...j, files: 
 /** Each prompt through the intact and the altered view, both outputs judged with levels I-IV (a probe's 400s named). */
 export async function compare(deps: StethoscopeDeps, intact: ViewSpec, altered: ViewSpec, prompts: ProbePrompt[], opts: { maxTokens: number; thresholds: LevelThresholds; scorer: ScorerChoice; label: string }, signal: AbortSignal) {
   try {
-    return await compareViews(serverLab(deps.serving.runner, signal, { wait: false }), deps.serving.tokenizer()!, { intact, altered }, prompts, opts);
+    return await compareViews(engineClient(deps, signal, { wait: false }), deps.serving.tokenizer()!, { intact, altered }, prompts, opts);
   } catch (e) {
     throw asBadRequest(e);
   }

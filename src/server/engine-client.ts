@@ -1,15 +1,17 @@
 /**
- * The stethoscopes' Lab over the server's engine worker: generation and scoring on view specs, through the same
- * runner (admission, batching, metrics) as the OpenAI routes. A probe answering a request fails with a 429 when
+ * The EngineClient over the server's engine worker: generation and scoring on view specs through the same
+ * runner (admission, batching, metrics) as the OpenAI routes; KL and export as requests to the worker. A probe answering a request fails with a 429 when
  * the queue is full; a background job (`wait`) waits for room instead.
  */
 import type { GeneratedToken } from '../engine/generate.ts';
+import type { EngineHost } from '../runtime/host.ts';
 import type { ViewSpec } from '../runtime/protocol.ts';
-import { collect, type Lab } from '../stethoscope/lab.ts';
+import { collect, type EngineClient } from '../stethoscope/engine-client.ts';
 import { ApiError } from './errors.ts';
 import type { JobRunner } from './jobs.ts';
 
-export function serverLab(runner: JobRunner, signal: AbortSignal, opts: { wait: boolean }): Lab<ViewSpec> {
+export function serverClient(deps: { runner: JobRunner; host: EngineHost }, signal: AbortSignal, opts: { wait: boolean }): EngineClient<ViewSpec> {
+  const { runner, host } = deps;
   const admit = async () => {
     for (;;) {
       try {
@@ -41,5 +43,7 @@ export function serverLab(runner: JobRunner, signal: AbortSignal, opts: { wait: 
       }
       return lps;
     },
+    kl: (ids, base, views) => host.kl(ids, base, views),
+    export: (view, out, o) => host.export(view, out, o.dtype, o.shardBytes),
   };
 }

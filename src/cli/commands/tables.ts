@@ -1,20 +1,22 @@
 /**
- * `sfn levels`, `sfn destruction-table`, `sfn merge-table`: the same stethoscope functions the HTTP API runs,
- * over an engine in this process.
+ * `sfn levels`, `sfn destruction-table`, `sfn destruction-sweep`, `sfn merge-table`: the same stethoscope
+ * functions the HTTP API runs, over an engine in this process.
  */
 import { mkdirSync, readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import type { z } from 'zod';
 import { Engine } from '../../engine/engine.ts';
 import { ModelTokenizer } from '../../engine/tokenizer.ts';
 import { parseJsonl, type EvalSettings } from '../../stethoscope/eval.ts';
 import { agreement, calibrate } from '../../stethoscope/calibrate.ts';
 import { DEFAULT_THRESHOLDS, ThresholdsSpec, type Level, type LevelMetrics, type LevelThresholds } from '../../stethoscope/levels.ts';
-import { localLab } from '../../stethoscope/local-lab.ts';
+import { localClient } from '../../stethoscope/local-client.ts';
 import { judgeItems, LabelledItem, LevelItem, ProbePrompt, SCORERS, type ScorerChoice } from '../../stethoscope/probe.ts';
 import { destructionMarkdown, destructionRows, destructionTable, DestructionTableSpec, mergeMarkdown, mergeRows, mergeTable, MergeTableSpec, writeDestructionTable, writeMergeTable } from '../../stethoscope/tables.ts';
 import type { OverlaySpec } from '../../views/overlays.ts';
-import { choice, cliDonor, int, json, num, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
+import { destructionSweep, sweepGrid, writeSweep, type SweepSettings } from '../../stethoscope/sweep.ts';
+import { parseOptions } from '../../util/options.ts';
+import { cliDonor, json, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
+import { declaration } from '../declarations.ts';
 
 function parse<T>(schema: z.ZodType<T>, raw: unknown, what: string): T {
   const r = schema.safeParse(raw);
@@ -58,20 +60,16 @@ const progressBar = (label: string) => (done: number, total: number, message: st
 };
 
 export async function cmdLevels(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: { data: { type: 'string' }, calibrate: { type: 'boolean', default: false }, model: { type: 'string' }, plugin: { type: 'string', multiple: true }, merge: { type: 'string' }, destroy: { type: 'string' }, thresholds: { type: 'string' }, concurrency: { type: 'string' } },
-  });
-  if (!values.data) throw new UsageError('levels needs --data FILE.jsonl ({prompt | messages, output, answer?} per line)');
+  const { values } = parseOptions(declaration('levels'), args);
   // With --calibrate each line also carries a human "label" (I-IV); "source" is free text.
   const labelled: LevelItem[] = jsonl<LevelItem>(values.data, values.calibrate ? LabelledItem : LevelItem);
   const items = labelled.map(({ label: _l, source: _s, ...it }: { label?: unknown; source?: unknown } & LevelItem) => it);
   const t = thresholds(values.thresholds);
   const { tok, engine } = await load(values.model);
-  const plugins: OverlaySpec[] = (values.plugin ?? []).map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
+  const plugins: OverlaySpec[] = values.plugin.map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
   const scorer = stethoscopeView(engine, values.merge, values.destroy, plugins);
   try {
-    const results = await judgeItems(localLab(engine, tok, int(values.concurrency, 'concurrency', 8)!), tok, scorer, items, t);
+    const results = await judgeItems(localClient(engine, tok, values.concurrency), tok, scorer, items, t);
     if (values.calibrate) {
       const metrics = results.map((r) => r.metrics as LevelMetrics);
       const labels = labelled.map((x) => (x as unknown as { label: Level }).label);
@@ -87,25 +85,14 @@ export async function cmdLevels(args: string[]): Promise<void> {
 }
 
 export async function cmdDestructionTable(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: 'string' }, methods: { type: 'string', default: 'zero,reinit,remove' }, modules: { type: 'string' }, layers: { type: 'string' }, prompts: { type: 'string' },
-      out: { type: 'string' }, 'max-tokens': { type: 'string' }, seed: { type: 'string' }, scorer: { type: 'string' }, thresholds: { type: 'string' },
-    },
-  });
-  if (!values.modules || !values.layers || !values.prompts || !values.out) throw new UsageError('destruction-table needs --modules K1,K2 --layers A-B --prompts FILE.jsonl --out DIR');
-  const spec = parse(
-    DestructionTableSpec,
-    { methods: values.methods!.split(','), modules: values.modules.split(','), layers: values.layers, prompts: jsonl(values.prompts, ProbePrompt), seed: int(values.seed, 'seed', 0) },
-    'destruction-table',
-  );
-  const scorer = choice<ScorerChoice>('scorer', values.scorer, 'SFN_SCORER', SCORERS);
+  const { values } = parseOptions(declaration('destruction-table'), args);
+  const spec = parse(DestructionTableSpec, { methods: values.methods, modules: values.modules, layers: values.layers, prompts: jsonl(values.prompts, ProbePrompt), seed: values.seed }, 'destruction-table');
+  const scorer = values.scorer;
   const t = thresholds(values.thresholds);
   const { tok, engine } = await load(values.model);
   try {
     const rows = destructionRows(spec).map((r) => stethoscopeView(engine, undefined, JSON.stringify(r.destroy)));
-    const table = await destructionTable(localLab(engine, tok, 8), tok, spec, { intact: engine.baseView, rows }, { maxTokens: int(values['max-tokens'], 'max-tokens', 64)!, thresholds: t, scorer, progress: progressBar('destruction') });
+    const table = await destructionTable(localClient(engine, tok, 8), tok, spec, { intact: engine.baseView, rows }, { maxTokens: values['max-tokens'], thresholds: t, scorer, progress: progressBar('destruction') });
     mkdirSync(values.out, { recursive: true });
     const files = await writeDestructionTable(table, values.out);
     process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: wrote ${files.join(', ')} to ${values.out}\n`);
@@ -116,15 +103,7 @@ export async function cmdDestructionTable(args: string[]): Promise<void> {
 }
 
 export async function cmdMergeTable(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: 'string' }, from: { type: 'string' }, rows: { type: 'string' }, data: { type: 'string' }, out: { type: 'string' }, 'max-tokens': { type: 'string' },
-      temperature: { type: 'string' }, seed: { type: 'string' }, levels: { type: 'boolean', default: false }, scorer: { type: 'string' }, thresholds: { type: 'string' },
-      concurrency: { type: 'string' }, 'no-chat': { type: 'boolean', default: false },
-    },
-  });
-  if (!values.data || !values.out) throw new UsageError('merge-table needs --data SET.jsonl --out DIR and --from B (or --rows JSON)');
+  const { values } = parseOptions(declaration('merge-table'), args);
   const spec = parse(MergeTableSpec, { from: values.from, rows: values.rows === undefined ? undefined : json(values.rows, '--rows') }, 'merge-table');
   let items;
   try {
@@ -132,14 +111,14 @@ export async function cmdMergeTable(args: string[]): Promise<void> {
   } catch (e) {
     throw new UsageError(`${values.data}: ${(e as Error).message}`);
   }
-  const scorer = choice<ScorerChoice>('scorer', values.scorer, 'SFN_SCORER', SCORERS);
-  const concurrency = int(values.concurrency, 'concurrency', 4)!;
+  const scorer = values.scorer;
+  const concurrency = values.concurrency;
   const settings: EvalSettings = {
-    maxTokens: int(values['max-tokens'], 'max-tokens', 64)!,
-    temperature: num(values.temperature, 'temperature') ?? 0,
-    seed: int(values.seed, 'seed'),
+    maxTokens: values['max-tokens'],
+    temperature: values.temperature,
+    seed: values.seed,
     chat: !values['no-chat'],
-    levels: values.levels!,
+    levels: values.levels,
     thresholds: thresholds(values.thresholds),
     concurrency,
   };
@@ -149,11 +128,32 @@ export async function cmdMergeTable(args: string[]): Promise<void> {
       const view = stethoscopeView(engine, row.merge ? JSON.stringify(row.merge) : undefined);
       return { row, view, scorer: scorer === 'view' ? view : engine.baseView };
     });
-    const { table, results } = await mergeTable(localLab(engine, tok, concurrency * rows.length), tok, items, rows, settings, progressBar('merge'));
+    const { table, results } = await mergeTable(localClient(engine, tok, concurrency * rows.length), tok, items, rows, settings, progressBar('merge'));
     mkdirSync(values.out, { recursive: true });
     const files = writeMergeTable(table, results, values.out);
     process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: wrote ${files.join(', ')} to ${values.out}\n`);
     process.stdout.write(mergeMarkdown(table));
+  } finally {
+    await engine.release();
+  }
+}
+
+export async function cmdDestructionSweep(args: string[]): Promise<void> {
+  const { values } = parseOptions(declaration('destruction-sweep'), args);
+  if ((values.text === undefined) === (values.ids === undefined)) throw new UsageError('destruction-sweep: give exactly one of --text and --ids');
+  if (values.method !== 'remove' && !values.modules?.length) throw new UsageError('destruction-sweep needs --modules K1,K2 (the heatmap\'s rows) unless --method remove');
+  const { tok, engine } = await load(values.model);
+  try {
+    const ids = values.ids ?? tok.encodePrompt(values.text!).slice(0, 512);
+    if (ids.length < 2) throw new UsageError('destruction-sweep: the reference needs at least 2 tokens');
+    const settings: SweepSettings = { method: values.method, modules: values.modules ?? [], window: values.window, stride: values.stride, seed: values.seed };
+    const specs = sweepGrid(engine.spec.numLayers, settings);
+    const grid = specs.map((row) => row.map((cell) => stethoscopeView(engine, undefined, JSON.stringify(cell.destroy))));
+    const result = await destructionSweep(localClient(engine, tok, 1), ids, engine.baseView, specs, grid, settings, progressBar('sweep'));
+    mkdirSync(values.out, { recursive: true });
+    const files = await writeSweep(result, values.out);
+    process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: wrote ${files.join(', ')} to ${values.out}\n`);
+    process.stdout.write(JSON.stringify(result, null, 1) + '\n');
   } finally {
     await engine.release();
   }

@@ -1,10 +1,11 @@
 /**
- * What a stethoscope needs from an engine: greedy or sampled generation on a view, and scoring a continuation
- * on a view. The server implements it over its worker (views as specs), the CLI over an in-process engine and
- * scheduler (views as built views); probes, levels and table jobs are written once against this interface.
+ * What a stethoscope needs from an engine: generation and scoring on a view, the KL of views' next-token
+ * distributions, and a view written as a checkpoint. The server implements it over its engine worker (views as
+ * specs, server/engine-client.ts), the CLI over an engine in its own process (views as built views,
+ * local-client.ts); every stethoscope (probes, levels, evals, tables, sweeps, export) is written once against it.
  */
-import type { GeneratedToken } from '../engine/generate.ts';
-import type { JobParams } from '../engine/generate.ts';
+import type { GeneratedToken, JobParams } from '../engine/generate.ts';
+import type { FloatDtype } from '../model/dtype.ts';
 
 export interface Generation {
   ids: number[];
@@ -15,10 +16,14 @@ export interface Generation {
   finish: string;
 }
 
-export interface Lab<V> {
+export interface EngineClient<V> {
   generate(view: V, promptIds: number[], params: JobParams): Promise<Generation>;
   /** Log-probabilities of `continuation` after `context` under `view`. */
   score(view: V, context: number[], continuation: number[]): Promise<number[]>;
+  /** Mean KL(base || view) of the next-token distributions over every position of `ids`, for each view. */
+  kl(ids: number[], base: V, views: V[]): Promise<number[]>;
+  /** Writes `view` as a full HF checkpoint directory. */
+  export(view: V, out: string, opts: { dtype: FloatDtype; shardBytes?: number }): Promise<{ tensors: number }>;
 }
 
 /** A generation's tokens split into the answer and the thinking (the end-of-thinking delimiter in neither). */
