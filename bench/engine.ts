@@ -94,7 +94,7 @@ async function main() {
     if (name === 'model.embed_tokens.weight' && !spec.tieWordEmbeddings) continue;
     weightBytes += shape.reduce((a, b) => a * b, 1) * 4;
   }
-  
+
   // Prefill: 512 tokens in one run, from an empty cache.
   const rng = new Rng(7);
   const prompt = Array.from({ length: 512 }, () => rng.nextUint32() % 150000);
@@ -163,7 +163,15 @@ async function main() {
   await engine.forward(fpCache, [prompt.slice(0, 128)]);
   const pair: [number[], number[]] = [[], []];
   for (let i = 0; i < decodeTokens + 2; i++) {
-    for (const [k, e, c] of (i % 2 ? [[0, engine, fpCache], [1, q4, q4Cache]] : [[1, q4, q4Cache], [0, engine, fpCache]]) as [number, Engine, typeof fpCache][]) {
+    for (const [k, e, c] of (i % 2
+      ? [
+          [0, engine, fpCache],
+          [1, q4, q4Cache],
+        ]
+      : [
+          [1, q4, q4Cache],
+          [0, engine, fpCache],
+        ]) as [number, Engine, typeof fpCache][]) {
       const t = performance.now();
       await e.forward(c, [[1000 + i]]);
       if (i >= 2) pair[k].push(performance.now() - t);

@@ -18,7 +18,14 @@ import { readSpec } from '../src/model/config.ts';
 import { cachedModel, type Preset } from '../src/model/make-model.ts';
 import { parseTrainKinds, trainableNames } from '../src/stethoscope/freeze-sets.ts';
 
-const { values } = parseArgs({ options: { steps: { type: 'string', default: '5' }, rounds: { type: 'string', default: '2' }, presets: { type: 'string', default: 'builtin,qwen2.5-0.5b' }, 'no-torch': { type: 'boolean', default: false } } });
+const { values } = parseArgs({
+  options: {
+    steps: { type: 'string', default: '5' },
+    rounds: { type: 'string', default: '2' },
+    presets: { type: 'string', default: 'builtin,qwen2.5-0.5b' },
+    'no-torch': { type: 'boolean', default: false },
+  },
+});
 const steps = Number(values.steps);
 const rounds = Number(values.rounds);
 const threads = availableParallelism();
@@ -52,7 +59,10 @@ async function sfnSteps(dir: string, kinds: string[], batch: number, seq: number
 
 function torchSteps(dir: string, kinds: string[], batch: number, seq: number): number | null {
   if (!torchOk) return null;
-  const out = execFileSync(python!, [join(import.meta.dirname, 'freeze_torch.py'), dir, kinds.join(','), String(batch), String(seq), String(steps), String(threads)], { encoding: 'utf8', maxBuffer: 1 << 20 });
+  const out = execFileSync(python!, [join(import.meta.dirname, 'freeze_torch.py'), dir, kinds.join(','), String(batch), String(seq), String(steps), String(threads)], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 20,
+  });
   return JSON.parse(out.trim().split('\n').at(-1)!).median_s;
 }
 
@@ -83,7 +93,7 @@ async function main() {
         rounds: ours.map((x, i) => ({ sfn_s: +x.toFixed(4), torch_s: theirs[i] === undefined ? null : +theirs[i].toFixed(4) })),
       };
     }
-    result.o_proj_speedup_over_all = +(medians['all'] / medians['o_proj+norms']).toFixed(3);
+    result.o_proj_speedup_over_all = +(medians.all / medians['o_proj+norms']).toFixed(3);
     rows.push(result);
   }
   process.stdout.write(JSON.stringify({ bench: 'freeze', threads, steps, rounds, rows }, null, 2) + '\n');

@@ -55,7 +55,26 @@ async function main() {
   const { dir } = cachedModel('tiny', 0);
   const child = spawn(
     process.execPath,
-    ['bin/sfn.js', 'serve', '--model', dir, '--served-model-name', 'tiny', '--port', '0', '--data-dir', join(tmp, 'data'), '--admin-key', ADMIN, '--plugin-cache-mb', String(CACHE_MB), '--max-running', '16', '--max-waiting', String(Math.max(64, CLIENTS))],
+    [
+      'bin/sfn.js',
+      'serve',
+      '--model',
+      dir,
+      '--served-model-name',
+      'tiny',
+      '--port',
+      '0',
+      '--data-dir',
+      join(tmp, 'data'),
+      '--admin-key',
+      ADMIN,
+      '--plugin-cache-mb',
+      String(CACHE_MB),
+      '--max-running',
+      '16',
+      '--max-waiting',
+      String(Math.max(64, CLIENTS)),
+    ],
     { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
@@ -80,7 +99,17 @@ async function main() {
   // Plugins: A's modules scaled, so each has its own bytes.
   const base = loadCheckpoint(dir);
   const upload = async (id: string, kinds: string[], k: number) => {
-    const tensors = [...base.tensors].filter(([n]) => kinds.includes(parseName(n)!.kind)).map(([name, t]) => ({ name, dtype: 'F32' as const, shape: t.shape, data: fromFloat32(t.data.map((x) => x * k), 'F32') }));
+    const tensors = [...base.tensors]
+      .filter(([n]) => kinds.includes(parseName(n)!.kind))
+      .map(([name, t]) => ({
+        name,
+        dtype: 'F32' as const,
+        shape: t.shape,
+        data: fromFloat32(
+          t.data.map((x) => x * k),
+          'F32',
+        ),
+      }));
     const file = join(tmp, `${id}.safetensors`);
     writeSafetensors(file, tensors, {});
     const r = await fetch(`${url}/v1/plugins?id=${id}`, { method: 'POST', headers: { ...auth, 'content-type': 'application/octet-stream' }, body: readFileSync(file) });
@@ -96,7 +125,14 @@ async function main() {
     const chat = rng.next() < 0.5;
     const maxTokens = 4 + Math.floor(rng.next() * 20);
     const body = chat
-      ? { model, messages: [{ role: 'user', content: `Question ${Math.floor(rng.next() * 1e6)}: what comes next?` }], max_tokens: maxTokens, temperature: 0.8, seed: Math.floor(rng.next() * 1e6), stream }
+      ? {
+          model,
+          messages: [{ role: 'user', content: `Question ${Math.floor(rng.next() * 1e6)}: what comes next?` }],
+          max_tokens: maxTokens,
+          temperature: 0.8,
+          seed: Math.floor(rng.next() * 1e6),
+          stream,
+        }
       : { model, prompt: `Item ${Math.floor(rng.next() * 1e6)} of the list is`, max_tokens: maxTokens, temperature: 0.8, seed: Math.floor(rng.next() * 1e6), stream };
     const kind = `${model.includes(':') ? 'plugin' : 'backbone'}/${stream ? 'stream' : 'whole'}`;
     const t = performance.now();
@@ -146,7 +182,9 @@ async function main() {
   const rssStart = medianOf(rssSamples.slice(0, window));
   const rssEnd = medianOf(rssSamples.slice(-window));
   const total = Object.values(load.statuses).reduce((a, b) => a + b, 0);
-  const fiveXX = Object.entries(load.statuses).filter(([s]) => Number(s) >= 500).reduce((a, [, n]) => a + n, 0);
+  const fiveXX = Object.entries(load.statuses)
+    .filter(([s]) => Number(s) >= 500)
+    .reduce((a, [, n]) => a + n, 0);
 
   log('disconnects: streams dropped after their first chunk');
   const drops = 32;

@@ -102,18 +102,20 @@ async function main() {
     const t0 = performance.now();
     let tokens = 0;
     await Promise.all(
-      Array.from({ length: 8 }, (_, i) =>
-        new Promise<void>((resolve, reject) =>
-          sched.submit({
-            id: `j${i}`,
-            promptIds: Array.from({ length: 16 }, (_, k) => 3000 + 97 * i + k),
-            params: { maxTokens: genTokens, temperature: 0, ignoreEos: true },
-            view: viewFor(i),
-            onToken: () => void tokens++,
-            onDone: () => resolve(),
-            onError: reject,
-          }),
-        ),
+      Array.from(
+        { length: 8 },
+        (_, i) =>
+          new Promise<void>((resolve, reject) =>
+            sched.submit({
+              id: `j${i}`,
+              promptIds: Array.from({ length: 16 }, (_, k) => 3000 + 97 * i + k),
+              params: { maxTokens: genTokens, temperature: 0, ignoreEos: true },
+              view: viewFor(i),
+              onToken: () => void tokens++,
+              onDone: () => resolve(),
+              onError: reject,
+            }),
+          ),
       ),
     );
     return tokens / ((performance.now() - t0) / 1000);

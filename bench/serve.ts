@@ -86,7 +86,14 @@ async function main() {
       }),
     );
     const seconds = (performance.now() - t0) / 1000;
-    results[`c${c}`] = { ttft_ms_p50: +pct(ttfts, 50).toFixed(1), ttft_ms_p99: +pct(ttfts, 99).toFixed(1), tokens_per_s: +(tokens / seconds).toFixed(2), requests: ttfts.length, tokens, seconds: +seconds.toFixed(2) };
+    results[`c${c}`] = {
+      ttft_ms_p50: +pct(ttfts, 50).toFixed(1),
+      ttft_ms_p99: +pct(ttfts, 99).toFixed(1),
+      tokens_per_s: +(tokens / seconds).toFixed(2),
+      requests: ttfts.length,
+      tokens,
+      seconds: +seconds.toFixed(2),
+    };
     log(`concurrency ${c}: ${results[`c${c}`].tokens_per_s} tok/s, TTFT p50 ${results[`c${c}`].ttft_ms_p50} ms`);
   }
   await srv.close();

@@ -49,4 +49,3 @@ export function stethoscopeView(engine: Engine, merge?: string, destroy?: string
   }
   return new OverlayLoader(engine, Number.MAX_SAFE_INTEGER).view({ overlays });
 }
-

@@ -42,7 +42,7 @@ export const COMMAND_DECLARATIONS = [
     summary: 'stream a completion to stdout',
     options: {
       model,
-      prompt: { kind: 'string', required: true, help: 'the prompt, encoded as transformers\' tokenizer(text) does' },
+      prompt: { kind: 'string', required: true, help: "the prompt, encoded as transformers' tokenizer(text) does" },
       chat: { kind: 'boolean', help: 'wrap the prompt in the chat template as a user turn' },
       'max-tokens': maxTokens(128),
       temperature,
@@ -195,7 +195,7 @@ export const COMMAND_DECLARATIONS = [
   }),
   command({
     name: 'grads',
-    summary: "d loss / d p of one sequence for the trainable kinds, as safetensors; prints {\"loss\"} (transformers' model(ids, labels=ids).loss)",
+    summary: 'd loss / d p of one sequence for the trainable kinds, as safetensors; prints {"loss"} (transformers\' model(ids, labels=ids).loss)',
     options: {
       ids: { kind: 'ids', required: true, help: 'the sequence (at least two tokens)' },
       kinds: { kind: 'list', required: true, help: TRAIN_SETS_HELP },

@@ -191,9 +191,10 @@ export class Engine {
     const counts = rows.map((r) => r.length);
     const S = Math.max(...counts);
     if (S === 0) return rows.map(() => []);
-    for (const r of rows) for (const id of r) {
-      if (!Number.isInteger(id) || id < 0 || id >= spec.vocabSize) throw new RangeError(`token id ${id} is outside the vocabulary (0..${spec.vocabSize - 1})`);
-    }
+    for (const r of rows)
+      for (const id of r) {
+        if (!Number.isInteger(id) || id < 0 || id >= spec.vocabSize) throw new RangeError(`token id ${id} is outside the vocabulary (0..${spec.vocabSize - 1})`);
+      }
     const rowViews = opts.rowViews;
     if (rowViews && rowViews.length !== B) throw new RangeError(`${rowViews.length} row views for ${B} rows`);
     const view = opts.view ?? rowViews?.[0] ?? this.baseView;

@@ -146,8 +146,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const cosCache = b.externalFloat('rope.cos_cache', cosTable, [maxPos, half]);
   const sinCache = b.externalFloat('rope.sin_cache', sinTable, [maxPos, half]);
   // x [B,S,heads*D] -> the same with rotate_half applied per head (transformers' non-interleaved RoPE).
-  const rope = (x: string, heads: number, name: string): string =>
-    b.op('RotaryEmbedding', [x, pos, cosCache, sinCache], { interleaved: 0, num_heads: heads }, name, 'com.microsoft');
+  const rope = (x: string, heads: number, name: string): string => b.op('RotaryEmbedding', [x, pos, cosCache, sinCache], { interleaved: 0, num_heads: heads }, name, 'com.microsoft');
 
   // [C, S]: how the concatenated scores split back into cache and new rows.
   const capacityDim = b.op('Slice', [b.op('Shape', [pastMask]), b.constInt64([3]), b.constInt64([4])]);
@@ -177,14 +176,19 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
     if (slots > 1) {
       for (let k = 1; k < slots; k++) b.input(slotInput(name, k), 'float32', [N, K]);
       const out = { type: 'float32' as const, dims: [N, 'positions'] };
-      yT = b.op('If', [mixed], {
-        then_branch: b.subgraph(`${nodeName}.mixed`, (g) => {
-          // Each slot multiplies only its own rows' columns, so the compute stays that of one product.
-          const parts = slotPositions.map((idx, k) => g.op('MatMul', [slotInput(name, k), g.op('Gather', [xT, idx], { axis: 1 })]));
-          return [{ ...out, name: g.op('Gather', [g.op('Concat', parts, { axis: 1 }), slotOrder], { axis: 1 }) }];
-        }),
-        else_branch: b.subgraph(`${nodeName}.single`, (g) => [{ ...out, name: g.op('MatMul', [name, xT]) }]),
-      }, `${nodeName}.T`);
+      yT = b.op(
+        'If',
+        [mixed],
+        {
+          then_branch: b.subgraph(`${nodeName}.mixed`, (g) => {
+            // Each slot multiplies only its own rows' columns, so the compute stays that of one product.
+            const parts = slotPositions.map((idx, k) => g.op('MatMul', [slotInput(name, k), g.op('Gather', [xT, idx], { axis: 1 })]));
+            return [{ ...out, name: g.op('Gather', [g.op('Concat', parts, { axis: 1 }), slotOrder], { axis: 1 }) }];
+          }),
+          else_branch: b.subgraph(`${nodeName}.single`, (g) => [{ ...out, name: g.op('MatMul', [name, xT]) }]),
+        },
+        `${nodeName}.T`,
+      );
     } else yT = b.op('MatMul', [name, xT], {}, `${nodeName}.T`);
     return b.op('Reshape', [b.op('Transpose', [yT], { perm: [1, 0] }), shapeBSH], {}, nodeName);
   };
@@ -209,8 +213,8 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
 
   // ---- attention: grouped-query, over [past | new] without concatenation ----
   // x [.., M, K] times y [.., N, K] transposed (onnxruntime's FusedMatMul). The cache is always the right
-  // operand, which onnxruntime packs on every call; packing it from the transposed side is faster, for
-  // decode (at context 2048: Q.K^T 2.0 -> 1.6 ms, P.V 2.2 -> 1.4 ms per step) and no slower for prefill.
+  // operand, which onnxruntime packs on every call; packing it from the transposed side is faster for decode
+  // and no slower for prefill (docs/benchmarks.md#design-measurements).
   const matMulT = (x: string, y: string) => b.op('FusedMatMul', [x, y], { transB: 1 }, undefined, 'com.microsoft');
   const shapeQ = b.constInt64([0, 0, nh, D], 'shape_q');
   const shapeKv = b.constInt64([0, 0, nkv, D], 'shape_kv');
@@ -300,10 +304,15 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
     // A prepacked copy of the backbone's head (transB: the same [V,H] data), for views that keep it.
     b.externalFloat('lm_head.backbone', opts.backboneHead, [spec.vocabSize, H]);
     const out = { type: 'float32' as const, dims: ['selected', spec.vocabSize] };
-    b.op('If', [b.input('head_backbone', 'bool', [])], {
-      then_branch: b.subgraph('head.backbone', (g) => [{ ...out, name: g.op('Gemm', [picked, 'lm_head.backbone'], { transB: 1 }) }]),
-      else_branch: b.subgraph('head.view', (g) => [{ ...out, name: inputHead(g) }]),
-    }, 'logits');
+    b.op(
+      'If',
+      [b.input('head_backbone', 'bool', [])],
+      {
+        then_branch: b.subgraph('head.backbone', (g) => [{ ...out, name: g.op('Gemm', [picked, 'lm_head.backbone'], { transB: 1 }) }]),
+        else_branch: b.subgraph('head.view', (g) => [{ ...out, name: inputHead(g) }]),
+      },
+      'logits',
+    );
   } else inputHead(b, 'logits');
   b.output('logits', 'float32', ['selected', spec.vocabSize]);
 

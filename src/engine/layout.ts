@@ -2,8 +2,7 @@
  * HF layout -> graph layout. Hugging Face stores a linear weight as [out, in]; the graph multiplies x by
  * [in, out] (onnxruntime's MatMul has no transB). The head is the exception: it stays [vocab, hidden] and the
  * graph computes (W x^T)^T, because a non-constant [hidden, vocab] right operand is repacked on every run
- * with more than one row (measured on the 151936 x 896 head: 37 ms at 2 rows vs 20 ms this way, 15.4 vs
- * 17.2 ms at 1 row). o_proj stays [out, in] too and is computed the same way: it is a graph input (swappable)
+ * with more than one row (docs/benchmarks.md#design-measurements). o_proj stays [out, in] too and is computed the same way: it is a graph input (swappable)
  * and a run with plugin slots multiplies by up to four of them, each of which would otherwise be repacked.
  * The embedding is [vocab, hidden] as in HF, so a tied model holds its matrix once.
  */
@@ -14,7 +13,7 @@ import { LINEAR_KINDS, parseName } from '../model/names.ts';
 /** Whether `name`'s graph layout is the transpose of its HF layout. */
 export function isTransposed(_spec: ModelSpec, name: string): boolean {
   const p = parseName(name);
-  if (!p || p.param !== 'weight') return false;
+  if (p?.param !== 'weight') return false;
   return LINEAR_KINDS.has(p.kind) && p.kind !== 'lm_head' && p.kind !== 'o_proj';
 }
 

@@ -57,7 +57,12 @@ export interface TemplateOptions {
   kwargs?: Record<string, unknown>;
 }
 
-export function chatPrompt(tok: ModelTokenizer, messages: ChatMessage[], reasoning?: ReasoningOptions, opts: TemplateOptions = {}): { ids: number[]; reasoning?: ReasoningParams; format?: 'think' | 's1' } {
+export function chatPrompt(
+  tok: ModelTokenizer,
+  messages: ChatMessage[],
+  reasoning?: ReasoningOptions,
+  opts: TemplateOptions = {},
+): { ids: number[]; reasoning?: ReasoningParams; format?: 'think' | 's1' } {
   let text: string;
   try {
     text = tok.applyChatTemplate(messages, { addGenerationPrompt: opts.continueFinalMessage ? false : (opts.addGenerationPrompt ?? true), extra: opts.kwargs });
@@ -68,7 +73,8 @@ export function chatPrompt(tok: ModelTokenizer, messages: ChatMessage[], reasoni
     // As vLLM does: the rendered conversation is cut right after the final message's content.
     const last = messages.at(-1)!;
     const at = text.lastIndexOf(last.content);
-    if (last.role !== 'assistant' || !last.content || at < 0) throw new PromptError('continue_final_message needs a final assistant message with content, which the chat template renders', 'continue_final_message');
+    if (last.role !== 'assistant' || !last.content || at < 0)
+      throw new PromptError('continue_final_message needs a final assistant message with content, which the chat template renders', 'continue_final_message');
     text = text.slice(0, at + last.content.length);
   }
   if (!reasoning) return { ids: tok.encode(text) };

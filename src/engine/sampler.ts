@@ -35,7 +35,7 @@ export function sample(logits: Float32Array, p: SamplingParams, rng: Rng): numbe
 
   // top-k and top-p keep the tokens whose probability reaches a threshold (ties at it included, as
   // transformers' warpers keep them); only the probability values are sorted, never the vocabulary's indices:
-  // a near-uniform distribution over 152k tokens made an index sort take ~80 ms per token.
+  // sorting indices of a near-uniform distribution over 152k tokens is slow (docs/benchmarks.md#design-measurements).
   let threshold = 0;
   if ((p.topK > 0 && p.topK < V) || p.topP < 1) {
     // Values under 1e-7 are left out of the sort when the rest hold enough mass for top-p and top-k, which

@@ -69,50 +69,49 @@ export interface SessionSource {
 
 /** Builds one session; `device` is where it actually runs ('cpu' after a CUDA fallback). */
 export async function createDecoderSession(c: SessionSource, kind: SessionKind): Promise<{ session: DecoderSession; device: Device }> {
-    const inputs = new Set<string>();
-    for (const name of c.shapes.keys()) {
+  const inputs = new Set<string>();
+  for (const name of c.shapes.keys()) {
+    const p = parseName(name)!;
+    if (kind === 'research' || PLUGGABLE_KINDS.includes(p.kind)) inputs.add(name);
+  }
+  const frozen = new Map([...c.weights].filter(([n]) => !inputs.has(n)));
+  let quantized: Map<string, Int4Weight> | undefined;
+  if (kind === 'serving' && c.options.quantize === 'int4') {
+    quantized = new Map();
+    for (const [name, data] of frozen) {
       const p = parseName(name)!;
-      if (kind === 'research' || PLUGGABLE_KINDS.includes(p.kind)) inputs.add(name);
+      if (p.param !== 'weight' || !QUANTIZED_KINDS.has(p.kind)) continue;
+      const [K, N] = graphShape(c.spec, name, c.shapes.get(name)!);
+      quantized.set(name, quantizeInt4(data, K, N));
     }
-    const frozen = new Map([...c.weights].filter(([n]) => !inputs.has(n)));
-    let quantized: Map<string, Int4Weight> | undefined;
-    if (kind === 'serving' && c.options.quantize === 'int4') {
-      quantized = new Map();
-      for (const [name, data] of frozen) {
-        const p = parseName(name)!;
-        if (p.param !== 'weight' || !QUANTIZED_KINDS.has(p.kind)) continue;
-        const [K, N] = graphShape(c.spec, name, c.shapes.get(name)!);
-        quantized.set(name, quantizeInt4(data, K, N));
-      }
-    }
-    const slots = kind === 'serving' ? PLUGIN_SLOTS : 1;
-    const backboneHead = kind === 'serving' ? c.weights.get(c.headName) : undefined;
-    const graph = buildDecoderGraph(c.spec, { inputs, frozen, quantized, slots, backboneHead });
-    const options: ort.InferenceSession.SessionOptions = {
-      externalData: graph.external,
-      graphOptimizationLevel: 'all',
-      intraOpNumThreads: c.options.threads ?? availableParallelism(),
-      executionMode: 'sequential',
-      // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step: 4-6% of a
-      // step, measured on one set of weights); spinning without force_spinning_stop went on after each run,
-      // taking a core from the rest of the process (26 ms of CPU per idle 50 ms).
-      // MatmulTransposeFusion would turn the head's (W x^T)^T into a transB product: 18.4 vs 16.3 ms at one row.
-      extra: { session: { intra_op: { allow_spinning: c.options.spin === false ? '0' : '1' }, force_spinning_stop: '1' }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
-      ...(c.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${c.options.profilePrefix}-${kind}` } : {}),
-    };
-    let session: ort.InferenceSession;
-    let device = c.device;
-    if (device === 'cuda') {
-      try {
-        // CPU stays listed: nodes the CUDA provider lacks kernels for run there.
-        session = await ort.InferenceSession.create(graph.bytes, { ...options, executionProviders: ['cuda', 'cpu'] });
-      } catch (err) {
-        device = 'cpu';
-        (c.options.warn ?? console.warn)(`sfn: warning: the CUDA execution provider could not start (${(err as Error).message.split('\n')[0]}); running on the CPU`);
-        session = await ort.InferenceSession.create(graph.bytes, options);
-      }
-    } else {
+  }
+  const slots = kind === 'serving' ? PLUGIN_SLOTS : 1;
+  const backboneHead = kind === 'serving' ? c.weights.get(c.headName) : undefined;
+  const graph = buildDecoderGraph(c.spec, { inputs, frozen, quantized, slots, backboneHead });
+  const options: ort.InferenceSession.SessionOptions = {
+    externalData: graph.external,
+    graphOptimizationLevel: 'all',
+    intraOpNumThreads: c.options.threads ?? availableParallelism(),
+    executionMode: 'sequential',
+    // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step); spinning without
+    // force_spinning_stop went on after each run, taking a core from the rest of the process. MatmulTransposeFusion
+    // would turn the head's (W x^T)^T into a slower transB product. Numbers: docs/benchmarks.md#design-measurements.
+    extra: { session: { intra_op: { allow_spinning: c.options.spin === false ? '0' : '1' }, force_spinning_stop: '1' }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
+    ...(c.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${c.options.profilePrefix}-${kind}` } : {}),
+  };
+  let session: ort.InferenceSession;
+  let device = c.device;
+  if (device === 'cuda') {
+    try {
+      // CPU stays listed: nodes the CUDA provider lacks kernels for run there.
+      session = await ort.InferenceSession.create(graph.bytes, { ...options, executionProviders: ['cuda', 'cpu'] });
+    } catch (err) {
+      device = 'cpu';
+      (c.options.warn ?? console.warn)(`sfn: warning: the CUDA execution provider could not start (${(err as Error).message.split('\n')[0]}); running on the CPU`);
       session = await ort.InferenceSession.create(graph.bytes, options);
     }
-    return { device, session: { kind, session, inputs, slots, headCopy: backboneHead !== undefined } };
+  } else {
+    session = await ort.InferenceSession.create(graph.bytes, options);
+  }
+  return { device, session: { kind, session, inputs, slots, headCopy: backboneHead !== undefined } };
 }

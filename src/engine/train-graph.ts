@@ -111,8 +111,7 @@ export function buildTrainGraph(spec: ModelSpec, opts: TrainGraphOptions): Train
   const half = D / 2;
   const P = spec.maxPositionEmbeddings;
   const { cos: cosT, sin: sinT } = ropeTables(spec, D);
-  const table = (name: string, data: Float32Array) =>
-    b.op('Unsqueeze', [b.op('Slice', [b.externalFloat(name, data, [P, D]), b.constInt64([0]), seqDim, axis0]), b.constInt64([1])], {}, `${name}.seq`); // [S,1,D]
+  const table = (name: string, data: Float32Array) => b.op('Unsqueeze', [b.op('Slice', [b.externalFloat(name, data, [P, D]), b.constInt64([0]), seqDim, axis0]), b.constInt64([1])], {}, `${name}.seq`); // [S,1,D]
   const cos = table('rope.cos', cosT);
   const sin = table('rope.sin', sinT);
   const halves = (x: string) => b.opN('Split', [x, b.constInt64([half, half])], 2, { axis: -1 });
@@ -131,7 +130,12 @@ export function buildTrainGraph(spec: ModelSpec, opts: TrainGraphOptions): Train
   // ==================================================================== blocks: forward, then backward
 
   // ---- RMSNorm: y = g * x * r, r = (mean(x^2) + eps)^-1/2 ----
-  interface Norm { x: string; r: string; nx: string; g: string; }
+  interface Norm {
+    x: string;
+    r: string;
+    nx: string;
+    g: string;
+  }
   const rmsNorm = (x: string, layer: number | null, kind: ModuleKind, prefix: string): { y: string; saved: Norm } => {
     const g = w(layer, kind);
     const r = b.op('Reciprocal', [b.op('Sqrt', [b.op('Add', [b.op('ReduceMean', [b.op('Mul', [x, x])], { axes: [-1], keepdims: 1 }), eps])])], {}, `${prefix}.rstd`);
@@ -149,7 +153,11 @@ export function buildTrainGraph(spec: ModelSpec, opts: TrainGraphOptions): Train
   };
 
   // ---- linear: y = x W^T (+ b), W [N, K] as Hugging Face holds it ----
-  interface Lin { x: string; w: string; bias: string | null; }
+  interface Lin {
+    x: string;
+    w: string;
+    bias: string | null;
+  }
   const linear = (x: string, layer: number | null, kind: ModuleKind, hasBias: boolean, prefix: string): { y: string; saved: Lin } => {
     const weight = w(layer, kind);
     const y = b.op('Gemm', [x, weight], { transB: 1 }, `${prefix}.${kind}`);
@@ -164,7 +172,16 @@ export function buildTrainGraph(spec: ModelSpec, opts: TrainGraphOptions): Train
   };
 
   // ---- attention: grouped-query, causal, over the batch's own tokens ----
-  interface Attn { q: Lin; k: Lin; v: Lin; o: Lin; Q: string; Krep: string; Vrep: string; probs: string; }
+  interface Attn {
+    q: Lin;
+    k: Lin;
+    v: Lin;
+    o: Lin;
+    Q: string;
+    Krep: string;
+    Vrep: string;
+    probs: string;
+  }
   const attention = (x: string, l: number): { y: string; saved: Attn } => {
     const p = `model.layers.${l}.self_attn`;
     const q = linear(x, l, 'q_proj', spec.qkvBias, p);
@@ -207,7 +224,14 @@ export function buildTrainGraph(spec: ModelSpec, opts: TrainGraphOptions): Train
   };
 
   // ---- SwiGLU MLP: down(silu(gate x) * up x) ----
-  interface Mlp { gate: Lin; up: Lin; down: Lin; g: string; sg: string; u: string; }
+  interface Mlp {
+    gate: Lin;
+    up: Lin;
+    down: Lin;
+    g: string;
+    sg: string;
+    u: string;
+  }
   const mlp = (x: string, l: number): { y: string; saved: Mlp } => {
     const p = `model.layers.${l}.mlp`;
     const gate = linear(x, l, 'gate_proj', spec.mlpBias, p);

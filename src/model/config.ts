@@ -151,7 +151,7 @@ export function ropeInvFreq(spec: ModelSpec): Float32Array {
   for (let i = 0; i < half; i++) {
     // torch: 1 / base ** (arange(0, dim, 2).float() / dim), in float32.
     const expo = Math.fround((2 * i) / dim);
-    let f = Math.fround(1 / Math.fround(Math.pow(r.theta, expo)));
+    let f = Math.fround(1 / Math.fround(r.theta ** expo));
     if (r.type === 'linear') f = Math.fround(f / r.factor);
     if (r.type === 'llama3') {
       const lowWavelen = r.originalMaxPositionEmbeddings / r.lowFreqFactor;

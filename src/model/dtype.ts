@@ -80,7 +80,8 @@ export function fromFloat32(data: Float32Array, dtype: FloatDtype): Uint8Array {
     const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
     for (let i = 0; i < data.length; i++) {
       const b = bits[i];
-      if ((b & 0x7fffffff) > 0x7f800000) out[i] = (b >>> 16) | 0x40; // keep NaN a NaN
+      if ((b & 0x7fffffff) > 0x7f800000)
+        out[i] = (b >>> 16) | 0x40; // keep NaN a NaN
       else out[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
     }
   } else {

@@ -4,11 +4,7 @@
  */
 import type { ModelSpec } from './config.ts';
 
-export const LAYER_KINDS = [
-  'q_proj', 'k_proj', 'v_proj', 'o_proj',
-  'gate_proj', 'up_proj', 'down_proj',
-  'input_layernorm', 'post_attention_layernorm',
-] as const;
+export const LAYER_KINDS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'input_layernorm', 'post_attention_layernorm'] as const;
 export const GLOBAL_KINDS = ['embed_tokens', 'norm', 'lm_head'] as const;
 export const MODULE_KINDS = [...LAYER_KINDS, ...GLOBAL_KINDS] as const;
 export type LayerKind = (typeof LAYER_KINDS)[number];

@@ -41,7 +41,10 @@ export interface Audit {
 
 export function parseModuleSets(list: string): ModuleKind[] {
   const kinds = new Set<ModuleKind>();
-  for (const s of list.split(',').map((x) => x.trim()).filter(Boolean)) {
+  for (const s of list
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean)) {
     const set = MODULE_SETS[s];
     if (!set) throw new Error(`unknown module set "${s}" (${Object.keys(MODULE_SETS).join(', ')})`);
     set.forEach((k) => kinds.add(k));
@@ -113,7 +116,12 @@ export async function extractPlugin(baseDir: string, tunedDir: string, kinds: Mo
   };
   if (!result.exact) {
     const worst = notExtracted.reduce((x, y) => (y.max_abs_diff > x.max_abs_diff ? y : x));
-    result.notes.push(`not exact: the fine-tune also changed ${notExtracted.filter((k) => k.max_abs_diff > 0).map((k) => k.kind).join(', ')} (largest |B-A| = ${worst.max_abs_diff} in ${worst.tensor}); the plugin reproduces B only approximately`);
+    result.notes.push(
+      `not exact: the fine-tune also changed ${notExtracted
+        .filter((k) => k.max_abs_diff > 0)
+        .map((k) => k.kind)
+        .join(', ')} (largest |B-A| = ${worst.max_abs_diff} in ${worst.tensor}); the plugin reproduces B only approximately`,
+    );
   }
   writeFileSync(`${out}.audit.json`, JSON.stringify(result, null, 2) + '\n');
   return result;

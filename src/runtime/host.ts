@@ -168,10 +168,13 @@ export class EngineHost {
     if (this.state !== 'ready') return Promise.reject(new EngineLostError(`the engine is ${this.state}`));
     const reqId = ++this.seq;
     return new Promise((resolve, reject) => {
-      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
-        this.pending.delete(reqId);
-        reject(new Error(`the engine did not answer within ${timeoutMs} ms`));
-      }, timeoutMs);
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              this.pending.delete(reqId);
+              reject(new Error(`the engine did not answer within ${timeoutMs} ms`));
+            }, timeoutMs);
       this.pending.set(reqId, { resolve, reject, timer });
       this.send(make(reqId));
     });

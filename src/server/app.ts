@@ -33,8 +33,7 @@ export const OPENAPI_INFO = {
   info: {
     title: 'sfn',
     version: '0.1.0',
-    description:
-      'OpenAI-compatible serving of decoder LLMs with per-request module views (plugins, merges, destruction). Errors use OpenAI\'s body: {"error": {"message", "type", "param", "code"}}.',
+    description: 'OpenAI-compatible serving of decoder LLMs with per-request module views (plugins, merges, destruction). Errors use OpenAI\'s body: {"error": {"message", "type", "param", "code"}}.',
   },
 };
 
@@ -52,7 +51,16 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   });
   // Browsers' preflights are answered before any key check (--cors-origin; none: no CORS headers at all).
   if (deps.corsOrigins?.length) {
-    app.use('*', cors({ origin: deps.corsOrigins.includes('*') ? '*' : deps.corsOrigins, allowHeaders: ['Authorization', 'Content-Type'], allowMethods: ['GET', 'POST', 'DELETE', 'OPTIONS'], exposeHeaders: ['Retry-After'], maxAge: 600 }));
+    app.use(
+      '*',
+      cors({
+        origin: deps.corsOrigins.includes('*') ? '*' : deps.corsOrigins,
+        allowHeaders: ['Authorization', 'Content-Type'],
+        allowMethods: ['GET', 'POST', 'DELETE', 'OPTIONS'],
+        exposeHeaders: ['Retry-After'],
+        maxAge: 600,
+      }),
+    );
   }
   // JSON bodies are bounded here; plugin uploads stream to disk under their own limit.
   const jsonLimit = bodyLimit({ maxSize: deps.maxBodyBytes, onError: (c) => errorResponse(c, tooLarge(`The request body exceeds ${deps.maxBodyBytes} bytes.`)) });
@@ -64,15 +72,24 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   stethoscopeRoutes(app, deps.stethoscope);
 
   const Status = z.object({ status: z.string() });
-  app.openapi(createRoute({ method: 'get', path: '/health', summary: 'Liveness: 200 while the process runs.', responses: { 200: { description: 'Alive.', content: { 'application/json': { schema: Status } } } } }), (c) =>
-    c.json({ status: 'ok' }, 200),
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/health',
+      summary: 'Liveness: 200 while the process runs.',
+      responses: { 200: { description: 'Alive.', content: { 'application/json': { schema: Status } } } },
+    }),
+    (c) => c.json({ status: 'ok' }, 200),
   );
   app.openapi(
     createRoute({
       method: 'get',
       path: '/ready',
       summary: 'Readiness: 200 once the backbone is loaded.',
-      responses: { 200: { description: 'Ready.', content: { 'application/json': { schema: Status } } }, 503: { description: 'Loading (or failed).', content: { 'application/json': { schema: Status } } } },
+      responses: {
+        200: { description: 'Ready.', content: { 'application/json': { schema: Status } } },
+        503: { description: 'Loading (or failed).', content: { 'application/json': { schema: Status } } },
+      },
     }),
     (c) => {
       const state = deps.state();
@@ -80,7 +97,12 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     },
   );
   app.openapi(
-    createRoute({ method: 'get', path: '/metrics', summary: 'Prometheus metrics (vLLM-compatible names; see docs/metrics.md).', responses: { 200: { description: 'Prometheus text format.', content: { 'text/plain': { schema: z.string() } } } } }),
+    createRoute({
+      method: 'get',
+      path: '/metrics',
+      summary: 'Prometheus metrics (vLLM-compatible names; see docs/metrics.md).',
+      responses: { 200: { description: 'Prometheus text format.', content: { 'text/plain': { schema: z.string() } } } },
+    }),
     async (c) => {
       c.header('Content-Type', deps.metrics.registry.contentType);
       return c.body(await deps.metrics.registry.metrics()) as never;
@@ -92,7 +114,11 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   app.notFound((c) => {
     // A path that exists under other methods is a 405 with Allow, as HTTP says, rather than a 404.
     const allowed = [...new Set(app.routes.filter((r) => r.method !== 'ALL' && routePattern(r.path).test(c.req.path)).map((r) => r.method))];
-    if (allowed.length) return errorResponse(c, new ApiError(405, `${c.req.method} is not allowed on ${c.req.path}; use ${allowed.join(', ')}.`, 'invalid_request_error', 'method_not_allowed', null, { Allow: allowed.join(', ') }));
+    if (allowed.length)
+      return errorResponse(
+        c,
+        new ApiError(405, `${c.req.method} is not allowed on ${c.req.path}; use ${allowed.join(', ')}.`, 'invalid_request_error', 'method_not_allowed', null, { Allow: allowed.join(', ') }),
+      );
     return errorResponse(c, new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, 'invalid_request_error', 'not_found'));
   });
   app.onError((err, c) => {
@@ -135,13 +161,25 @@ export function openapiDocument(app: OpenAPIHono): unknown {
   doc.servers = [{ url: '/', description: 'The sfn server that serves this document.' }];
   doc.components = {
     ...doc.components,
-    securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer', description: 'An API key (--api-key, --admin-key). A user key generates and reads; an admin key also writes plugins and runs stethoscopes. With no keys configured, none is checked.' } },
+    securitySchemes: {
+      bearerAuth: {
+        type: 'http',
+        scheme: 'bearer',
+        description: 'An API key (--api-key, --admin-key). A user key generates and reads; an admin key also writes plugins and runs stethoscopes. With no keys configured, none is checked.',
+      },
+    },
   };
   for (const [path, item] of Object.entries(doc.paths)) {
     for (const [method, op] of Object.entries(item)) {
       const scope = scopeOf(method, path);
       // e.g. post /v1/stethoscope/jobs/{id} -> postV1StethoscopeJobsById
-      op.operationId ??= method + path.split('/').filter(Boolean).map((s) => (s.startsWith('{') ? `By${s[1].toUpperCase()}${s.slice(2, -1)}` : s.replace(/(^|[-_.])(\w)/g, (_m, _p, c: string) => c.toUpperCase()))).join('');
+      op.operationId ??=
+        method +
+        path
+          .split('/')
+          .filter(Boolean)
+          .map((s) => (s.startsWith('{') ? `By${s[1].toUpperCase()}${s.slice(2, -1)}` : s.replace(/(^|[-_.])(\w)/g, (_m, _p, c: string) => c.toUpperCase())))
+          .join('');
       op.security = scope === 'none' ? [] : [{ bearerAuth: [] }];
       op['x-sfn-scope'] = scope;
     }

@@ -10,7 +10,10 @@ export const ServerConfig = z.object({
   host: z.string().min(1),
   port: z.number().int().min(0).max(65535),
   model: z.string().optional(),
-  servedModelName: z.string().regex(/^[A-Za-z0-9._\-/]+$/, 'letters, digits, . _ - / only').optional(),
+  servedModelName: z
+    .string()
+    .regex(/^[A-Za-z0-9._\-/]+$/, 'letters, digits, . _ - / only')
+    .optional(),
   apiKeys: z.array(z.string().min(8, 'API keys need at least 8 characters')),
   adminKeys: z.array(z.string().min(8, 'API keys need at least 8 characters')),
   threads: z.number().int().min(1).optional(),
@@ -57,7 +60,13 @@ export const SERVE = command({
     'max-plugin-mb': { kind: 'number', env: 'SFN_MAX_PLUGIN_MB', default: 4096, help: 'largest plugin upload (413 past it)' },
     'model-root': { kind: 'string', arg: 'DIR', env: 'SFN_MODEL_ROOTS', repeat: true, help: 'directories that merges, deltas, extraction and the freeze plan may read' },
     'cors-origin': { kind: 'string', arg: 'ORIGIN', env: 'SFN_CORS_ORIGINS', repeat: true, help: 'origins browsers may call from (https://app.example.com, or *); none: no CORS headers' },
-    'reasoning-format': { kind: 'string', choices: REASONING_FORMATS, env: 'SFN_REASONING_FORMAT', default: 'auto', help: "reasoning mode's format when a request does not name one (api.md#reasoning-mode)" },
+    'reasoning-format': {
+      kind: 'string',
+      choices: REASONING_FORMATS,
+      env: 'SFN_REASONING_FORMAT',
+      default: 'auto',
+      help: "reasoning mode's format when a request does not name one (api.md#reasoning-mode)",
+    },
     'shutdown-grace-s': { kind: 'number', env: 'SFN_SHUTDOWN_GRACE_S', default: 30, help: 'on SIGTERM, how long requests in flight may finish' },
     device: { kind: 'string', choices: ['cpu', 'cuda'], env: 'SFN_DEVICE', default: 'cpu', help: 'onnxruntime execution provider; cuda falls back to the CPU with a warning when it cannot start' },
     quantize: {
@@ -72,10 +81,28 @@ export const SERVE = command({
 
 /** Each setting's option, for naming it in errors as the user wrote it. */
 const OPTION_OF: Record<keyof ServerConfig, keyof typeof SERVE.options> = {
-  host: 'host', port: 'port', model: 'model', servedModelName: 'served-model-name', apiKeys: 'api-key', adminKeys: 'admin-key', threads: 'threads',
-  maxBatch: 'max-batch', maxRunning: 'max-running', maxWaiting: 'max-waiting', maxContext: 'max-context', prefillChunk: 'prefill-chunk',
-  maxBodyBytes: 'max-body-bytes', dataDir: 'data-dir', pluginCacheBytes: 'plugin-cache-mb', maxPluginBytes: 'max-plugin-mb', modelRoots: 'model-root',
-  shutdownGraceSeconds: 'shutdown-grace-s', device: 'device', quantize: 'quantize', reasoningFormat: 'reasoning-format', corsOrigins: 'cors-origin',
+  host: 'host',
+  port: 'port',
+  model: 'model',
+  servedModelName: 'served-model-name',
+  apiKeys: 'api-key',
+  adminKeys: 'admin-key',
+  threads: 'threads',
+  maxBatch: 'max-batch',
+  maxRunning: 'max-running',
+  maxWaiting: 'max-waiting',
+  maxContext: 'max-context',
+  prefillChunk: 'prefill-chunk',
+  maxBodyBytes: 'max-body-bytes',
+  dataDir: 'data-dir',
+  pluginCacheBytes: 'plugin-cache-mb',
+  maxPluginBytes: 'max-plugin-mb',
+  modelRoots: 'model-root',
+  shutdownGraceSeconds: 'shutdown-grace-s',
+  device: 'device',
+  quantize: 'quantize',
+  reasoningFormat: 'reasoning-format',
+  corsOrigins: 'cors-origin',
 };
 
 /** Parses `sfn serve` flags over the environment. Throws with the offending setting named. */

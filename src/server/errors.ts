@@ -48,7 +48,13 @@ export function fromZod(error: z.ZodError): ApiError {
   if (issue.code === 'unrecognized_keys') {
     // A misspelt field would otherwise run another experiment than the one asked for: name it.
     const field = [...issue.path.map(String), issue.keys[0]].join('.');
-    const more = issue.keys.length > 1 ? ` (and ${issue.keys.slice(1).map((k) => `"${k}"`).join(', ')})` : '';
+    const more =
+      issue.keys.length > 1
+        ? ` (and ${issue.keys
+            .slice(1)
+            .map((k) => `"${k}"`)
+            .join(', ')})`
+        : '';
     return badRequest(`${field}: unknown field${more}`, field, 'unknown_field');
   }
   const path = issue.path.map(String).join('.');

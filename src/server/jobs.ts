@@ -10,10 +10,7 @@ import type { PromptLogprob } from '../engine/scheduler.ts';
 import { ApiError, badRequest, tooMany, unavailable } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 
-export type JobEvent =
-  | { type: 'token'; token: GeneratedToken }
-  | { type: 'prompt_logprobs'; logprobs: PromptLogprob[] }
-  | { type: 'done'; finish: Finish };
+export type JobEvent = { type: 'token'; token: GeneratedToken } | { type: 'prompt_logprobs'; logprobs: PromptLogprob[] } | { type: 'done'; finish: Finish };
 
 export interface JobSpec {
   promptIds: number[];

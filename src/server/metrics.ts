@@ -45,14 +45,20 @@ export class Metrics {
     let pending: Promise<WorkerStats | null> | null = null;
     const current = () => (pending ??= src.stats().finally(() => (pending = null)));
     new Gauge({
-      name: 'vllm:num_requests_running', help: 'Requests in decode or prefill (running batch rows).', labelNames, registers: [r],
+      name: 'vllm:num_requests_running',
+      help: 'Requests in decode or prefill (running batch rows).',
+      labelNames,
+      registers: [r],
       async collect() {
         const last = await current();
         this.set({ model_name: src.modelName() }, last?.running ?? 0);
       },
     });
     new Gauge({
-      name: 'vllm:num_requests_waiting', help: 'Requests queued for a batch row.', labelNames, registers: [r],
+      name: 'vllm:num_requests_waiting',
+      help: 'Requests queued for a batch row.',
+      labelNames,
+      registers: [r],
       async collect() {
         const last = await current();
         this.set({ model_name: src.modelName() }, last?.waiting ?? 0);
@@ -60,7 +66,10 @@ export class Metrics {
     });
     new Gauge({
       // The name vLLM uses today, and the Inference Extension's endpoint picker reads by default.
-      name: 'vllm:kv_cache_usage_perc', help: 'KV-cache occupancy as a fraction: running rows / maximum running rows.', labelNames, registers: [r],
+      name: 'vllm:kv_cache_usage_perc',
+      help: 'KV-cache occupancy as a fraction: running rows / maximum running rows.',
+      labelNames,
+      registers: [r],
       async collect() {
         const last = await current();
         this.set({ model_name: src.modelName() }, (last?.running ?? 0) / src.maxRunning);
@@ -68,22 +77,29 @@ export class Metrics {
     });
     new Gauge({
       // Deprecated in vLLM (renamed vllm:kv_cache_usage_perc); kept one release for existing dashboards.
-      name: 'vllm:gpu_cache_usage_perc', help: 'KV-cache occupancy as a fraction: running rows / maximum running rows (sfn runs on CPU; the name is vLLM\'s).', labelNames, registers: [r],
+      name: 'vllm:gpu_cache_usage_perc',
+      help: "KV-cache occupancy as a fraction: running rows / maximum running rows (sfn runs on CPU; the name is vLLM's).",
+      labelNames,
+      registers: [r],
       async collect() {
         const last = await current();
         this.set({ model_name: src.modelName() }, (last?.running ?? 0) / src.maxRunning);
       },
     });
     new Gauge({
-      name: 'sfn_kv_cache_bytes', help: 'Bytes held by KV caches of active lanes.', registers: [r],
+      name: 'sfn_kv_cache_bytes',
+      help: 'Bytes held by KV caches of active lanes.',
+      registers: [r],
       async collect() {
         const last = await current();
         this.set(last?.cacheBytes ?? 0);
       },
     });
     new Gauge({
-      name: 'vllm:lora_requests_info', help: 'Plugins (served as vLLM serves LoRA adapters) in running and waiting requests.',
-      labelNames: ['running_lora_adapters', 'waiting_lora_adapters', 'max_lora'], registers: [r],
+      name: 'vllm:lora_requests_info',
+      help: 'Plugins (served as vLLM serves LoRA adapters) in running and waiting requests.',
+      labelNames: ['running_lora_adapters', 'waiting_lora_adapters', 'max_lora'],
+      registers: [r],
       async collect() {
         const last = await current();
         this.reset();
@@ -92,10 +108,27 @@ export class Metrics {
       },
     });
     const gauge = (name: string, help: string, pick: (s: WorkerStats) => number) =>
-      new Gauge({ name, help, registers: [r], async collect() { const last = await current(); this.set(last ? pick(last) : 0); } });
+      new Gauge({
+        name,
+        help,
+        registers: [r],
+        async collect() {
+          const last = await current();
+          this.set(last ? pick(last) : 0);
+        },
+      });
     // Totals kept by the engine worker, exposed as counters (reset, then the total) so that rate() works.
     const total = (name: string, help: string, pick: (s: WorkerStats) => number) =>
-      new Counter({ name, help, registers: [r], async collect() { const last = await current(); this.reset(); this.inc(last ? pick(last) : 0); } });
+      new Counter({
+        name,
+        help,
+        registers: [r],
+        async collect() {
+          const last = await current();
+          this.reset();
+          this.inc(last ? pick(last) : 0);
+        },
+      });
     total('sfn_plugin_cache_hits_total', 'Plugin tensor cache hits.', (s) => s.overlays.hits);
     total('sfn_plugin_cache_misses_total', 'Plugin tensor cache misses (loads from disk).', (s) => s.overlays.misses);
     total('sfn_plugin_cache_evictions_total', 'Plugins evicted from the tensor cache.', (s) => s.overlays.evictions);
@@ -110,7 +143,13 @@ export class Metrics {
     const countBuckets = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000];
     this.requestPromptTokens = new Histogram({ name: 'vllm:request_prompt_tokens', help: 'Prompt tokens per request.', labelNames, buckets: countBuckets, registers: [r] });
     this.requestGenerationTokens = new Histogram({ name: 'vllm:request_generation_tokens', help: 'Generated tokens per request.', labelNames, buckets: countBuckets, registers: [r] });
-    this.requestMaxGenerationTokens = new Histogram({ name: 'vllm:request_max_num_generation_tokens', help: 'Maximum generation tokens requested (max_tokens) per request.', labelNames, buckets: countBuckets, registers: [r] });
+    this.requestMaxGenerationTokens = new Histogram({
+      name: 'vllm:request_max_num_generation_tokens',
+      help: 'Maximum generation tokens requested (max_tokens) per request.',
+      labelNames,
+      buckets: countBuckets,
+      registers: [r],
+    });
     this.queueTime = new Histogram({ name: 'vllm:request_queue_time_seconds', help: 'Time a request waited for a batch row.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
     this.prefillTime = new Histogram({ name: 'vllm:request_prefill_time_seconds', help: 'Time from a batch row to the first token.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
     this.decodeTime = new Histogram({ name: 'vllm:request_decode_time_seconds', help: 'Time from the first token to the last.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });

@@ -12,7 +12,7 @@ const Stop = z
   .openapi({ description: 'Up to 16 strings that end generation; they are not returned.' });
 
 const common = {
-  model: z.string().min(1).openapi({ description: 'The backbone\'s name, or `backbone:plugin-id`.', example: 'stories260K' }),
+  model: z.string().min(1).openapi({ description: "The backbone's name, or `backbone:plugin-id`.", example: 'stories260K' }),
   temperature: z.number().min(0).max(2).nullish().openapi({ description: 'Sampling temperature; 0 is greedy. Default 1.' }),
   top_p: z.number().gt(0).max(1).nullish().openapi({ description: 'Nucleus sampling mass. Default 1.' }),
   top_k: z.number().int().min(-1).nullish().openapi({ description: 'vLLM extension: keep the k most likely tokens (-1 or 0: off).' }),
@@ -20,7 +20,13 @@ const common = {
   stream: z.boolean().nullish(),
   stream_options: z.strictObject({ include_usage: z.boolean().optional(), continuous_usage_stats: z.boolean().optional() }).nullish(),
   stop: Stop,
-  seed: z.number().int().min(0).max(2 ** 32 - 1).nullish().openapi({ description: 'Sampling seed; the same seed gives the same output.' }),
+  seed: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 32 - 1)
+    .nullish()
+    .openapi({ description: 'Sampling seed; the same seed gives the same output.' }),
   ignore_eos: z.boolean().nullish().openapi({ description: 'vLLM extension: keep generating past EOS.' }),
   presence_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
   frequency_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
@@ -33,10 +39,15 @@ const common = {
   safety_identifier: z.string().nullish().openapi({ description: 'Accepted and ignored.' }),
   // OpenAI features sfn does not implement: a 400 that says so, rather than an answer that silently lacks them.
   ...Object.fromEntries(
-    ['tools', 'tool_choice', 'functions', 'function_call', 'parallel_tool_calls', 'response_format', 'audio', 'modalities', 'prediction', 'web_search_options', 'reasoning_effort', 'verbosity'].map((f) => [
-      f,
-      z.null({ error: `"${f}" is not supported by sfn` }).optional().openapi({ description: 'Not supported: any value but null is a 400.' }),
-    ]),
+    ['tools', 'tool_choice', 'functions', 'function_call', 'parallel_tool_calls', 'response_format', 'audio', 'modalities', 'prediction', 'web_search_options', 'reasoning_effort', 'verbosity'].map(
+      (f) => [
+        f,
+        z
+          .null({ error: `"${f}" is not supported by sfn` })
+          .optional()
+          .openapi({ description: 'Not supported: any value but null is a 400.' }),
+      ],
+    ),
   ),
   logit_bias: z
     .record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100))
@@ -84,25 +95,18 @@ export const ChatCompletionRequest = z
     max_completion_tokens: z.number().int().min(1).nullish().openapi({ description: 'Tokens to generate, thinking included. Default: up to the context limit.' }),
     logprobs: z.boolean().nullish(),
     top_logprobs: z.number().int().min(0).max(20).nullish(),
-    mode: z
-      .enum(['chat', 'reasoning'])
-      .nullish()
-      .openapi({
-        description:
-          'sfn extension. `reasoning` opens a thinking block and applies budget forcing (s1): the thinking comes back as `reasoning_content` (and `reasoning`). Default `chat`.',
-      }),
-    reasoning_format: z
-      .enum(REASONING_FORMATS)
-      .nullish()
-      .openapi({
-        description:
-          'Reasoning mode: `think` (`<think>`...`</think>`), `s1` (`<|im_start|>think` ... `<|im_start|>answer`, for ChatML models without think tokens), or `auto` (think when both tags are single tokens, else s1 on a ChatML template). Default: the server\'s --reasoning-format.',
-      }),
+    mode: z.enum(['chat', 'reasoning']).nullish().openapi({
+      description: 'sfn extension. `reasoning` opens a thinking block and applies budget forcing (s1): the thinking comes back as `reasoning_content` (and `reasoning`). Default `chat`.',
+    }),
+    reasoning_format: z.enum(REASONING_FORMATS).nullish().openapi({
+      description:
+        "Reasoning mode: `think` (`<think>`...`</think>`), `s1` (`<|im_start|>think` ... `<|im_start|>answer`, for ChatML models without think tokens), or `auto` (think when both tags are single tokens, else s1 on a ChatML template). Default: the server's --reasoning-format.",
+    }),
     min_thinking_tokens: z.number().int().min(0).nullish().openapi({
       description: 'Reasoning mode: until this many thinking tokens exist, the end-of-thinking token and EOS are suppressed; each early attempt to end appends "Wait" (at most `wait` times).',
     }),
     max_thinking_tokens: z.number().int().min(1).nullish().openapi({ description: 'Reasoning mode: thinking is closed by force at this many tokens.' }),
-    thinking_token_budget: z.number().int().min(1).nullish().openapi({ description: 'vLLM\'s name for max_thinking_tokens.' }),
+    thinking_token_budget: z.number().int().min(1).nullish().openapi({ description: "vLLM's name for max_thinking_tokens." }),
     add_generation_prompt: z.boolean().nullish().openapi({ description: "vLLM extension: end the prompt with the assistant's header (default true)." }),
     continue_final_message: z.boolean().nullish().openapi({ description: 'vLLM extension: continue the final assistant message instead of starting a new one.' }),
     chat_template_kwargs: z.record(z.string(), z.unknown()).nullish().openapi({ description: "vLLM extension: extra variables for the chat template (e.g. Qwen3's enable_thinking)." }),
@@ -123,7 +127,9 @@ const Usage = z
 export const ViewTraceSchema = z
   .object({
     view: z.string().openapi({ description: "The view's fingerprint (the backbone's when nothing is overlaid)." }),
-    overlays: z.array(z.record(z.string(), z.unknown())).openapi({ description: 'The overlays that ran, in order: {type: plugin, id, sha256} | {type: merge | destroy, spec (with defaults filled in)}.' }),
+    overlays: z
+      .array(z.record(z.string(), z.unknown()))
+      .openapi({ description: 'The overlays that ran, in order: {type: plugin, id, sha256} | {type: merge | destroy, spec (with defaults filled in)}.' }),
   })
   .openapi('ViewTrace', { description: 'sfn extension: the view that produced this output.' });
 
@@ -176,18 +182,15 @@ export const ModelCard = z
     owned_by: z.string(),
     root: z.string().optional(),
     parent: z.string().nullable().optional(),
-    max_model_len: z.number().int().optional().openapi({ description: 'The context served (vLLM\'s field); absent while loading.' }),
+    max_model_len: z.number().int().optional().openapi({ description: "The context served (vLLM's field); absent while loading." }),
   })
   .openapi('Model');
 
 export const ModelList = z.object({ object: z.literal('list'), data: z.array(ModelCard) }).openapi('ModelList');
 
-export const ErrorResponse = z
-  .object({ error: z.object({ message: z.string(), type: z.string(), param: z.string().nullable(), code: z.string().nullable() }) })
-  .openapi('Error');
+export const ErrorResponse = z.object({ error: z.object({ message: z.string(), type: z.string(), param: z.string().nullable(), code: z.string().nullable() }) }).openapi('Error');
 
-export const errorResponses = (...codes: number[]) =>
-  Object.fromEntries(codes.map((c) => [c, { description: ERROR_TEXT[c] ?? 'Error', content: { 'application/json': { schema: ErrorResponse } } }]));
+export const errorResponses = (...codes: number[]) => Object.fromEntries(codes.map((c) => [c, { description: ERROR_TEXT[c] ?? 'Error', content: { 'application/json': { schema: ErrorResponse } } }]));
 
 const ERROR_TEXT: Record<number, string> = {
   400: 'Invalid request (the message names the field).',

@@ -108,10 +108,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     maxContext: () => servedContext(config.maxContext, host.spec!),
     resolveView,
     reasoningFormat: config.reasoningFormat,
-    models: (): ModelEntry[] => [
-      { id: modelName, created, parent: null },
-      ...store.list().map((m) => ({ id: `${modelName}:${m.id}`, created: m.created, parent: modelName })),
-    ],
+    models: (): ModelEntry[] => [{ id: modelName, created, parent: null }, ...store.list().map((m) => ({ id: `${modelName}:${m.id}`, created: m.created, parent: modelName }))],
   };
   const app = createApp({
     stethoscope: {
@@ -166,7 +163,10 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   log(`sfn: listening on ${url}, serving "${modelName}" from ${modelDir} (loading...)`);
   host.ready.then(
-    () => log(`sfn: model loaded; ready on ${host.device}${config.quantize === 'int4' ? ', frozen weights int4' : ''} (${host.spec!.numLayers} layers, hidden ${host.spec!.hiddenSize}, context ${servedContext(config.maxContext, host.spec!)})`),
+    () =>
+      log(
+        `sfn: model loaded; ready on ${host.device}${config.quantize === 'int4' ? ', frozen weights int4' : ''} (${host.spec!.numLayers} layers, hidden ${host.spec!.hiddenSize}, context ${servedContext(config.maxContext, host.spec!)})`,
+      ),
     (e) => log(`sfn: ERROR: the model failed to load: ${(e as Error).message}`),
   );
 

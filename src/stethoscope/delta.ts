@@ -116,7 +116,7 @@ function accumulate(x: Float32Array, y: Float32Array, h: Float64Array): { d2: nu
     d2 += d * d;
     a2 += av * av;
     let r = av !== 0 ? d / av : d > 0 ? 1 : d < 0 ? -1 : 0;
-    r = r > 1 ? 1 : r < -1 ? -1 : r;
+    r = r > 1 ? 1 : Math.max(r, -1);
     const r2 = r * r;
     s1 += r;
     s2 += r2;

@@ -32,7 +32,10 @@ export function collect(tokens: GeneratedToken[], finish: string): Generation {
   return {
     ids: tokens.map((t) => t.id),
     content: content.map((t) => t.text).join(''),
-    reasoning: tokens.filter((t) => t.channel === 'reasoning').map((t) => t.text).join(''),
+    reasoning: tokens
+      .filter((t) => t.channel === 'reasoning')
+      .map((t) => t.text)
+      .join(''),
     contentIds: content.map((t) => t.id),
     finish,
   };

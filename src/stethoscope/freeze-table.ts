@@ -16,7 +16,16 @@ import type { Level } from './levels.ts';
 import { renderSvg } from './plots.ts';
 
 export const FreezeTableRows = z
-  .array(z.strictObject({ name: z.string().min(1).max(32).regex(/^[A-Za-z0-9._-]+$/), kinds: z.array(z.string()).min(1) }))
+  .array(
+    z.strictObject({
+      name: z
+        .string()
+        .min(1)
+        .max(32)
+        .regex(/^[A-Za-z0-9._-]+$/),
+      kinds: z.array(z.string()).min(1),
+    }),
+  )
   .min(1)
   .max(8);
 export type FreezeTableRow = z.infer<typeof FreezeTableRows>[number];
@@ -83,7 +92,20 @@ export function freezeTableMarkdown(lines: FreezeTableLine[]): string {
 export async function writeFreezeTable(lines: FreezeTableLine[], curves: { run: string; curve: { step: number; loss: number }[] }[], dir: string): Promise<string[]> {
   writeFileSync(join(dir, 'table.json'), JSON.stringify({ rows: lines }, null, 1));
   const cols = ['name', 'kinds', 'parameters', 'steps', 'steps_per_second', 'final_loss', 'accuracy', 'avg_generated_tokens', 'I', 'II', 'III', 'IV'];
-  const rows = lines.map((l) => [l.name, l.kinds.join('+'), l.parameters, l.steps, l.steps_per_second ?? '', l.final_loss ?? '', l.accuracy, l.avg_generated_tokens, l.levels?.I ?? '', l.levels?.II ?? '', l.levels?.III ?? '', l.levels?.IV ?? '']);
+  const rows = lines.map((l) => [
+    l.name,
+    l.kinds.join('+'),
+    l.parameters,
+    l.steps,
+    l.steps_per_second ?? '',
+    l.final_loss ?? '',
+    l.accuracy,
+    l.avg_generated_tokens,
+    l.levels?.I ?? '',
+    l.levels?.II ?? '',
+    l.levels?.III ?? '',
+    l.levels?.IV ?? '',
+  ]);
   writeFileSync(join(dir, 'table.csv'), [cols, ...rows].map((r) => r.join(',')).join('\n') + '\n');
   writeFileSync(join(dir, 'table.md'), freezeTableMarkdown(lines));
   writeFileSync(join(dir, 'loss.svg'), await renderSvg(lossCurveSpec(curves)));

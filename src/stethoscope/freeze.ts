@@ -71,7 +71,12 @@ export async function runFreeze(s: FreezeSettings, progress: (step: number, step
   if (!names.size) throw new FreezeError(`the module sets ${s.kinds.join(', ')} select no parameter of this model`, 'kinds');
   const pluggable = [...names].every((n) => PLUGGABLE_KINDS.includes(parseName(n)!.kind));
   if (pluggable !== s.out.endsWith('.safetensors')) {
-    throw new FreezeError(pluggable ? 'these kinds make a plugin: give an output file ending in .safetensors' : `${kinds.filter((k) => !PLUGGABLE_KINDS.includes(k)).join(', ')} cannot be a plugin: give an output directory for a full checkpoint`, 'out');
+    throw new FreezeError(
+      pluggable
+        ? 'these kinds make a plugin: give an output file ending in .safetensors'
+        : `${kinds.filter((k) => !PLUGGABLE_KINDS.includes(k)).join(', ')} cannot be a plugin: give an output directory for a full checkpoint`,
+      'out',
+    );
   }
   for (const r of s.rows) if (r.ids.some((id) => id >= spec.vocabSize || id < 0)) throw new FreezeError('a token id is outside the vocabulary', 'data');
   mkdirSync(s.out.endsWith('.safetensors') ? dirname(s.out) || '.' : s.out, { recursive: true });
@@ -143,7 +148,11 @@ function restore(path: string, params: Map<string, Float32Array>, opt: AdamW): n
   const f = SafetensorsFile.open(path);
   try {
     for (const [n, p] of params) {
-      for (const [key, into] of [[n, p], [`adam.m.${n}`, opt.m.get(n)!], [`adam.v.${n}`, opt.v.get(n)!]] as const) {
+      for (const [key, into] of [
+        [n, p],
+        [`adam.m.${n}`, opt.m.get(n)!],
+        [`adam.v.${n}`, opt.v.get(n)!],
+      ] as const) {
         if (!f.names.includes(key)) throw new FreezeError(`${path} is not a checkpoint of this run (no ${key})`, 'resume');
         const data = toFloat32(f.readBytes(key), f.info(key).dtype);
         if (data.length !== into.length) throw new FreezeError(`${path}: ${key} has another size`, 'resume');
@@ -158,7 +167,16 @@ function restore(path: string, params: Map<string, Float32Array>, opt: AdamW): n
   }
 }
 
-async function writeOutputs(s: FreezeSettings, spec: ModelSpec, raw: Record<string, unknown>, kinds: ModuleKind[], params: Map<string, Float32Array>, losses: number[], finalLoss: number, pluggable: boolean): Promise<string[]> {
+async function writeOutputs(
+  s: FreezeSettings,
+  spec: ModelSpec,
+  raw: Record<string, unknown>,
+  kinds: ModuleKind[],
+  params: Map<string, Float32Array>,
+  losses: number[],
+  finalLoss: number,
+  pluggable: boolean,
+): Promise<string[]> {
   const shapes = expectedParams(spec);
   if (pluggable) {
     const fp = new Fingerprinter(raw);
@@ -167,7 +185,12 @@ async function writeOutputs(s: FreezeSettings, spec: ModelSpec, raw: Record<stri
     writeSafetensors(
       tmp,
       [...params].map(([n, p]) => ({ name: n, dtype: 'F32' as const, shape: shapes.get(n)!, data: new Uint8Array(p.buffer, p.byteOffset, p.byteLength) })),
-      { [BASE_FINGERPRINT_KEY]: fp.digest(), 'sfn.modules': kinds.join(','), 'sfn.freeze': JSON.stringify({ kinds: s.kinds, steps: s.steps, lr: s.lr, wd: s.wd }), ...(s.description ? { 'sfn.description': s.description } : {}) },
+      {
+        [BASE_FINGERPRINT_KEY]: fp.digest(),
+        'sfn.modules': kinds.join(','),
+        'sfn.freeze': JSON.stringify({ kinds: s.kinds, steps: s.steps, lr: s.lr, wd: s.wd }),
+        ...(s.description ? { 'sfn.description': s.description } : {}),
+      },
     );
     renameSync(tmp, s.out);
   } else {
@@ -190,7 +213,21 @@ async function writeOutputs(s: FreezeSettings, spec: ModelSpec, raw: Record<stri
   const trainable = [...params.values()].reduce((a, p) => a + p.length, 0);
   writeFileAtomic(
     sidePath(s.out, 'plan.json'),
-    JSON.stringify({ model: s.model, sets: s.kinds, kinds, trainable_parameters: trainable, total_parameters: total, fraction: trainable / total, per_kind: perKind, tensors: [...params.keys()], settings: { ...s, rows: s.rows.length } }, null, 1),
+    JSON.stringify(
+      {
+        model: s.model,
+        sets: s.kinds,
+        kinds,
+        trainable_parameters: trainable,
+        total_parameters: total,
+        fraction: trainable / total,
+        per_kind: perKind,
+        tensors: [...params.keys()],
+        settings: { ...s, rows: s.rows.length },
+      },
+      null,
+      1,
+    ),
   );
   return [basename(s.out), ...files.map((f) => basename(sidePath(s.out, f)))];
 }
@@ -199,7 +236,7 @@ async function writeOutputs(s: FreezeSettings, spec: ModelSpec, raw: Record<stri
 export function lossCurveSpec(runs: { run: string; curve: { step: number; loss: number }[] }[]): TopLevelSpec {
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
-    title: { text: 'Training loss', subtitle: 'mean next-token cross-entropy of each step\'s batch' },
+    title: { text: 'Training loss', subtitle: "mean next-token cross-entropy of each step's batch" },
     width: 520,
     height: 300,
     data: { values: runs.flatMap((r) => r.curve.map((c) => ({ run: r.run, step: c.step, loss: c.loss }))) },
@@ -211,4 +248,3 @@ export function lossCurveSpec(runs: { run: string; curve: { step: number; loss: 
     },
   };
 }
-

@@ -89,12 +89,17 @@ export class JobManager {
       this.save(job);
       try {
         mkdirSync(dir, { recursive: true });
-        job.result = await work(job, dir, (done, total, message = '') => {
-          job.progress = { done, total, message };
-          // Progress is saved at most once a second; the final state always is.
-          const now = Date.now();
-          if (now - (this.lastSave.get(job.id) ?? 0) > 1000) this.save(job);
-        }, ac.signal);
+        job.result = await work(
+          job,
+          dir,
+          (done, total, message = '') => {
+            job.progress = { done, total, message };
+            // Progress is saved at most once a second; the final state always is.
+            const now = Date.now();
+            if (now - (this.lastSave.get(job.id) ?? 0) > 1000) this.save(job);
+          },
+          ac.signal,
+        );
         job.status = ac.signal.aborted ? 'cancelled' : 'succeeded';
       } catch (e) {
         job.status = ac.signal.aborted ? 'cancelled' : 'failed';
@@ -118,7 +123,12 @@ export class JobManager {
   files(id: string): string[] {
     const d = this.dir(id);
     // Files only: a job may leave a directory (a trained checkpoint), which is no downloadable file.
-    return existsSync(d) ? readdirSync(d, { withFileTypes: true }).filter((e) => e.isFile()).map((e) => e.name).sort() : [];
+    return existsSync(d)
+      ? readdirSync(d, { withFileTypes: true })
+          .filter((e) => e.isFile())
+          .map((e) => e.name)
+          .sort()
+      : [];
   }
 
   private save(job: JobRecord): void {

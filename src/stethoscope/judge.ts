@@ -24,7 +24,14 @@ export interface Judged {
   text: string;
 }
 
-export async function judge(tok: ModelTokenizer, score: Scorer, promptIds: number[], output: Judged, answer: string | null | undefined, thresholds: LevelThresholds = DEFAULT_THRESHOLDS): Promise<LevelVerdict> {
+export async function judge(
+  tok: ModelTokenizer,
+  score: Scorer,
+  promptIds: number[],
+  output: Judged,
+  answer: string | null | undefined,
+  thresholds: LevelThresholds = DEFAULT_THRESHOLDS,
+): Promise<LevelVerdict> {
   const [withPrompt, without] = output.ids.length ? await Promise.all([score(promptIds, output.ids), score(neutralContext(tok), output.ids)]) : [[], []];
   const { nll, pmi } = nllAndPmi(withPrompt, without);
   const match = answer == null ? { matched: null, extracted: null } : answerMatches(output.text, answer);

@@ -35,9 +35,7 @@ export interface LevelThresholds {
 export const DEFAULT_THRESHOLDS: LevelThresholds = { maxRepetition: 0.75, maxNll: 3.5, minPmi: -0.1, minTokens: 1 };
 
 /** Thresholds as requests and `--thresholds` give them: any subset, the rest default. */
-export const ThresholdsSpec = z
-  .strictObject({ maxRepetition: z.number().min(0).max(1), maxNll: z.number().positive(), minPmi: z.number(), minTokens: z.number().int().min(0) })
-  .partial();
+export const ThresholdsSpec = z.strictObject({ maxRepetition: z.number().min(0).max(1), maxNll: z.number().positive(), minPmi: z.number(), minTokens: z.number().int().min(0) }).partial();
 
 export interface LevelMetrics {
   tokens: number;
@@ -106,7 +104,11 @@ function lastBoxed(text: string): string | null {
 
 /** Normalises an answer for comparison: spaces, `$`, thousands separators, trailing zeros, \text{}, case. */
 export function normalizeAnswer(s: string): string {
-  let t = s.trim().replace(/^\$+|\$+$/g, '').replace(/\\text\{([^}]*)\}/g, '$1').replace(/\\[,!;: ]/g, '');
+  let t = s
+    .trim()
+    .replace(/^\$+|\$+$/g, '')
+    .replace(/\\text\{([^}]*)\}/g, '$1')
+    .replace(/\\[,!;: ]/g, '');
   t = t.replace(/\s+/g, '').replace(/\.$/, '').toLowerCase();
   if (/^-?\d{1,3}(,\d{3})+(\.\d+)?$/.test(t)) t = t.replace(/,/g, '');
   if (/^-?\d+\.\d+$/.test(t)) t = t.replace(/0+$/, '').replace(/\.$/, '');

@@ -91,7 +91,9 @@ export function deltaHtml(r: DeltaReport, svgs: Record<string, string>): string 
 <table id="ranking"><tr><th>rank</th><th>kind</th><th>||B-A||</th><th>||B-A|| / ||A||</th><th>bimodality</th></tr>
 ${rows}
 </table>
-${Object.entries(svgs).map(([name, svg]) => `<h2>${escapeHtml(name)}</h2>\n<figure id="${escapeHtml(name)}">${svg}</figure>`).join('\n')}
+${Object.entries(svgs)
+  .map(([name, svg]) => `<h2>${escapeHtml(name)}</h2>\n<figure id="${escapeHtml(name)}">${svg}</figure>`)
+  .join('\n')}
 </body></html>
 `;
 }
@@ -106,7 +108,7 @@ export async function writeDeltaOutputs(r: DeltaReport, dir: string, every = 1):
     'delta.csv': deltaCsv(r),
     'l2_by_layer.svg': l2,
     'histograms.svg': hist,
-    'report.html': deltaHtml(r, { 'l2_by_layer': l2, histograms: hist }),
+    'report.html': deltaHtml(r, { l2_by_layer: l2, histograms: hist }),
   };
   for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content);
   return Object.keys(files);

@@ -47,7 +47,16 @@ export interface JudgedOutput {
 }
 
 /** One greedy output of `view`, judged on `scorer`. */
-export async function probeOne<V>(client: EngineClient<V>, tok: ModelTokenizer, view: V, scorer: V, promptIds: number[], answer: string | undefined, maxTokens: number, thresholds: LevelThresholds): Promise<JudgedOutput> {
+export async function probeOne<V>(
+  client: EngineClient<V>,
+  tok: ModelTokenizer,
+  view: V,
+  scorer: V,
+  promptIds: number[],
+  answer: string | undefined,
+  maxTokens: number,
+  thresholds: LevelThresholds,
+): Promise<JudgedOutput> {
   const g = await client.generate(view, promptIds, { maxTokens, temperature: 0 });
   const v = await judge(tok, (c, a) => client.score(scorer, c, a), promptIds, { ids: g.contentIds, text: g.content }, answer, thresholds);
   return { text: g.content, finish_reason: g.finish, level: v.level, reason: v.reason, metrics: v.metrics };
@@ -63,11 +72,11 @@ export async function compareViews<V>(
 ): Promise<Record<string, unknown>[]> {
   const ids = prompts.map((p, i) => probeIds(tok, p, `prompts.${i}`));
   return mapLimit(prompts, PROBE_CONCURRENCY, async (p, i) => {
-      const [a, b] = await Promise.all([
-        probeOne(client, tok, views.intact, views.intact, ids[i], p.answer, opts.maxTokens, opts.thresholds),
-        probeOne(client, tok, views.altered, opts.scorer === 'view' ? views.altered : views.intact, ids[i], p.answer, opts.maxTokens, opts.thresholds),
-      ]);
-      return { index: i, intact: a, [opts.label]: b };
+    const [a, b] = await Promise.all([
+      probeOne(client, tok, views.intact, views.intact, ids[i], p.answer, opts.maxTokens, opts.thresholds),
+      probeOne(client, tok, views.altered, opts.scorer === 'view' ? views.altered : views.intact, ids[i], p.answer, opts.maxTokens, opts.thresholds),
+    ]);
+    return { index: i, intact: a, [opts.label]: b };
   });
 }
 
@@ -79,7 +88,13 @@ export type LevelItem = z.infer<typeof LevelItem>;
 export const LabelledItem = LevelItem.extend({ label: z.enum(['I', 'II', 'III', 'IV']), source: z.string().optional() });
 
 /** Judges given outputs (produced anywhere) exactly as probes and evaluations judge their own, on `scorer`. */
-export async function judgeItems<V>(client: EngineClient<V>, tok: ModelTokenizer, scorer: V, items: LevelItem[], thresholds: LevelThresholds): Promise<{ level: Level; reason: string; metrics: unknown }[]> {
+export async function judgeItems<V>(
+  client: EngineClient<V>,
+  tok: ModelTokenizer,
+  scorer: V,
+  items: LevelItem[],
+  thresholds: LevelThresholds,
+): Promise<{ level: Level; reason: string; metrics: unknown }[]> {
   const ids = items.map((it, i) => probeIds(tok, it, `items.${i}`));
   return mapLimit(items, PROBE_CONCURRENCY, async (it, i) => {
     const v = await judge(tok, (c, a) => client.score(scorer, c, a), ids[i], { ids: tok.encode(it.output), text: it.output }, it.answer, thresholds);

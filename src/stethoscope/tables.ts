@@ -19,18 +19,30 @@ import type { EngineClient } from './engine-client.ts';
 import type { Level, LevelThresholds } from './levels.ts';
 import { renderSvg } from './plots.ts';
 import { probeIds, probeOne, ProbePrompt, type JudgedOutput, type ScorerChoice } from './probe.ts';
-import { DestroySpec, MergeSpec } from '../views/spec.ts';
+import { type DestroySpec, MergeSpec } from '../views/spec.ts';
 
 // ---------------------------------------------------------------- Table 3: destruction
 
 const METHOD_NAMES = { zero: 'Zero', reinit: 'ReInit', remove: 'Remove' } as const;
 
 export const DestructionTableSpec = z.strictObject({
-  methods: z.array(z.enum(['zero', 'reinit', 'remove'])).min(1).default(['zero', 'reinit', 'remove']),
-  modules: z.array(z.enum(MODULE_KINDS as unknown as [string, ...string[]])).min(1).describe('Module kinds: the columns (remove ignores them).'),
+  methods: z
+    .array(z.enum(['zero', 'reinit', 'remove']))
+    .min(1)
+    .default(['zero', 'reinit', 'remove']),
+  modules: z
+    .array(z.enum(MODULE_KINDS as unknown as [string, ...string[]]))
+    .min(1)
+    .describe('Module kinds: the columns (remove ignores them).'),
   layers: z.string().describe('The layer range destroyed, e.g. "5-30".'),
   prompts: z.array(ProbePrompt).min(1).max(64),
-  seed: z.number().int().min(0).max(2 ** 32 - 1).default(0).describe('ReInit seed.'),
+  seed: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 32 - 1)
+    .default(0)
+    .describe('ReInit seed.'),
 });
 export type DestructionTableSpec = z.infer<typeof DestructionTableSpec>;
 
@@ -104,7 +116,8 @@ export function destructionMarkdown(r: DestructionTable): string {
   ];
   for (const method of [...new Set(r.rows.map((x) => x.method))]) {
     const rows = r.rows.filter((x) => x.method === method);
-    const cells = rows[0].module === null ? cols.map((_, i) => (i === 0 ? `${levelsOf(rows[0].outputs)} (whole layers)` : '')) : cols.map((c) => levelsOf(rows.find((x) => x.module === c)?.outputs ?? []));
+    const cells =
+      rows[0].module === null ? cols.map((_, i) => (i === 0 ? `${levelsOf(rows[0].outputs)} (whole layers)` : '')) : cols.map((c) => levelsOf(rows.find((x) => x.module === c)?.outputs ?? []));
     lines.push(`| ${METHOD_NAMES[method as keyof typeof METHOD_NAMES]} | ${cells.join(' | ')} |`);
   }
   return lines.join('\n') + '\n';
@@ -212,7 +225,13 @@ export function mergeMarkdown(t: MergeTable): string {
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
   for (const r of t.rows) {
     const merge = r.merge ? r.merge.map((e) => `${e.modules.length > 3 ? 'all modules' : e.modules.join(',')} (${e.layers}) from ${e.from}${e.alpha !== 1 ? ` a=${e.alpha}` : ''}`).join('; ') : '-';
-    const cells = [r.name, merge, `${(r.accuracy * 100).toFixed(1)}%`, r.avg_generated_tokens.toFixed(1), ...(withLevels ? (['I', 'II', 'III', 'IV'] as Level[]).map((l) => String(r.levels?.[l] ?? '')) : [])];
+    const cells = [
+      r.name,
+      merge,
+      `${(r.accuracy * 100).toFixed(1)}%`,
+      r.avg_generated_tokens.toFixed(1),
+      ...(withLevels ? (['I', 'II', 'III', 'IV'] as Level[]).map((l) => String(r.levels?.[l] ?? '')) : []),
+    ];
     lines.push(`| ${cells.join(' | ')} |`);
   }
   return lines.join('\n') + '\n';
@@ -221,7 +240,10 @@ export function mergeMarkdown(t: MergeTable): string {
 export function writeMergeTable(t: MergeTable, results: Record<string, unknown>[], dir: string): string[] {
   writeFileSync(join(dir, 'table.json'), JSON.stringify(t, null, 1));
   const cols = ['name', 'accuracy', 'avg_generated_tokens', 'items', 'I', 'II', 'III', 'IV', 'merge'];
-  writeFileSync(join(dir, 'table.csv'), csv([cols, ...t.rows.map((r) => [r.name, r.accuracy, r.avg_generated_tokens, r.items, r.levels?.I, r.levels?.II, r.levels?.III, r.levels?.IV, r.merge ? JSON.stringify(r.merge) : ''])]));
+  writeFileSync(
+    join(dir, 'table.csv'),
+    csv([cols, ...t.rows.map((r) => [r.name, r.accuracy, r.avg_generated_tokens, r.items, r.levels?.I, r.levels?.II, r.levels?.III, r.levels?.IV, r.merge ? JSON.stringify(r.merge) : ''])]),
+  );
   writeFileSync(join(dir, 'table.md'), mergeMarkdown(t));
   writeFileSync(join(dir, 'results.jsonl'), results.map((r) => JSON.stringify(r)).join('\n') + '\n');
   return ['table.json', 'table.csv', 'table.md', 'results.jsonl'];

@@ -88,7 +88,10 @@ function convert(o: Option, raw: string, from: string): unknown {
       return n;
     }
     case 'list':
-      return raw.split(',').map((s) => s.trim()).filter(Boolean);
+      return raw
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
     case 'ids':
       return raw.split(',').map((s) => {
         const n = Number(s.trim());
@@ -122,7 +125,14 @@ export function parseOptions<C extends Command>(cmd: C, args: string[], env: Nod
       continue;
     }
     if (o.repeat) {
-      const raws = (given as string[] | undefined) ?? (fromEnv !== undefined ? fromEnv.split(',').map((s) => s.trim()).filter(Boolean) : []);
+      const raws =
+        (given as string[] | undefined) ??
+        (fromEnv !== undefined
+          ? fromEnv
+              .split(',')
+              .map((s) => s.trim())
+              .filter(Boolean)
+          : []);
       values[flag] = raws.map((r) => convert(o, r, fromEnv !== undefined ? o.env! : `--${flag}`));
       continue;
     }

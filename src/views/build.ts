@@ -58,10 +58,12 @@ export function readDonor(donor: DonorRef, names: string[]): Map<string, Tensor>
   if (donor.kind === 'file') {
     const f = SafetensorsFile.open(donor.path);
     try {
-      return new Map(names.map((n) => {
-        if (!f.header.tensors.has(n)) throw new Error(`the donor ${donor.path} has no tensor "${n}"`);
-        return [n, { shape: f.info(n).shape, data: toFloat32(f.readBytes(n), f.info(n).dtype) }];
-      }));
+      return new Map(
+        names.map((n) => {
+          if (!f.header.tensors.has(n)) throw new Error(`the donor ${donor.path} has no tensor "${n}"`);
+          return [n, { shape: f.info(n).shape, data: toFloat32(f.readBytes(n), f.info(n).dtype) }];
+        }),
+      );
     } finally {
       f.close();
     }

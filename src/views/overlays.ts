@@ -55,7 +55,11 @@ export class OverlayLoader {
   ) {
     this.cache = new LRUCache<string, Overlay[]>({
       maxSize: Math.max(1, maxBytes),
-      sizeCalculation: (os) => Math.max(1, os.reduce((a, o) => a + (o.type === 'tensors' ? [...o.tensors.values()].reduce((b, t) => b + t.data.byteLength, 0) : 0), 0)),
+      sizeCalculation: (os) =>
+        Math.max(
+          1,
+          os.reduce((a, o) => a + (o.type === 'tensors' ? [...o.tensors.values()].reduce((b, t) => b + t.data.byteLength, 0) : 0), 0),
+        ),
       dispose: (_v, _k, reason) => {
         if (reason === 'evict') this.counters.evictions++;
       },

@@ -32,7 +32,12 @@ export const DestroyEntry = z.strictObject({
   method: z.enum(['zero', 'reinit', 'remove']),
   modules: z.array(Module).default([]),
   layers: z.string(),
-  seed: z.number().int().min(0).max(2 ** 32 - 1).default(0),
+  seed: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 32 - 1)
+    .default(0),
 });
 export const DestroySpec = z.array(DestroyEntry).min(1).max(64);
 export type DestroySpec = z.infer<typeof DestroySpec>;
@@ -62,10 +67,11 @@ export function paramNames(spec: ModelSpec, kinds: ModuleKind[], layers: string,
   const out: string[] = [];
   for (const k of kinds) {
     const targets = (GLOBAL_KINDS as readonly string[]).includes(k) ? [null] : ls;
-    for (const layer of targets) for (const p of ['weight', 'bias'] as const) {
-      const n = formatName({ layer, kind: k, param: p });
-      if (have.has(n)) out.push(n);
-    }
+    for (const layer of targets)
+      for (const p of ['weight', 'bias'] as const) {
+        const n = formatName({ layer, kind: k, param: p });
+        if (have.has(n)) out.push(n);
+      }
   }
   if (spec.tieWordEmbeddings && kinds.includes('lm_head')) {
     throw new SpecError(`${param}.modules: this model ties lm_head to embed_tokens; name embed_tokens`, `${param}.modules`);
@@ -87,4 +93,3 @@ export function parseSpec<T>(schema: z.ZodType<T>, raw: unknown, param: string):
   }
   return r.data;
 }
-

@@ -55,18 +55,23 @@ function readmeDockerCommands(): string[][] {
 }
 
 describe('Dockerfile', () => {
-  it('is multi-stage on a slim Node 20 base and installs with the README\'s npm ci, without dev dependencies', () => {
+  it("is multi-stage on a slim Node 20 base and installs with the README's npm ci, without dev dependencies", () => {
     assert.ok(stages.length >= 3, 'a dependency stage and a runtime stage at least');
     assert.match(buildArgs.get('NODE_IMAGE')!, /^node:20(\.\d+)*-[a-z]+-slim$/);
     assert.equal(stages.find((s) => s.name === 'runtime-cpu')!.base, buildArgs.get('NODE_IMAGE'));
     assert.match(read('README.md'), /npm ci && npm start/);
-    const install = of(deps, 'RUN').map((r) => r.getArgumentsContent()!).find((c) => /npm ci/.test(c));
+    const install = of(deps, 'RUN')
+      .map((r) => r.getArgumentsContent()!)
+      .find((c) => /npm ci/.test(c));
     assert.ok(install, 'the dependency stage runs npm ci');
     assert.match(install, /npm ci --omit=dev/);
     // Only the CUDA variant asks onnxruntime-node's install script for the CUDA provider files.
     assert.match(install, /\$SFN_VARIANT" = cuda \] && echo cuda12 \|\| echo skip/);
     assert.equal(buildArgs.get('SFN_VARIANT'), 'cpu');
-    assert.ok(stages.some((s) => s.name === 'runtime-cuda'), 'a CUDA runtime stage');
+    assert.ok(
+      stages.some((s) => s.name === 'runtime-cuda'),
+      'a CUDA runtime stage',
+    );
     assert.equal(final.base, 'runtime-cpu', 'the final stage is chosen by SFN_VARIANT (default cpu)');
     assert.equal(finalEnv.get('SFN_DEVICE'), 'cpu', 'SFN_DEVICE follows the variant');
     // The final stage takes node_modules from the dependency stage, never installs dev dependencies itself.
@@ -77,7 +82,9 @@ describe('Dockerfile', () => {
   it('runs as a non-root user, with /data as a volume, a health check on /health and the served port exposed', () => {
     const user = of(final, 'USER').at(-1)!.getArgumentsContent()!;
     assert.ok(!['root', '0', '0:0'].includes(user), `USER ${user}`);
-    const userAdd = of(final, 'RUN').map((r) => r.getArgumentsContent()!).find((c) => c.includes('useradd'))!;
+    const userAdd = of(final, 'RUN')
+      .map((r) => r.getArgumentsContent()!)
+      .find((c) => c.includes('useradd'))!;
     assert.match(userAdd, new RegExp(`--uid (?!0\\b)\\d+ .*\\b${user}\\b`));
     const userIndex = final.instructions.lastIndexOf(of(final, 'USER').at(-1)!);
     assert.ok(final.instructions.indexOf(of(final, 'ENTRYPOINT')[0]) > userIndex, 'the entrypoint runs as that user');
@@ -99,7 +106,11 @@ describe('Dockerfile', () => {
         if (b[i] === '--build-arg') {
           const [name, value] = b[i + 1].split('=');
           assert.ok(buildArgs.has(name), `docs/deployment.md passes --build-arg ${name}, which the Dockerfile does not declare`);
-          if (name === 'SFN_VARIANT') assert.ok(stages.some((s) => s.name === `runtime-${value}`), `no runtime stage for ${value}`);
+          if (name === 'SFN_VARIANT')
+            assert.ok(
+              stages.some((s) => s.name === `runtime-${value}`),
+              `no runtime stage for ${value}`,
+            );
         }
         if (b[i] === '-t') tags.add(b[i + 1]);
       }
@@ -108,9 +119,15 @@ describe('Dockerfile', () => {
     for (const r of runs) {
       assert.ok(tags.has(r.at(-1)!), `docker run uses an image docs/deployment.md builds (${r.at(-1)})`);
       const ports = r.flatMap((w, i) => (w === '-p' ? [r[i + 1]] : []));
-      assert.deepEqual(ports.map((p) => p.split(':')[1]), [finalEnv.get('SFN_PORT')]);
+      assert.deepEqual(
+        ports.map((p) => p.split(':')[1]),
+        [finalEnv.get('SFN_PORT')],
+      );
       const mounts = r.flatMap((w, i) => (w === '-v' ? [r[i + 1].split(':')] : []));
-      assert.ok(mounts.some((m) => m[1] === finalEnv.get('SFN_DATA_DIR')), 'the data volume is mounted');
+      assert.ok(
+        mounts.some((m) => m[1] === finalEnv.get('SFN_DATA_DIR')),
+        'the data volume is mounted',
+      );
       const model = mounts.find((m) => m[1] === '/model');
       assert.ok(model && model[2] === 'ro', 'the model directory is mounted read-only');
       const env = r.flatMap((w, i) => (w === '-e' ? [r[i + 1].split('=')] : []));
@@ -120,11 +137,17 @@ describe('Dockerfile', () => {
   });
 
   it('copies only files that exist and that .dockerignore lets through', () => {
-    const ignored = read('.dockerignore').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    const ignored = read('.dockerignore')
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l && !l.startsWith('#'));
     for (const stage of stages) {
       for (const c of of(stage, 'COPY')) {
         if (copiesFrom(c)) continue;
-        const sources = c.getExpandedArguments().map((a) => a.getValue()).slice(0, -1);
+        const sources = c
+          .getExpandedArguments()
+          .map((a) => a.getValue())
+          .slice(0, -1);
         for (const src of sources) {
           assert.ok(existsSync(join(ROOT, src)), `COPY ${src}: no such file`);
           assert.ok(!ignored.includes(src.split('/')[0]), `COPY ${src} is excluded by .dockerignore`);
@@ -146,7 +169,7 @@ function freePort(): Promise<number> {
   });
 }
 
-describe('the image\'s install and start steps, replayed in a clean copy', { timeout: 600_000 }, () => {
+describe("the image's install and start steps, replayed in a clean copy", { timeout: 600_000 }, () => {
   const tmp = mkdtempSync(join(tmpdir(), 'sfn-image-'));
   const app = join(tmp, 'app');
   const data = join(tmp, 'data');

@@ -9,7 +9,10 @@ import { it } from 'node:test';
 import { ROOT } from '../helpers/fixtures.ts';
 
 it('bench/load.ts: mixed load, dropped streams and plugin churn, with no 5xx and bounded memory', { timeout: 300_000 }, () => {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/load.ts', '--clients', '12', '--duration-s', '4', '--warmup-s', '1', '--churn', '4', '--cache-mb', '48'], { cwd: ROOT, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/load.ts', '--clients', '12', '--duration-s', '4', '--warmup-s', '1', '--churn', '4', '--cache-mb', '48'], {
+    cwd: ROOT,
+    encoding: 'utf8',
+  });
   assert.equal(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout);
   assert.ok(out.load.requests > 0);

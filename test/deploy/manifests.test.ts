@@ -112,7 +112,10 @@ describe('deploy/ manifests', () => {
       }
       const Model = groups[obj.apiVersion]?.[obj.kind] as ModelClass | undefined;
       assert.ok(Model, `${where}: no schema for ${obj.apiVersion} ${obj.kind}`);
-      assert.doesNotThrow(() => new Model(obj).validate(), (e: Error) => assert.fail(`${where}: ${e.message}`));
+      assert.doesNotThrow(
+        () => new Model(obj).validate(),
+        (e: Error) => assert.fail(`${where}: ${e.message}`),
+      );
     }
   });
 
@@ -131,13 +134,16 @@ describe('deploy/ manifests', () => {
     assert.deepEqual([...k.resources].sort(), here.sort());
   });
 
-  it('the Deployment: sfn\'s probes, port, settings, non-root user, volumes and drain', () => {
+  it("the Deployment: sfn's probes, port, settings, non-root user, volumes and drain", () => {
     const dep = find('Deployment', 'sfn');
     const pod = dep.spec.template.spec;
     const c = pod.containers[0];
     const config = find('ConfigMap', 'sfn-config').data as Record<string, string>;
     const secret = find('Secret', 'sfn-keys').stringData as Record<string, string>;
-    assert.deepEqual(c.envFrom.map((e: Obj) => (e.configMapRef ?? e.secretRef).name), ['sfn-config', 'sfn-keys']);
+    assert.deepEqual(
+      c.envFrom.map((e: Obj) => (e.configMapRef ?? e.secretRef).name),
+      ['sfn-config', 'sfn-keys'],
+    );
     // sfn's own parser accepts the settings, and the configuration reference documents each one.
     const settings = parseServerConfig([], { ...config, ...secret });
     const reference = readFileSync(join(ROOT, 'docs/configuration.md'), 'utf8');
@@ -171,7 +177,7 @@ describe('deploy/ manifests', () => {
     assert.equal(dep.spec.strategy.rollingUpdate.maxUnavailable, 0);
   });
 
-  it('the Service, PodDisruptionBudget, InferencePool and ServiceMonitor select the Deployment\'s pods on its port', () => {
+  it("the Service, PodDisruptionBudget, InferencePool and ServiceMonitor select the Deployment's pods on its port", () => {
     const labels = find('Deployment', 'sfn').spec.template.metadata.labels as Record<string, string>;
     const selects = (sel: Record<string, string>) => Object.entries(sel).every(([k, v]) => labels[k] === v);
     const svc = find('Service', 'sfn');
@@ -217,7 +223,7 @@ describe('deploy/ manifests', () => {
       assert.ok(r.annotations?.summary, `alert ${r.alert} has a summary`);
     }
     const scrape = fileDoc('prometheus/prometheus.yml');
-    assert.equal(scrape.scrape_configs[0].job_name, 'sfn', 'the SfnDown alert\'s job label');
+    assert.equal(scrape.scrape_configs[0].job_name, 'sfn', "the SfnDown alert's job label");
     assert.ok(rules.some((r) => r.expr.includes('job="sfn"')));
   });
 

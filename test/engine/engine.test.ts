@@ -82,7 +82,7 @@ describe('engine on fixture A', () => {
     assert.ok(maxAbsDiff(d1, (await A.logits([...p1, 8]))[9]) < TOL);
   });
 
-  it('A with B\'s o_proj through an overlay gives M1\'s oracle logits', async () => {
+  it("A with B's o_proj through an overlay gives M1's oracle logits", async () => {
     const m1 = oracle('M1_o_proj');
     const view = A.baseView.with(tensorOverlay(pick(b.tensors, (n) => n.includes('o_proj'))));
     const got = await A.logits(m1.ids, view);
@@ -91,7 +91,7 @@ describe('engine on fixture A', () => {
     assert.ok(maxAbsDiff((await A.logits(o.ids))[3], o.logits[3]) < TOL);
   });
 
-  it('swaps the head through a view, and goes back to the backbone\'s own (prepacked) head after it', async () => {
+  it("swaps the head through a view, and goes back to the backbone's own (prepacked) head after it", async () => {
     const view = A.baseView.with(tensorOverlay(pick(b.tensors, (n) => n === 'lm_head.weight')));
     const got = await A.logits(o.ids, view);
     const ref = referenceLogits(a.spec, new Map([...a.tensors, ['lm_head.weight', b.tensors.get('lm_head.weight')!]]), o.ids);
@@ -106,7 +106,7 @@ describe('engine on fixture A', () => {
     assert.ok(maxAbsDiff(d1, o.logits[6]) < TOL);
   });
 
-  it('A with o_proj zeroed over layers 1-2 gives D_zero\'s oracle logits', async () => {
+  it("A with o_proj zeroed over layers 1-2 gives D_zero's oracle logits", async () => {
     const dz = oracle('D_zero_o_proj_1-2');
     const zeros = new Map<string, Tensor>();
     for (const l of [1, 2]) zeros.set(`model.layers.${l}.self_attn.o_proj.weight`, { shape: [64, 64], data: new Float32Array(64 * 64) });
@@ -229,12 +229,20 @@ describe('rows of several plugins in one run', () => {
       const want = await Promise.all(views.map((v) => A.logits(ids, v)));
       // Prefill of all rows in one run (rows of different lengths), then decode steps, all mixed.
       const cache = A.newCache(views.length);
-      const first = await A.forward(cache, views.map((_, i) => ids.slice(0, 3 + (i % 2))), { rowViews: views, logits: 'all' });
+      const first = await A.forward(
+        cache,
+        views.map((_, i) => ids.slice(0, 3 + (i % 2))),
+        { rowViews: views, logits: 'all' },
+      );
       first.forEach((rows, i) => rows.forEach((l, t) => assert.ok(maxAbsDiff(l, want[i][t]) < TOL, `row ${i} position ${t}`)));
       // Decode: rows that prefilled 3 tokens take token 3 and then 4; rows with 4 take token 4 and then 5.
       const pos = views.map((_, i) => 3 + (i % 2));
       for (let s = 0; s < 2; s++) {
-        const out = await A.forward(cache, views.map((_, i) => [ids[pos[i]]]), { rowViews: views });
+        const out = await A.forward(
+          cache,
+          views.map((_, i) => [ids[pos[i]]]),
+          { rowViews: views },
+        );
         out.forEach(([l], i) => assert.ok(maxAbsDiff(l, want[i][pos[i]]) < TOL, `decode row ${i} position ${pos[i]}`));
         for (let i = 0; i < pos.length; i++) pos[i]++;
       }
@@ -248,7 +256,7 @@ describe('rows of several plugins in one run', () => {
 });
 
 describe('positions', () => {
-  it('refuses to run past the model\'s max_position_embeddings (RoPE tables end there)', async () => {
+  it("refuses to run past the model's max_position_embeddings (RoPE tables end there)", async () => {
     const A = await Engine.load(fixtureDir('A'), { threads: 1 });
     try {
       const max = A.spec.maxPositionEmbeddings;

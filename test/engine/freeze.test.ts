@@ -27,7 +27,16 @@ const CASES = [
   { fixture: 'A_oproj_norms', model: 'A' },
   { fixture: 'L_llama3_tied_oproj_norms_embed', model: 'L_llama3_tied' },
 ];
-interface FreezeOracle { ids: number[]; kinds: string[]; trainable_names: string[]; loss0: number; losses: number[]; lr: number; wd: number; steps: number }
+interface FreezeOracle {
+  ids: number[];
+  kinds: string[];
+  trainable_names: string[];
+  loss0: number;
+  losses: number[];
+  lr: number;
+  wd: number;
+  steps: number;
+}
 const oracleOf = (f: string): FreezeOracle => JSON.parse(readFileSync(join(FREEZE, f, 'oracle.json'), 'utf8'));
 
 function tensors(path: string): Map<string, Float32Array> {
@@ -60,7 +69,24 @@ describe('Freeze gradients and steps against torch', () => {
 
     it(`sfn freeze --steps 3 matches torch.optim.AdamW on ${c.fixture} within 1e-5 (losses 1e-4) but where rounding decides`, async () => {
       const out = join(mkdtempSync(join(tmpdir(), 'sfn-freeze-')), 'p.safetensors');
-      const args = ['bin/sfn.js', 'freeze', '--model', fixtureDir(c.model), '--ids', o.ids.join(','), '--kinds', o.kinds.join(','), '--steps', String(o.steps), '--lr', String(o.lr), '--wd', String(o.wd), '--out', out];
+      const args = [
+        'bin/sfn.js',
+        'freeze',
+        '--model',
+        fixtureDir(c.model),
+        '--ids',
+        o.ids.join(','),
+        '--kinds',
+        o.kinds.join(','),
+        '--steps',
+        String(o.steps),
+        '--lr',
+        String(o.lr),
+        '--wd',
+        String(o.wd),
+        '--out',
+        out,
+      ];
       const r = JSON.parse((await run(process.execPath, args, { cwd: ROOT })).stdout);
       const got = tensors(out);
       const grads = tensors(join(FREEZE, c.fixture, 'grads.safetensors'));
@@ -153,7 +179,15 @@ describe('Freeze gradients of q/k/v and the MLP (F3, F4)', () => {
     }
     reader.close();
     const ids = [72, 101, 108, 108, 111, 44, 32, 119, 111];
-    const names = ['model.layers.1.self_attn.q_proj.weight', 'model.layers.1.self_attn.q_proj.bias', 'model.layers.0.self_attn.k_proj.weight', 'model.layers.2.self_attn.v_proj.weight', 'model.layers.3.mlp.gate_proj.weight', 'model.layers.0.mlp.up_proj.weight', 'model.layers.2.mlp.down_proj.weight'];
+    const names = [
+      'model.layers.1.self_attn.q_proj.weight',
+      'model.layers.1.self_attn.q_proj.bias',
+      'model.layers.0.self_attn.k_proj.weight',
+      'model.layers.2.self_attn.v_proj.weight',
+      'model.layers.3.mlp.gate_proj.weight',
+      'model.layers.0.mlp.up_proj.weight',
+      'model.layers.2.mlp.down_proj.weight',
+    ];
     const trainer = await Trainer.load(dir, new Set(names), { threads: 1 });
     const r = await trainer.step([{ ids, targets: ids.map(() => true) }]);
     await trainer.release();
@@ -180,7 +214,7 @@ describe('Freeze gradients of q/k/v and the MLP (F3, F4)', () => {
 });
 
 describe('Freeze batches', () => {
-  it('a right-padded batch gives the token-weighted mean of its rows\' gradients', async () => {
+  it("a right-padded batch gives the token-weighted mean of its rows' gradients", async () => {
     const dir = fixtureDir('A');
     const names = new Set(['model.layers.0.self_attn.o_proj.weight', 'model.layers.2.mlp.down_proj.weight', 'model.norm.weight', 'lm_head.weight', 'model.embed_tokens.weight']);
     const trainer = await Trainer.load(dir, names, { threads: 1 });

@@ -13,8 +13,14 @@ describe('seeded generator', () => {
     const b = new Rng(42);
     const c = new Rng(43);
     const xs = Array.from({ length: 5 }, () => a.nextUint32());
-    assert.deepEqual(Array.from({ length: 5 }, () => b.nextUint32()), xs);
-    assert.notDeepEqual(Array.from({ length: 5 }, () => c.nextUint32()), xs);
+    assert.deepEqual(
+      Array.from({ length: 5 }, () => b.nextUint32()),
+      xs,
+    );
+    assert.notDeepEqual(
+      Array.from({ length: 5 }, () => c.nextUint32()),
+      xs,
+    );
   });
   it('pins its first outputs so that "same seed, same tensors" holds across machines', () => {
     const r = new Rng(0);
@@ -85,7 +91,10 @@ describe('sampler', () => {
   it('reports log-probabilities and the top alternatives in order', () => {
     const { logprob, top } = logprobs(new Float32Array([0, Math.log(3)]), 0, 2);
     assert.ok(Math.abs(logprob - Math.log(0.25)) < 1e-6);
-    assert.deepEqual(top.map((t) => t.id), [1, 0]);
+    assert.deepEqual(
+      top.map((t) => t.id),
+      [1, 0],
+    );
     assert.ok(Math.abs(top[0].logprob - Math.log(0.75)) < 1e-6);
   });
 });
@@ -109,7 +118,10 @@ describe('generation', () => {
 
   it('greedy generation reproduces the oracle continuation', async () => {
     const { toks, finish } = await collect(generate(A, null, o.ids, { maxTokens: 8, temperature: 0 }));
-    assert.deepEqual(toks.map((t) => t.id), o.greedy);
+    assert.deepEqual(
+      toks.map((t) => t.id),
+      o.greedy,
+    );
     assert.equal(finish.reason, 'length');
   });
 
@@ -117,7 +129,10 @@ describe('generation', () => {
     const p = { maxTokens: 12, temperature: 1, topP: 0.9, seed: 1234, ignoreEos: true };
     const a = await collect(generate(A, tok, o.ids, p));
     const b = await collect(generate(A, tok, o.ids, p));
-    assert.deepEqual(a.toks.map((t) => t.id), b.toks.map((t) => t.id));
+    assert.deepEqual(
+      a.toks.map((t) => t.id),
+      b.toks.map((t) => t.id),
+    );
   });
 
   it('stops on a stop string, leaving it out of the text', async () => {
@@ -132,7 +147,10 @@ describe('generation', () => {
 
   it('stops on a stop id', async () => {
     const r = await collect(generate(A, tok, o.ids, { maxTokens: 8, temperature: 0, stopIds: [o.greedy[2]] }));
-    assert.deepEqual(r.toks.map((t) => t.id), o.greedy.slice(0, 3));
+    assert.deepEqual(
+      r.toks.map((t) => t.id),
+      o.greedy.slice(0, 3),
+    );
     assert.equal(r.finish.reason, 'stop');
   });
 

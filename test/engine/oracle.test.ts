@@ -13,7 +13,10 @@ describe('sfn logits matches the oracle fixtures', () => {
   for (const name of FIXTURES) {
     it(name, async () => {
       const o = oracle(name);
-      const { stdout } = await run(process.execPath, ['bin/sfn.js', 'logits', '--model', fixtureDir(name), '--ids', o.ids.join(','), '--greedy', String(o.greedy.length)], { cwd: ROOT, maxBuffer: 64 << 20 });
+      const { stdout } = await run(process.execPath, ['bin/sfn.js', 'logits', '--model', fixtureDir(name), '--ids', o.ids.join(','), '--greedy', String(o.greedy.length)], {
+        cwd: ROOT,
+        maxBuffer: 64 << 20,
+      });
       const got = JSON.parse(stdout) as { ids: number[]; logits: number[][]; greedy: number[] };
       assert.deepEqual(got.ids, o.ids);
       assert.equal(got.logits.length, o.logits.length);
@@ -23,7 +26,13 @@ describe('sfn logits matches the oracle fixtures', () => {
   }
 
   it('refuses bad ids with a usage error', async () => {
-    await assert.rejects(run(process.execPath, [join(ROOT, 'bin/sfn.js'), 'logits', '--model', fixtureDir('A'), '--ids', '1,x']), (e: { code: number; stderr: string }) => e.code === 2 && /not a token id/.test(e.stderr));
-    await assert.rejects(run(process.execPath, [join(ROOT, 'bin/sfn.js'), 'logits', '--model', fixtureDir('A'), '--ids', '1,9999']), (e: { code: number; stderr: string }) => e.code === 1 && /outside the vocabulary/.test(e.stderr));
+    await assert.rejects(
+      run(process.execPath, [join(ROOT, 'bin/sfn.js'), 'logits', '--model', fixtureDir('A'), '--ids', '1,x']),
+      (e: { code: number; stderr: string }) => e.code === 2 && /not a token id/.test(e.stderr),
+    );
+    await assert.rejects(
+      run(process.execPath, [join(ROOT, 'bin/sfn.js'), 'logits', '--model', fixtureDir('A'), '--ids', '1,9999']),
+      (e: { code: number; stderr: string }) => e.code === 1 && /outside the vocabulary/.test(e.stderr),
+    );
   });
 });

@@ -22,8 +22,11 @@ function randomWeight(K: number, N: number, seed: number): Float32Array {
 }
 
 describe('int4 quantization', () => {
-  it('round-trips within half a step of each block\'s scale, zeros exactly, padding past K included', () => {
-    for (const [K, N] of [[64, 24], [80, 8]]) {
+  it("round-trips within half a step of each block's scale, zeros exactly, padding past K included", () => {
+    for (const [K, N] of [
+      [64, 24],
+      [80, 8],
+    ]) {
       const w = randomWeight(K, N, K);
       w.fill(0, 0, N * 32); // a whole first block of zeros in every column
       const q = quantizeInt4(w, K, N);
@@ -39,7 +42,7 @@ describe('int4 quantization', () => {
     }
   });
 
-  it('is laid out as onnxruntime\'s MatMulNBits reads it', async () => {
+  it("is laid out as onnxruntime's MatMulNBits reads it", async () => {
     const [M, K, N] = [3, 96, 40];
     const q = quantizeInt4(randomWeight(K, N, 1), K, N);
     const x = randomWeight(M, K, 2);

@@ -14,7 +14,7 @@ function invFreq(spec: ModelSpec): number[] {
   const r = spec.rope;
   const out: number[] = [];
   for (let i = 0; i < d; i += 2) {
-    const f = 1 / Math.pow(r.theta, i / d);
+    const f = 1 / r.theta ** (i / d);
     if (r.type === 'linear') {
       out.push(f / r.factor);
     } else if (r.type === 'llama3') {

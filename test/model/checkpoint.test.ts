@@ -51,7 +51,12 @@ describe('checkpoints', () => {
   }
 
   it('names a missing tensor', () => {
-    const dir = broken('missing', (t) => t.splice(t.findIndex((x) => x.name === 'model.norm.weight'), 1));
+    const dir = broken('missing', (t) =>
+      t.splice(
+        t.findIndex((x) => x.name === 'model.norm.weight'),
+        1,
+      ),
+    );
     assert.throws(() => loadCheckpoint(dir), /missing 1 tensor\(s\), first "model.norm.weight"/);
   });
   it('names an unexpected tensor', () => {

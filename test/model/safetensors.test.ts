@@ -70,7 +70,10 @@ describe('safetensors reader', () => {
   it('refuses unknown fields in an entry', () => assert.equal(rule(file({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4], extra: 1 } }, 4)), 'entry'));
   it('names the offending tensor in the message', () => {
     const b = file({ w: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, 8);
-    assert.throws(() => parseHeader(b, b.length), (e: SafetensorsError) => e.tensor === 'w' && /"w"/.test(e.message));
+    assert.throws(
+      () => parseHeader(b, b.length),
+      (e: SafetensorsError) => e.tensor === 'w' && /"w"/.test(e.message),
+    );
   });
   it('refuses a file that is not safetensors at all', () => {
     const b = Buffer.from('PK\x03\x04 this is a zip file, not safetensors at all');
@@ -83,7 +86,14 @@ describe('safetensors writer', () => {
     const p = join(dir, 'rt.safetensors');
     const a = new Float32Array([1.5, -2, 3]);
     const b = new Uint8Array([1, 2, 3, 4]);
-    writeSafetensors(p, [{ name: 'a', dtype: 'F32', shape: [3], data: new Uint8Array(a.buffer) }, { name: 'b', dtype: 'U8', shape: [2, 2], data: b }], { k: 'v' });
+    writeSafetensors(
+      p,
+      [
+        { name: 'a', dtype: 'F32', shape: [3], data: new Uint8Array(a.buffer) },
+        { name: 'b', dtype: 'U8', shape: [2, 2], data: b },
+      ],
+      { k: 'v' },
+    );
     const raw = readFileSync(p);
     assert.equal(Number(raw.readBigUInt64LE(0)) % 8, 0);
     const st = SafetensorsFile.open(p);
@@ -91,12 +101,22 @@ describe('safetensors writer', () => {
     assert.deepEqual(Array.from(new Float32Array(st.readBytes('a').buffer)), [1.5, -2, 3]);
     assert.deepEqual(Array.from(st.readBytes('b')), [1, 2, 3, 4]);
     st.close();
-    assert.deepEqual(readdirSync(dir).filter((f) => f.endsWith('.tmp')), []);
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.endsWith('.tmp')),
+      [],
+    );
   });
   it('refuses duplicate names and wrong sizes without writing anything', () => {
     const p = join(dir, 'bad.safetensors');
     const d = new Uint8Array(4);
-    assert.throws(() => writeSafetensors(p, [{ name: 'x', dtype: 'F32', shape: [1], data: d }, { name: 'x', dtype: 'F32', shape: [1], data: d }]), /duplicate/);
+    assert.throws(
+      () =>
+        writeSafetensors(p, [
+          { name: 'x', dtype: 'F32', shape: [1], data: d },
+          { name: 'x', dtype: 'F32', shape: [1], data: d },
+        ]),
+      /duplicate/,
+    );
     assert.throws(() => writeSafetensors(p, [{ name: 'x', dtype: 'F32', shape: [2], data: d }]), /bytes/);
     assert.ok(!readdirSync(dir).includes('bad.safetensors'));
   });

@@ -29,7 +29,7 @@ describe('sfn help', () => {
     }
   });
 
-  it('prints one command\'s options for `sfn <command> --help`, and exits 0', async () => {
+  it("prints one command's options for `sfn <command> --help`, and exits 0", async () => {
     const { stdout } = await run(process.execPath, ['bin/sfn.js', 'freeze', '--help'], { cwd: ROOT });
     assert.match(stdout, /^usage: sfn freeze /);
     assert.match(stdout, /--kinds A,B +module sets/);
@@ -46,7 +46,7 @@ describe('sfn help', () => {
     for (const set of Object.keys(MODULE_SETS)) assert.match(declaration('extract').options.modules.help, new RegExp(`\\b${set}\\b`));
   });
 
-  it('answers a bad option with the command\'s help and exit code 2', async () => {
+  it("answers a bad option with the command's help and exit code 2", async () => {
     const err = await run(process.execPath, ['bin/sfn.js', 'logits', '--ids', '1,x'], { cwd: ROOT }).catch((e) => e);
     assert.equal(err.code, 2);
     assert.match(err.stderr, /^sfn: --ids: "x" is not a token id\n\nusage: sfn logits/);
@@ -72,14 +72,21 @@ describe('option parsing', () => {
   it('takes the flag, else the variable, else the default', () => {
     const a = parseOptions(cmd, ['--out', 'o'], {}).values;
     assert.deepEqual(a, { steps: 100, lr: undefined, mode: 'a', key: [], out: 'o', ids: undefined, quiet: false, kinds: ['x', 'y'] });
-    const b = parseOptions(cmd, ['--out', 'o', '--steps', '7', '--key', 'k1', '--key', 'k2', '--ids', '1, 2,3', '--quiet', '--kinds', 'p'], { DEMO_STEPS: '9', DEMO_KEYS: 'e1,e2', DEMO_MODE: 'b' }).values;
+    const b = parseOptions(cmd, ['--out', 'o', '--steps', '7', '--key', 'k1', '--key', 'k2', '--ids', '1, 2,3', '--quiet', '--kinds', 'p'], {
+      DEMO_STEPS: '9',
+      DEMO_KEYS: 'e1,e2',
+      DEMO_MODE: 'b',
+    }).values;
     assert.deepEqual(b, { steps: 7, lr: undefined, mode: 'b', key: ['k1', 'k2'], out: 'o', ids: [1, 2, 3], quiet: true, kinds: ['p'] });
     const c = parseOptions(cmd, ['--out', 'o'], { DEMO_STEPS: '9', DEMO_KEYS: 'e1, e2', DEMO_QUIET: 'true' }).values;
     assert.deepEqual([c.steps, c.key, c.quiet], [9, ['e1', 'e2'], true]);
   });
 
   it('names where a bad value came from', () => {
-    assert.throws(() => parseOptions(cmd, ['--out', 'o', '--steps', '1.5'], {}), (e: Error) => e instanceof OptionError && e.message === '--steps: must be an integer, got "1.5"');
+    assert.throws(
+      () => parseOptions(cmd, ['--out', 'o', '--steps', '1.5'], {}),
+      (e: Error) => e instanceof OptionError && e.message === '--steps: must be an integer, got "1.5"',
+    );
     assert.throws(() => parseOptions(cmd, ['--out', 'o'], { DEMO_STEPS: '0' }), /^OptionError: DEMO_STEPS: must be at least 1, got "0"$/);
     assert.throws(() => parseOptions(cmd, ['--out', 'o', '--mode', 'c'], {}), /--mode: must be a or b, got "c"/);
     assert.throws(() => parseOptions(cmd, ['--out', 'o', '--lr', 'fast'], {}), /--lr: must be a number/);

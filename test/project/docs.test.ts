@@ -7,10 +7,25 @@ import { generatedSections, withSection } from '../../src/cli/reference.ts';
 import { ROOT } from '../helpers/fixtures.ts';
 
 const read = (p: string) => readFileSync(join(ROOT, p), 'utf8');
-const pages = ['README.md', 'models/README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+const pages = [
+  'README.md',
+  'models/README.md',
+  ...readdirSync(join(ROOT, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => `docs/${f}`),
+];
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens. */
-const anchors = (md: string) => new Set([...md.matchAll(/^#{1,6} (.+)$/gm)].map((m) => m[1].trim().toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-')));
+const anchors = (md: string) =>
+  new Set(
+    [...md.matchAll(/^#{1,6} (.+)$/gm)].map((m) =>
+      m[1]
+        .trim()
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N} _-]/gu, '')
+        .replace(/ /g, '-'),
+    ),
+  );
 
 describe('documentation', () => {
   it('keeps the README under 200 lines, with the quick start and a link to every docs page', () => {

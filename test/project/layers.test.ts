@@ -55,7 +55,7 @@ export function cycles(edges: [string, string][]): string[][] {
     stack.push(v);
     on.add(v);
     for (const w of graph.get(v) ?? []) {
-      if (!idx.has(w)) (visit(w), low.set(v, Math.min(low.get(v)!, low.get(w)!)));
+      if (!idx.has(w)) visit(w), low.set(v, Math.min(low.get(v)!, low.get(w)!));
       else if (on.has(w)) low.set(v, Math.min(low.get(v)!, idx.get(w)!));
     }
     if (low.get(v) === idx.get(v)) {
@@ -75,12 +75,24 @@ describe('architecture', () => {
   it('keeps every import within its layer or below', () => assert.deepEqual(layerViolations(edges), []));
   it('has no import cycle', () => assert.deepEqual(cycles(edges), []));
   it('catches a planted upward import, a sideways one and a cycle', () => {
-    assert.deepEqual(layerViolations([['model/config.ts', 'engine/graph.ts'], ['server/serve.ts', 'cli/common.ts'], ['stethoscope/delta.ts', 'plugins/store.ts'], ['engine/graph.ts', 'model/config.ts']]), [
-      'model/config.ts -> engine/graph.ts',
-      'server/serve.ts -> cli/common.ts',
-      'stethoscope/delta.ts -> plugins/store.ts',
-    ]);
-    assert.deepEqual(cycles([['a.ts', 'b.ts'], ['b.ts', 'c.ts'], ['c.ts', 'a.ts'], ['c.ts', 'd.ts']]), [['a.ts', 'b.ts', 'c.ts']]);
+    assert.deepEqual(
+      layerViolations([
+        ['model/config.ts', 'engine/graph.ts'],
+        ['server/serve.ts', 'cli/common.ts'],
+        ['stethoscope/delta.ts', 'plugins/store.ts'],
+        ['engine/graph.ts', 'model/config.ts'],
+      ]),
+      ['model/config.ts -> engine/graph.ts', 'server/serve.ts -> cli/common.ts', 'stethoscope/delta.ts -> plugins/store.ts'],
+    );
+    assert.deepEqual(
+      cycles([
+        ['a.ts', 'b.ts'],
+        ['b.ts', 'c.ts'],
+        ['c.ts', 'a.ts'],
+        ['c.ts', 'd.ts'],
+      ]),
+      [['a.ts', 'b.ts', 'c.ts']],
+    );
   });
   it('sees the imports it checks', () => {
     assert.ok(edges.length > 100);

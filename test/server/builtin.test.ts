@@ -46,7 +46,10 @@ describe('the built-in model', () => {
     assert.equal(srv.modelName, 'stories260K');
     assert.match(log.join('\n'), /no model configured .* built-in model stories260K/);
     const models = (await (await fetch(`${srv.url}/v1/models`)).json()) as { data: { id: string }[] };
-    assert.deepEqual(models.data.map((m) => m.id), ['stories260K']);
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      ['stories260K'],
+    );
   });
 
   it('continues "Once upon a time" as transformers does (BOS included)', async () => {
@@ -105,7 +108,11 @@ describe('the built-in model', () => {
     assert.ok(choice.text.includes('🙂') && choice.text.includes('猫'));
     check(choice.text, choice.logprobs, 2);
     // Streamed: each chunk's offsets continue from the text before it.
-    const r = await fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', prompt: '🙂🙂 猫', max_tokens: 10, temperature: 0, logprobs: 1, stream: true }) });
+    const r = await fetch(`${srv.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'stories260K', prompt: '🙂🙂 猫', max_tokens: 10, temperature: 0, logprobs: 1, stream: true }),
+    });
     const all: Lp = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
     let text = '';
     for (const line of (await r.text()).split('\n')) {
@@ -138,15 +145,26 @@ describe('the built-in model', () => {
   });
 
   it('refuses OpenAI features it does not implement, and accepts bookkeeping fields', async () => {
-    for (const [field, value] of [['tools', [{ type: 'function', function: { name: 'f' } }]], ['tool_choice', 'auto'], ['response_format', { type: 'json_object' }], ['functions', []]] as const) {
+    for (const [field, value] of [
+      ['tools', [{ type: 'function', function: { name: 'f' } }]],
+      ['tool_choice', 'auto'],
+      ['response_format', { type: 'json_object' }],
+      ['functions', []],
+    ] as const) {
       const r = await post('/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, [field]: value });
       assert.equal(r.status, 400, field);
       assert.equal(r.body.error.param, field);
       assert.match(r.body.error.message, /not supported/);
     }
     const ok = await post('/v1/chat/completions', {
-      model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 2,
-      user: 'u1', metadata: { run: 'a' }, store: false, service_tier: 'auto', tools: null,
+      model: 'stories260K',
+      messages: [{ role: 'user', content: 'x' }],
+      max_tokens: 2,
+      user: 'u1',
+      metadata: { run: 'a' },
+      store: false,
+      service_tier: 'auto',
+      tools: null,
     });
     assert.equal(ok.status, 200, JSON.stringify(ok.body));
   });
@@ -179,7 +197,12 @@ describe('the built-in model', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, stream: true, destroy: [{ method: 'zero', modules: ['o_proj'], layers: '0' }] }),
     });
-    const first = JSON.parse((await stream.text()).split('\n').find((l) => l.startsWith('data: '))!.slice(6));
+    const first = JSON.parse(
+      (await stream.text())
+        .split('\n')
+        .find((l) => l.startsWith('data: '))!
+        .slice(6),
+    );
     assert.equal(first.sfn.overlays[0].type, 'destroy');
     assert.notEqual(first.sfn.view, srv.host.fingerprint);
     assert.notEqual(first.sfn.view, destroyed.body.sfn.view, 'another destruction, another view');
@@ -197,7 +220,10 @@ describe('conventions other servers keep', () => {
   const auth = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
 
   it('answers a CORS preflight from an allowed origin without a key, and names the origin on responses', async () => {
-    const pre = await fetch(`${srv.url}/v1/chat/completions`, { method: 'OPTIONS', headers: { origin: 'https://app.example.com', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization,content-type' } });
+    const pre = await fetch(`${srv.url}/v1/chat/completions`, {
+      method: 'OPTIONS',
+      headers: { origin: 'https://app.example.com', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization,content-type' },
+    });
     assert.equal(pre.status, 204);
     assert.equal(pre.headers.get('access-control-allow-origin'), 'https://app.example.com');
     assert.match(pre.headers.get('access-control-allow-headers') ?? '', /authorization/i);
@@ -222,9 +248,13 @@ describe('conventions other servers keep', () => {
   it('tokenizes as generation encodes (BOS included), detokenizes, and reports its version', async () => {
     const t = await fetch(`${srv.url}/tokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time' }) });
     assert.deepEqual(await t.json(), { count: 5, max_model_len: 512, tokens: [1, 403, 407, 261, 378] });
-    const raw = await (await fetch(`${srv.url}/tokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', add_special_tokens: false }) })).json() as { tokens: number[] };
+    const raw = (await (
+      await fetch(`${srv.url}/tokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', add_special_tokens: false }) })
+    ).json()) as { tokens: number[] };
     assert.deepEqual(raw.tokens, [403, 407, 261, 378]);
-    const d = (await (await fetch(`${srv.url}/detokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'stories260K', tokens: [403, 407, 261, 378] }) })).json()) as { prompt: string };
+    const d = (await (await fetch(`${srv.url}/detokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'stories260K', tokens: [403, 407, 261, 378] }) })).json()) as {
+      prompt: string;
+    };
     assert.equal(d.prompt.trim(), 'Once upon a time');
     assert.equal((await fetch(`${srv.url}/tokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'nope', prompt: 'x' }) })).status, 404);
     assert.deepEqual(await (await fetch(`${srv.url}/version`)).json(), { version: '0.1.0' });

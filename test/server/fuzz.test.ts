@@ -39,8 +39,23 @@ const nearValid = fc.record(
     logit_bias: fc.dictionary(fc.oneof(fc.constant('280'), fc.string()), fc.double({ min: -200, max: 200, noNaN: true }), { maxKeys: 2 }),
     mode: fc.constantFrom('chat', 'reasoning', 'other'),
     min_thinking_tokens: fc.integer({ min: -1, max: 3 }),
-    merge: fc.array(fc.record({ modules: fc.array(fc.constantFrom('o_proj', 'M2', 'wings'), { maxLength: 2 }), layers: fc.constantFrom('0', '1-2', 'all', '9', 'x'), from: fc.constantFrom('B', 'nope'), alpha: fc.double({ min: -1, max: 2, noNaN: true }) }), { maxLength: 2 }),
-    destroy: fc.array(fc.record({ method: fc.constantFrom('zero', 'reinit', 'remove', 'burn'), modules: fc.array(fc.constantFrom('o_proj', 'M3', 'norm'), { maxLength: 2 }), layers: fc.constantFrom('0', '2-3', '0-9', '') }), { maxLength: 2 }),
+    merge: fc.array(
+      fc.record({
+        modules: fc.array(fc.constantFrom('o_proj', 'M2', 'wings'), { maxLength: 2 }),
+        layers: fc.constantFrom('0', '1-2', 'all', '9', 'x'),
+        from: fc.constantFrom('B', 'nope'),
+        alpha: fc.double({ min: -1, max: 2, noNaN: true }),
+      }),
+      { maxLength: 2 },
+    ),
+    destroy: fc.array(
+      fc.record({
+        method: fc.constantFrom('zero', 'reinit', 'remove', 'burn'),
+        modules: fc.array(fc.constantFrom('o_proj', 'M3', 'norm'), { maxLength: 2 }),
+        layers: fc.constantFrom('0', '2-3', '0-9', ''),
+      }),
+      { maxLength: 2 },
+    ),
     prompts: fc.array(fc.record({ prompt: fc.string() }), { maxLength: 2 }),
     name: fc.oneof(fc.string(), fc.constant('../x')),
     base: fc.constantFrom('A', '../..', '/'),

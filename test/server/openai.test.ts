@@ -20,11 +20,30 @@ const quiet = () => {};
 
 function config(extra: string[] = []) {
   return parseServerConfig(
-    ['--model', fixtureDir('A'), '--port', '0', '--api-key', USER, '--admin-key', ADMIN, '--max-batch', '4', '--max-running', '8', '--max-waiting', '4', '--max-context', '256', '--max-body-bytes', '65536', ...extra],
+    [
+      '--model',
+      fixtureDir('A'),
+      '--port',
+      '0',
+      '--api-key',
+      USER,
+      '--admin-key',
+      ADMIN,
+      '--max-batch',
+      '4',
+      '--max-running',
+      '8',
+      '--max-waiting',
+      '4',
+      '--max-context',
+      '256',
+      '--max-body-bytes',
+      '65536',
+      ...extra,
+    ],
     {},
   );
 }
-
 
 describe('OpenAI-compatible server on fixture A', () => {
   let srv: RunningServer;
@@ -46,7 +65,10 @@ describe('OpenAI-compatible server on fixture A', () => {
 
   it('lists the backbone', async () => {
     const models = await client.models.list();
-    assert.deepEqual(models.data.map((m) => m.id), ['A']);
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      ['A'],
+    );
   });
 
   it('greedy completion equals `sfn logits --greedy` for the same ids', async () => {
@@ -125,16 +147,28 @@ describe('OpenAI-compatible server on fixture A', () => {
     const sampled = { ...base, temperature: 1, n: 2, seed: 42 };
     const a = await client.completions.create(sampled);
     const b = await client.completions.create(sampled);
-    assert.deepEqual(a.choices.map((c) => c.index), [0, 1]);
-    assert.deepEqual(a.choices.map((c) => c.text), b.choices.map((c) => c.text));
+    assert.deepEqual(
+      a.choices.map((c) => c.index),
+      [0, 1],
+    );
+    assert.deepEqual(
+      a.choices.map((c) => c.text),
+      b.choices.map((c) => c.text),
+    );
     assert.notEqual(a.choices[0].text, a.choices[1].text);
   });
 
   it('reasoning mode: min_thinking_tokens appends "Wait" where thinking would have ended', async () => {
     // logit_bias makes the model try to close thinking (</think> = 280) at every step.
     const r = (await client.chat.completions.create({
-      model: 'A', messages: [{ role: 'user', content: 'Think.' }], temperature: 0, max_completion_tokens: 24,
-      mode: 'reasoning', min_thinking_tokens: 10, wait: 2, logit_bias: { 280: 100 },
+      model: 'A',
+      messages: [{ role: 'user', content: 'Think.' }],
+      temperature: 0,
+      max_completion_tokens: 24,
+      mode: 'reasoning',
+      min_thinking_tokens: 10,
+      wait: 2,
+      logit_bias: { 280: 100 },
     } as never)) as unknown as { choices: { message: { content: string; reasoning_content: string } }[]; usage: { completion_tokens_details: { reasoning_tokens: number } } };
     const m = r.choices[0].message;
     assert.ok(m.reasoning_content.startsWith('Wait'), JSON.stringify(m.reasoning_content));
@@ -146,14 +180,27 @@ describe('OpenAI-compatible server on fixture A', () => {
   it('reasoning mode: thinking is never shorter than min_thinking_tokens, and max_thinking_tokens closes it', async () => {
     for (const min of [3, 7]) {
       const r = (await client.chat.completions.create({
-        model: 'A', messages: [{ role: 'user', content: 'Think.' }], temperature: 0, max_completion_tokens: 30,
-        mode: 'reasoning', min_thinking_tokens: min, wait: 0, logit_bias: { 280: 100 },
+        model: 'A',
+        messages: [{ role: 'user', content: 'Think.' }],
+        temperature: 0,
+        max_completion_tokens: 30,
+        mode: 'reasoning',
+        min_thinking_tokens: min,
+        wait: 0,
+        logit_bias: { 280: 100 },
       } as never)) as unknown as { usage: { completion_tokens_details: { reasoning_tokens: number } } };
       assert.equal(r.usage.completion_tokens_details.reasoning_tokens, min);
     }
     const stream = await client.chat.completions.create({
-      model: 'A', messages: [{ role: 'user', content: 'Think.' }], temperature: 0, max_completion_tokens: 12, stream: true,
-      mode: 'reasoning', max_thinking_tokens: 5, logit_bias: { 280: -100, 276: -100, 278: -100 }, ignore_eos: true,
+      model: 'A',
+      messages: [{ role: 'user', content: 'Think.' }],
+      temperature: 0,
+      max_completion_tokens: 12,
+      stream: true,
+      mode: 'reasoning',
+      max_thinking_tokens: 5,
+      logit_bias: { 280: -100, 276: -100, 278: -100 },
+      ignore_eos: true,
     } as never);
     const order: string[] = [];
     let reasoning = '';
@@ -176,17 +223,24 @@ describe('OpenAI-compatible server on fixture A', () => {
     const before = (await srv.host.stats()).steps;
     const together = await req(prompts);
     const steps = (await srv.host.stats()).steps - before;
-    assert.deepEqual(together.choices.map((c) => c.text), alone);
+    assert.deepEqual(
+      together.choices.map((c) => c.text),
+      alone,
+    );
     // Alone: 4 x (1 prefill + 15 decodes) = 64 runs. Together they share decode steps.
     assert.ok(steps < 40, `${steps} engine steps for 4 concurrent sequences`);
     // Separate concurrent requests give the same texts (they share steps when they overlap in time).
-    assert.deepEqual((await Promise.all(prompts.map(req))).map((r) => r.choices[0].text), alone);
+    assert.deepEqual(
+      (await Promise.all(prompts.map(req))).map((r) => r.choices[0].text),
+      alone,
+    );
   });
 
   it('stops generating when a streaming client disconnects', async () => {
     const ac = new AbortController();
     const res = await fetch(`${srv.url}/v1/completions`, {
-      method: 'POST', signal: ac.signal,
+      method: 'POST',
+      signal: ac.signal,
       headers: { 'content-type': 'application/json', authorization: `Bearer ${USER}` },
       body: JSON.stringify({ model: 'A', prompt: 'Hello', max_tokens: 200, temperature: 0, ignore_eos: true, stream: true }),
     });
@@ -205,7 +259,8 @@ describe('OpenAI-compatible server on fixture A', () => {
   it('stops generating when a non-streaming client disconnects', async () => {
     const ac = new AbortController();
     const req = fetch(`${srv.url}/v1/completions`, {
-      method: 'POST', signal: ac.signal,
+      method: 'POST',
+      signal: ac.signal,
       headers: { 'content-type': 'application/json', authorization: `Bearer ${USER}` },
       body: JSON.stringify({ model: 'A', prompt: 'Hello', max_tokens: 240, temperature: 0, ignore_eos: true }),
     }).catch(() => 'aborted');
@@ -219,7 +274,7 @@ describe('OpenAI-compatible server on fixture A', () => {
     assert.equal(srv.host.inFlight, 0);
   });
 
-  describe('errors in OpenAI\'s format', () => {
+  describe("errors in OpenAI's format", () => {
     async function expectError(res: Response, status: number, code: string | null, param?: string) {
       assert.equal(res.status, status);
       const body = (await res.json()) as { error: { message: string; type: string; param: string | null; code: string | null } };
@@ -264,21 +319,44 @@ describe('OpenAI-compatible server on fixture A', () => {
 
   it('exports vLLM-named metrics', async () => {
     const text = await (await fetch(`${srv.url}/metrics`)).text();
-    for (const name of ['vllm:num_requests_running', 'vllm:num_requests_waiting', 'vllm:time_to_first_token_seconds_count', 'vllm:time_per_output_token_seconds_bucket', 'vllm:e2e_request_latency_seconds_sum', 'vllm:prompt_tokens_total', 'vllm:generation_tokens_total', 'vllm:lora_requests_info', 'sfn_kv_cache_bytes']) {
+    for (const name of [
+      'vllm:num_requests_running',
+      'vllm:num_requests_waiting',
+      'vllm:time_to_first_token_seconds_count',
+      'vllm:time_per_output_token_seconds_bucket',
+      'vllm:e2e_request_latency_seconds_sum',
+      'vllm:prompt_tokens_total',
+      'vllm:generation_tokens_total',
+      'vllm:lora_requests_info',
+      'sfn_kv_cache_bytes',
+    ]) {
       assert.ok(text.includes(name), name);
     }
     const ttft = /vllm:time_to_first_token_seconds_count\{model_name="A"\} (\d+)/.exec(text);
     assert.ok(ttft && Number(ttft[1]) > 0);
   });
 
-  it('publishes every metric the Inference Extension picker and vLLM\'s dashboard query, with max_lora the plugin slots of a step', async () => {
+  it("publishes every metric the Inference Extension picker and vLLM's dashboard query, with max_lora the plugin slots of a step", async () => {
     await client.completions.create({ model: 'A', prompt: 'Hello', max_tokens: 3, temperature: 0, ignore_eos: true } as never);
     const text = await (await fetch(`${srv.url}/metrics`)).text();
     // The picker's defaults (queue, KV usage, LoRA info) and the panels of vLLM's Grafana dashboard.
-    const wanted = ['vllm:num_requests_waiting', 'vllm:kv_cache_usage_perc', 'vllm:lora_requests_info', 'vllm:num_requests_running', 'vllm:inter_token_latency_seconds_bucket',
-      'vllm:time_to_first_token_seconds_bucket', 'vllm:e2e_request_latency_seconds_bucket', 'vllm:request_prompt_tokens_bucket', 'vllm:request_generation_tokens_bucket',
-      'vllm:request_queue_time_seconds_bucket', 'vllm:request_prefill_time_seconds_bucket', 'vllm:request_decode_time_seconds_bucket', 'vllm:request_max_num_generation_tokens_bucket',
-      'vllm:prompt_tokens_total', 'vllm:generation_tokens_total'];
+    const wanted = [
+      'vllm:num_requests_waiting',
+      'vllm:kv_cache_usage_perc',
+      'vllm:lora_requests_info',
+      'vllm:num_requests_running',
+      'vllm:inter_token_latency_seconds_bucket',
+      'vllm:time_to_first_token_seconds_bucket',
+      'vllm:e2e_request_latency_seconds_bucket',
+      'vllm:request_prompt_tokens_bucket',
+      'vllm:request_generation_tokens_bucket',
+      'vllm:request_queue_time_seconds_bucket',
+      'vllm:request_prefill_time_seconds_bucket',
+      'vllm:request_decode_time_seconds_bucket',
+      'vllm:request_max_num_generation_tokens_bucket',
+      'vllm:prompt_tokens_total',
+      'vllm:generation_tokens_total',
+    ];
     for (const name of wanted) assert.match(text, new RegExp(`^${name}[{ ]`, 'm'), name);
     for (const name of ['vllm:request_queue_time_seconds_count', 'vllm:request_prefill_time_seconds_count', 'vllm:request_decode_time_seconds_count', 'vllm:request_generation_tokens_count']) {
       assert.ok(Number(new RegExp(`^${name}\\{model_name="A"\\} (\\d+)`, 'm').exec(text)?.[1]) > 0, `${name} observed`);
@@ -301,7 +379,11 @@ describe('server lifecycle', () => {
     const srv = await startServer(config(), quiet);
     try {
       assert.equal(srv.host.state, 'loading');
-      const res = await fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${USER}` }, body: JSON.stringify({ model: 'A', prompt: 'x' }) });
+      const res = await fetch(`${srv.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${USER}` },
+        body: JSON.stringify({ model: 'A', prompt: 'x' }),
+      });
       assert.equal(res.status, 503);
       assert.ok(res.headers.get('retry-after'));
       assert.equal((await fetch(`${srv.url}/ready`)).status, 503);

@@ -26,7 +26,6 @@ const A = loadCheckpoint(fixtureDir('A'));
 const B = loadCheckpoint(fixtureDir('B'));
 const o = oracle('A');
 
-
 /** Every file under a directory, with its size (a store's fingerprint for "left no trace"). */
 function listing(dir: string): string[] {
   const out: string[] = [];
@@ -54,7 +53,11 @@ describe('plugins over HTTP', () => {
   const dataDir = join(tmp, 'data');
   const headers = (key = ADMIN) => ({ authorization: `Bearer ${key}` });
   const upload = (id: string, bytes: Uint8Array, query = '', key = ADMIN) =>
-    fetch(`${srv.url}/v1/plugins?id=${encodeURIComponent(id)}${query}`, { method: 'POST', headers: { ...headers(key), 'content-type': 'application/octet-stream' }, body: bytes as Uint8Array<ArrayBuffer> });
+    fetch(`${srv.url}/v1/plugins?id=${encodeURIComponent(id)}${query}`, {
+      method: 'POST',
+      headers: { ...headers(key), 'content-type': 'application/octet-stream' },
+      body: bytes as Uint8Array<ArrayBuffer>,
+    });
   const score = async (model: string) => {
     const r = await fetch(`${srv.url}/v1/completions`, {
       method: 'POST',
@@ -67,13 +70,16 @@ describe('plugins over HTTP', () => {
   const expectScores = (got: (number | null)[], logits: ArrayLike<number>[]) => expectPromptScores(got, o.ids, logits);
 
   before(async () => {
-    const config = parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--api-key', USER, '--admin-key', ADMIN, '--data-dir', dataDir, '--model-root', ORACLE_DIR, '--max-plugin-mb', '1'], {});
+    const config = parseServerConfig(
+      ['--model', fixtureDir('A'), '--port', '0', '--api-key', USER, '--admin-key', ADMIN, '--data-dir', dataDir, '--model-root', ORACLE_DIR, '--max-plugin-mb', '1'],
+      {},
+    );
     srv = await startServer(config, () => {});
     await srv.host.ready;
   });
   after(() => srv.close());
 
-  it('extracts a plugin from B against A, then serves A:plugin with exactly A + B\'s o_proj/norms/embed/head', async () => {
+  it("extracts a plugin from B against A, then serves A:plugin with exactly A + B's o_proj/norms/embed/head", async () => {
     const r = await fetch(`${srv.url}/v1/plugins/extract`, {
       method: 'POST',
       headers: { ...headers(), 'content-type': 'application/json' },
@@ -92,7 +98,7 @@ describe('plugins over HTTP', () => {
     expectScores(await score('A'), o.logits);
   });
 
-  it('serves M1\'s logits through an o_proj-only plugin made with `sfn extract` and uploaded', async () => {
+  it("serves M1's logits through an o_proj-only plugin made with `sfn extract` and uploaded", async () => {
     const file = join(tmp, 'm1.safetensors');
     const audit = await extractPlugin(fixtureDir('A'), fixtureDir('B'), ['o_proj'], file);
     assert.equal(audit.tensors, 4);
@@ -124,7 +130,10 @@ describe('plugins over HTTP', () => {
   it('is idempotent for identical bytes, 409 for different bytes, replaced with overwrite', async () => {
     const file = join(tmp, 'm1.safetensors');
     assert.equal((await upload('m1', readFileSync(file))).status, 200);
-    const zeros = new Map([['model.layers.1.self_attn.o_proj.weight', { shape: [64, 64], data: new Float32Array(4096) }], ['model.layers.2.self_attn.o_proj.weight', { shape: [64, 64], data: new Float32Array(4096) }]]);
+    const zeros = new Map([
+      ['model.layers.1.self_attn.o_proj.weight', { shape: [64, 64], data: new Float32Array(4096) }],
+      ['model.layers.2.self_attn.o_proj.weight', { shape: [64, 64], data: new Float32Array(4096) }],
+    ]);
     const dz = readFileSync(pluginFile('dzero.safetensors', zeros));
     const conflict = await upload('m1', dz);
     assert.equal(conflict.status, 409);
@@ -136,7 +145,10 @@ describe('plugins over HTTP', () => {
 
   it('lists, gets and deletes (admin), and a deleted plugin is a 404 model', async () => {
     const list = (await (await fetch(`${srv.url}/v1/plugins`, { headers: headers(USER) })).json()) as { data: { id: string }[] };
-    assert.deepEqual(list.data.map((p) => p.id), ['b-freeze', 'm1']);
+    assert.deepEqual(
+      list.data.map((p) => p.id),
+      ['b-freeze', 'm1'],
+    );
     const one = (await (await fetch(`${srv.url}/v1/plugins/m1`, { headers: headers(USER) })).json()) as { sha256: string; size: number };
     assert.match(one.sha256, /^[0-9a-f]{64}$/);
     assert.equal((await fetch(`${srv.url}/v1/plugins/m1`, { method: 'DELETE', headers: headers(USER) })).status, 403);
@@ -149,13 +161,22 @@ describe('plugins over HTTP', () => {
 
   it('gives the Freeze plan', async () => {
     const r = (await (await fetch(`${srv.url}/v1/stethoscope/freeze-plan`, { headers: headers(USER) })).json()) as { total_parameters: number; sets: { name: string; trainable: number }[] };
-    assert.equal(r.total_parameters, [...A.tensors.values()].reduce((a, t) => a + t.data.length, 0));
-    assert.deepEqual(r.sets.map((s) => s.name), ['Emb+Head', 'Emb+Head+o_proj', 'Emb+Head+{q,k,v,o}_proj', 'All']);
+    assert.equal(
+      r.total_parameters,
+      [...A.tensors.values()].reduce((a, t) => a + t.data.length, 0),
+    );
+    assert.deepEqual(
+      r.sets.map((s) => s.name),
+      ['Emb+Head', 'Emb+Head+o_proj', 'Emb+Head+{q,k,v,o}_proj', 'All'],
+    );
     assert.equal(r.sets[1].trainable - r.sets[0].trainable, 4 * 64 * 64);
   });
 
   it('documents every operation with an operationId, bearer security and the scope the server enforces', async () => {
-    const doc = (await (await fetch(`${srv.url}/openapi.json`)).json()) as { paths: Record<string, Record<string, { operationId: string; security: unknown[]; 'x-sfn-scope': string }>>; components: { securitySchemes: Record<string, unknown> } };
+    const doc = (await (await fetch(`${srv.url}/openapi.json`)).json()) as {
+      paths: Record<string, Record<string, { operationId: string; security: unknown[]; 'x-sfn-scope': string }>>;
+      components: { securitySchemes: Record<string, unknown> };
+    };
     assert.ok(doc.components.securitySchemes.bearerAuth);
     const ids = new Set<string>();
     for (const [path, item] of Object.entries(doc.paths)) {
@@ -165,7 +186,8 @@ describe('plugins over HTTP', () => {
         const scope = op['x-sfn-scope'];
         assert.deepEqual(op.security, scope === 'none' ? [] : [{ bearerAuth: [] }], `${method} ${path}`);
         const url = srv.url + path.replace(/\{[^}]+\}/g, 'no-such-thing');
-        const send = (key?: string) => fetch(url, { method: method.toUpperCase(), headers: { ...(key ? headers(key) : {}), 'content-type': 'application/json' }, body: method === 'get' ? undefined : '{}' });
+        const send = (key?: string) =>
+          fetch(url, { method: method.toUpperCase(), headers: { ...(key ? headers(key) : {}), 'content-type': 'application/json' }, body: method === 'get' ? undefined : '{}' });
         if (method === 'delete' && path.startsWith('/v1/plugins')) continue; // a real delete with the admin key is tested above
         const asUser = (await send(USER)).status;
         if (scope === 'admin') assert.equal(asUser, 403, `${method} ${path} should need an admin key`);
@@ -217,8 +239,26 @@ describe('plugins over HTTP', () => {
       ['unknown name', () => file('name.safetensors', new Map([['model.layers.0.self_attn.rotary.weight', { shape: [4], data: new Float32Array(4) }]])), 400, /unknown_name/],
       ['layer the backbone lacks', () => file('layer.safetensors', new Map([[oProj(9), { shape: [64, 64], data: new Float32Array(4096) }]])), 400, /not_in_backbone/],
       ['frozen-module name', () => file('frozen.safetensors', new Map([['model.layers.0.self_attn.q_proj.weight', { shape: [64, 64], data: new Float32Array(4096) }]])), 400, /frozen_module/],
-      ['NaN', () => file('nan.safetensors', withData((d) => (d[77] = NaN))), 400, /non_finite/],
-      ['Infinity', () => file('inf.safetensors', withData((d) => (d[5] = -Infinity))), 400, /non_finite/],
+      [
+        'NaN',
+        () =>
+          file(
+            'nan.safetensors',
+            withData((d) => (d[77] = NaN)),
+          ),
+        400,
+        /non_finite/,
+      ],
+      [
+        'Infinity',
+        () =>
+          file(
+            'inf.safetensors',
+            withData((d) => (d[5] = -Infinity)),
+          ),
+        400,
+        /non_finite/,
+      ],
       ['wrong base', () => file('base.safetensors', good(), { 'sfn.base_fingerprint': '0'.repeat(32) }), 400, /base_mismatch/],
       ['no tensors', () => raw({ __metadata__: { a: 'b' } }, 0), 400, /invalid_plugin\.empty/],
       ['over the size limit', () => Buffer.alloc(1024 * 1024 + 10, 1), 413, /payload_too_large/],
@@ -245,7 +285,11 @@ describe('plugins over HTTP', () => {
       assert.equal((await upload('x', okBytes(), '', USER)).status, 403);
     });
     it('refuses extraction outside the model roots', async () => {
-      const r = await fetch(`${srv.url}/v1/plugins/extract`, { method: 'POST', headers: { ...headers(), 'content-type': 'application/json' }, body: JSON.stringify({ id: 'x', base: '../../..', tuned: 'B' }) });
+      const r = await fetch(`${srv.url}/v1/plugins/extract`, {
+        method: 'POST',
+        headers: { ...headers(), 'content-type': 'application/json' },
+        body: JSON.stringify({ id: 'x', base: '../../..', tuned: 'B' }),
+      });
       assert.equal(r.status, 400);
     });
   });
@@ -348,7 +392,11 @@ describe('two servers sharing one plugin store (replicas on a ReadWriteMany volu
     assert.equal((await upload(one, 'p', version(2))).status, 201);
     const seen = await fetch(`${two.url}/v1/plugins/p`, { headers: h });
     assert.equal(seen.status, 200, 'a plugin uploaded to one replica is visible on the other');
-    const gen = await fetch(`${two.url}/v1/completions`, { method: 'POST', headers: { ...h, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'A:p', prompt: 'hi', max_tokens: 2 }) });
+    const gen = await fetch(`${two.url}/v1/completions`, {
+      method: 'POST',
+      headers: { ...h, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'A:p', prompt: 'hi', max_tokens: 2 }),
+    });
     assert.equal(gen.status, 200);
     assert.equal((await upload(two, 'p', version(2))).status, 200, 'identical bytes: idempotent across replicas');
     assert.equal((await upload(two, 'p', version(3))).status, 409, 'other bytes without overwrite: 409 across replicas');
@@ -358,13 +406,16 @@ describe('two servers sharing one plugin store (replicas on a ReadWriteMany volu
     assert.equal(m.sha256, createHash('sha256').update(version(3)).digest('hex'), 'the overwrite is seen by the first replica');
     assert.equal((await fetch(`${one.url}/v1/plugins/p`, { method: 'DELETE', headers: h })).status, 200);
     assert.equal((await fetch(`${two.url}/v1/plugins/p`, { headers: h })).status, 404);
-    assert.deepEqual(readdirSync(join(dataDir, 'blobs')), [], 'the deleted plugin\'s blob went with it');
+    assert.deepEqual(readdirSync(join(dataDir, 'blobs')), [], "the deleted plugin's blob went with it");
   });
 
   it('commits concurrent uploads of different plugins from both servers, all of them visible to both', async () => {
     const ids = [4, 5, 6, 7, 8, 9].map((k) => ({ id: `c${k}`, bytes: version(k), srv: k % 2 ? one : two }));
     const statuses = await Promise.all(ids.map((x) => upload(x.srv, x.id, x.bytes).then((r) => r.status)));
-    assert.deepEqual(statuses, ids.map(() => 201));
+    assert.deepEqual(
+      statuses,
+      ids.map(() => 201),
+    );
     for (const srv of [one, two]) {
       const list = (await (await fetch(`${srv.url}/v1/plugins`, { headers: h })).json()) as { data: { id: string }[] };
       assert.deepEqual(list.data.map((p) => p.id).sort(), ids.map((x) => x.id).sort());
@@ -373,7 +424,7 @@ describe('two servers sharing one plugin store (replicas on a ReadWriteMany volu
     assert.ok(!readdirSync(dataDir).includes('store.lock'), 'no lock left behind');
   });
 
-  it('a starting server leaves another live writer\'s temporary file alone, quarantines a dead one\'s and breaks its lock', async () => {
+  it("a starting server leaves another live writer's temporary file alone, quarantines a dead one's and breaks its lock", async () => {
     const { hostname } = await import('node:os');
     const { writeFileSync } = await import('node:fs');
     const host = hostname().replace(/[^A-Za-z0-9.-]/g, '_');
@@ -392,7 +443,7 @@ describe('two servers sharing one plugin store (replicas on a ReadWriteMany volu
       assert.ok(readdirSync(join(dataDir, 'quarantine')).some((n) => n.includes(`~${dead}~`)));
       assert.ok(!readdirSync(dataDir).includes('store.lock'));
       const list = (await (await fetch(`${three.url}/v1/plugins`, { headers: h })).json()) as { data: unknown[] };
-      assert.equal(list.data.length, 6, 'the other servers\' plugins are intact');
+      assert.equal(list.data.length, 6, "the other servers' plugins are intact");
     } finally {
       await three.close();
     }

@@ -25,7 +25,10 @@ function chatmlWithoutThinkTokens(): string {
   for (const f of ['config.json', 'model.safetensors', 'generation_config.json']) copyFileSync(join(fixtureDir('A'), f), join(dir, f));
   // A's ChatML template, with Qwen3's switch for an empty thinking block (chat_template_kwargs.enable_thinking).
   const cfg = JSON.parse(readFileSync(join(fixtureDir('A'), 'tokenizer_config.json'), 'utf8'));
-  cfg.chat_template = cfg.chat_template.replace("{{ '<|im_start|>assistant\n' }}", "{{ '<|im_start|>assistant\n' }}{% if enable_thinking is defined and not enable_thinking %}{{ 'no thinking\n' }}{% endif %}");
+  cfg.chat_template = cfg.chat_template.replace(
+    "{{ '<|im_start|>assistant\n' }}",
+    "{{ '<|im_start|>assistant\n' }}{% if enable_thinking is defined and not enable_thinking %}{{ 'no thinking\n' }}{% endif %}",
+  );
   if (!cfg.chat_template.includes('enable_thinking')) throw new Error('fixture template changed');
   writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify(cfg));
   const tok = JSON.parse(readFileSync(join(fixtureDir('A'), 'tokenizer.json'), 'utf8'));
@@ -67,7 +70,10 @@ describe('reasoning formats over HTTP, on a ChatML model without think tokens', 
     assert.equal(tok.tokenId('</think>'), undefined);
     assert.equal(reasoningFormat(tok, 'auto'), 's1');
     assert.equal(reasoningFormat(ModelTokenizer.fromDir(fixtureDir('A')), 'auto'), 'think');
-    assert.throws(() => reasoningFormat(tok, 'think'), (e: unknown) => e instanceof PromptError && e.param === 'reasoning_format');
+    assert.throws(
+      () => reasoningFormat(tok, 'think'),
+      (e: unknown) => e instanceof PromptError && e.param === 'reasoning_format',
+    );
   });
 
   it('opens s1 thinking after the assistant header, and closes it with <|im_start|>answer', () => {
@@ -83,7 +89,7 @@ describe('reasoning formats over HTTP, on a ChatML model without think tokens', 
     assert.equal(status, 200, JSON.stringify(body));
     const m = body.choices[0].message;
     assert.equal(m.reasoning_content!.split('Wait').length - 1, 2, JSON.stringify(m.reasoning_content));
-    assert.equal(m.reasoning, m.reasoning_content, '`reasoning` (vLLM\'s newer name) carries the same text');
+    assert.equal(m.reasoning, m.reasoning_content, "`reasoning` (vLLM's newer name) carries the same text");
     // Two Waits, then suppression until the minimum; thinking ends at the first try after it.
     assert.equal(body.usage.completion_tokens_details!.reasoning_tokens, Math.max(6, 2 * wait));
   });
@@ -93,8 +99,15 @@ describe('reasoning formats over HTTP, on a ChatML model without think tokens', 
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({
-        model: 'nothink', messages: [{ role: 'user', content: 'Think.' }], temperature: 0, stream: true, stream_options: { include_usage: true },
-        mode: 'reasoning', max_thinking_tokens: 4, logit_bias: { [IM_START]: -100, [IM_END]: -100, 276: -100 }, max_completion_tokens: 14,
+        model: 'nothink',
+        messages: [{ role: 'user', content: 'Think.' }],
+        temperature: 0,
+        stream: true,
+        stream_options: { include_usage: true },
+        mode: 'reasoning',
+        max_thinking_tokens: 4,
+        logit_bias: { [IM_START]: -100, [IM_END]: -100, 276: -100 },
+        max_completion_tokens: 14,
       }),
     });
     const order: string[] = [];
@@ -136,9 +149,24 @@ describe('reasoning formats over HTTP, on a ChatML model without think tokens', 
     assert.equal((await promptTokens({})).prompt_tokens, tok.encode(user + '<|im_start|>assistant\n').length);
     assert.equal((await promptTokens({ add_generation_prompt: false })).prompt_tokens, tok.encode(user).length);
     assert.equal((await promptTokens({ chat_template_kwargs: { enable_thinking: false } })).prompt_tokens, tok.encode(user + '<|im_start|>assistant\nno thinking\n').length);
-    const cont = await promptTokens({ messages: [{ role: 'user', content: 'Think.' }, { role: 'assistant', content: 'The answer is' }], continue_final_message: true, add_generation_prompt: false });
+    const cont = await promptTokens({
+      messages: [
+        { role: 'user', content: 'Think.' },
+        { role: 'assistant', content: 'The answer is' },
+      ],
+      continue_final_message: true,
+      add_generation_prompt: false,
+    });
     assert.equal(cont.prompt_tokens, tok.encode(user + '<|im_start|>assistant\nThe answer is').length, 'the final message stays open');
-    const both = await chat({ messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: 'y' }], continue_final_message: true, add_generation_prompt: true, max_completion_tokens: 1 });
+    const both = await chat({
+      messages: [
+        { role: 'user', content: 'x' },
+        { role: 'assistant', content: 'y' },
+      ],
+      continue_final_message: true,
+      add_generation_prompt: true,
+      max_completion_tokens: 1,
+    });
     assert.equal(both.status, 400);
     const clash = await chat({ chat_template_kwargs: { messages: [] }, max_completion_tokens: 1 });
     assert.equal(clash.body.error!.param, 'chat_template_kwargs.messages');
@@ -169,8 +197,14 @@ describe('budget forcing on synthetic logits', () => {
     const { reasoning } = chatPrompt(tok, [{ role: 'user', content: 'x' }], { format: 'think', minThinkingTokens: 2 });
     const seq = new Sequence({ maxTokens: 10, temperature: 0, reasoning }, tok);
     const out = run(seq, [72, 73, IM_END, 74, 75, IM_END]);
-    assert.deepEqual(out.map((t) => t.id), [72, 73, THINK_END, 74, 75, IM_END]);
-    assert.deepEqual(out.map((t) => t.channel), ['reasoning', 'reasoning', 'reasoning', 'content', 'content', 'content']);
+    assert.deepEqual(
+      out.map((t) => t.id),
+      [72, 73, THINK_END, 74, 75, IM_END],
+    );
+    assert.deepEqual(
+      out.map((t) => t.channel),
+      ['reasoning', 'reasoning', 'reasoning', 'content', 'content', 'content'],
+    );
     assert.ok(out[2].closesReasoning && out[2].forced);
     assert.equal(seq.thinkingTokens, 2);
     assert.equal(seq.finish?.reason, 'stop');
@@ -182,10 +216,12 @@ describe('budget forcing on synthetic logits', () => {
     assert.equal(header[0], IM_START);
     const seq = new Sequence({ maxTokens: 20, temperature: 0, reasoning }, tok);
     const out = run(seq, [72, IM_START, ...Array(header.length - 1).fill(0), 74, IM_END]);
-    assert.deepEqual(out.map((t) => t.id), [72, ...header, 74, IM_END]);
+    assert.deepEqual(
+      out.map((t) => t.id),
+      [72, ...header, 74, IM_END],
+    );
     assert.ok(out.slice(1, 1 + header.length).every((t) => t.closesReasoning && t.text === ''));
     assert.equal(seq.reasoningText, 'H');
     assert.equal(seq.text, 'J');
   });
 });
-

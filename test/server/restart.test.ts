@@ -17,7 +17,11 @@ describe('engine restart', () => {
 
   it('restarts a dead engine thread; the next request succeeds and /metrics answers throughout', async () => {
     const complete = () =>
-      fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 8, temperature: 0 }) });
+      fetch(`${srv.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 8, temperature: 0 }),
+      });
     const before = (await (await complete()).json()) as { choices: { text: string }[] };
     // Kill the thread between runs (terminating one inside an onnxruntime run aborts the process).
     const worker = (srv.host as unknown as { worker: Worker }).worker;
@@ -46,7 +50,13 @@ describe('engine restart', () => {
     const waiting = srv.host.stats();
     await worker.terminate();
     // Either the thread answered first, or the request failed: it never hangs.
-    await Promise.race([waiting.then(() => 'answered', (e: Error) => e.name), new Promise((_, rej) => setTimeout(() => rej(new Error('hung')), 10_000))]).then((r) => assert.ok(r === 'answered' || r === 'EngineLostError', String(r)));
+    await Promise.race([
+      waiting.then(
+        () => 'answered',
+        (e: Error) => e.name,
+      ),
+      new Promise((_, rej) => setTimeout(() => rej(new Error('hung')), 10_000)),
+    ]).then((r) => assert.ok(r === 'answered' || r === 'EngineLostError', String(r)));
     const t0 = Date.now();
     while (srv.host.state !== 'ready') {
       assert.ok(Date.now() - t0 < 60_000);

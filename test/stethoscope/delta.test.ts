@@ -75,18 +75,25 @@ describe('delta', () => {
 
   it('ranks a kind that is zero in A and moved in B first, as its module rows say (relative change Infinity)', async () => {
     // Two in-memory sources: o_proj is zero in A; the norms moved a little.
-    const tensors = (zero: boolean, bump: number) => new Map([
-      ['model.layers.0.self_attn.o_proj.weight', Float32Array.from({ length: 16 }, (_, i) => (zero ? 0 : 0.1 * (i + 1)))],
-      ['model.layers.0.input_layernorm.weight', Float32Array.from({ length: 4 }, () => 1 + bump)],
-    ]);
-    const source = (label: string, t: Map<string, Float32Array>) => ({ label, names: [...t.keys()], elements: (n: string) => t.get(n)!.length, readRange: (n: string, s: number, out: Float32Array) => (out.set(t.get(n)!.subarray(s, s + out.length)), out), close: () => {} });
+    const tensors = (zero: boolean, bump: number) =>
+      new Map([
+        ['model.layers.0.self_attn.o_proj.weight', Float32Array.from({ length: 16 }, (_, i) => (zero ? 0 : 0.1 * (i + 1)))],
+        ['model.layers.0.input_layernorm.weight', Float32Array.from({ length: 4 }, () => 1 + bump)],
+      ]);
+    const source = (label: string, t: Map<string, Float32Array>) => ({
+      label,
+      names: [...t.keys()],
+      elements: (n: string) => t.get(n)!.length,
+      readRange: (n: string, s: number, out: Float32Array) => (out.set(t.get(n)!.subarray(s, s + out.length)), out),
+      close: () => {},
+    });
     const r = await computeDelta(source('A', tensors(true, 0)), source('B', tensors(false, 0.01)), { bins: 10 });
     assert.equal(r.kinds[0].kind, 'o_proj');
     assert.equal(r.kinds[0].rel_l2, Infinity);
     assert.equal(r.modules.find((m) => m.kind === 'o_proj')!.rel_l2, Infinity);
   });
 
-  it('compares a backbone with a plugin laid over it: only the plugin\'s modules move', async () => {
+  it("compares a backbone with a plugin laid over it: only the plugin's modules move", async () => {
     const file = join(mkdtempSync(join(tmpdir(), 'sfn-delta-')), 'p.safetensors');
     await extractPlugin(fixtureDir('A'), fixtureDir('B'), ['o_proj'], file);
     const r = await computeDelta(checkpointSource(fixtureDir('A')), pluginSource(fixtureDir('A'), file));
@@ -126,11 +133,29 @@ describe('delta', () => {
   });
 
   const chromium = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
-  it('renders the report page and its SVGs in headless Chromium', { skip: chromium ? false : 'Debian\'s chromium is not installed (apt-get install chromium); the browser check is skipped' }, async () => {
+  it('renders the report page and its SVGs in headless Chromium', {
+    skip: chromium ? false : "Debian's chromium is not installed (apt-get install chromium); the browser check is skipped",
+  }, async () => {
     const out = mkdtempSync(join(tmpdir(), 'sfn-delta-web-'));
     await run(process.execPath, ['bin/sfn.js', 'delta', fixtureDir('A'), fixtureDir('B'), '--out', out], { cwd: ROOT });
     const browse = (file: string) =>
-      execFileSync(chromium!, ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${mkdtempSync(join(tmpdir(), 'sfn-chrome-'))}`, '--dump-dom', `file://${file}`], { encoding: 'utf8', timeout: 60000, stdio: ['ignore', 'pipe', 'ignore'] });
+      execFileSync(
+        chromium!,
+        [
+          '--headless',
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-quic',
+          '--no-first-run',
+          '--disable-background-networking',
+          '--disable-component-update',
+          '--disable-sync',
+          `--user-data-dir=${mkdtempSync(join(tmpdir(), 'sfn-chrome-'))}`,
+          '--dump-dom',
+          `file://${file}`,
+        ],
+        { encoding: 'utf8', timeout: 60000, stdio: ['ignore', 'pipe', 'ignore'] },
+      );
     // An SVG that is not well-formed XML renders as Chromium's parse-error page.
     for (const f of ['l2_by_layer.svg', 'histograms.svg']) {
       const dom = browse(join(out, f));
@@ -149,7 +174,10 @@ describe('delta as a job over HTTP', () => {
     const { startServer } = await import('../../src/server/serve.ts');
     const { ORACLE_DIR } = await import('../helpers/fixtures.ts');
     const dataDir = mkdtempSync(join(tmpdir(), 'sfn-jobs-'));
-    const cfg = parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--admin-key', 'admin-key-123456', '--api-key', 'user-key-123456', '--model-root', ORACLE_DIR, '--data-dir', dataDir], {});
+    const cfg = parseServerConfig(
+      ['--model', fixtureDir('A'), '--port', '0', '--admin-key', 'admin-key-123456', '--api-key', 'user-key-123456', '--model-root', ORACLE_DIR, '--data-dir', dataDir],
+      {},
+    );
     const admin = { authorization: 'Bearer admin-key-123456', 'content-type': 'application/json' };
     let srv = await startServer(cfg, () => {});
     try {

@@ -43,7 +43,11 @@ describe('destruction probe', () => {
     assert.equal(body.results[1].intact.metrics.matched, null);
     // The intact output's NLL, recomputed by scoring prompt + output through /v1/completions.
     const first = body.results[0].intact;
-    const promptIds = ((await (await post('/v1/completions', { model: 'A', prompt: 'Hello, world!', max_tokens: 12, temperature: 0, logprobs: 0, return_tokens_as_token_ids: true })).json()) as { choices: { text: string; logprobs: { tokens: string[]; token_logprobs: number[] } }[] }).choices[0];
+    const promptIds = (
+      (await (await post('/v1/completions', { model: 'A', prompt: 'Hello, world!', max_tokens: 12, temperature: 0, logprobs: 0, return_tokens_as_token_ids: true })).json()) as {
+        choices: { text: string; logprobs: { tokens: string[]; token_logprobs: number[] } }[];
+      }
+    ).choices[0];
     assert.equal(promptIds.text, first.text);
     const nll = -promptIds.logprobs.token_logprobs.reduce((a, x) => a + x, 0) / promptIds.logprobs.token_logprobs.length;
     assert.ok(Math.abs(nll - first.metrics.nll) < 1e-4, `${nll} vs ${first.metrics.nll}`);
@@ -66,16 +70,26 @@ describe('destruction probe', () => {
     for (const c of job.result.cells) assert.ok(c.kl >= 0);
     const cell = job.result.cells.find((c) => c.module === 'o_proj' && c.layers === '1-2')!;
     const dz = oracle('D_zero_o_proj_1-2');
-    const want = meanKl(o.logits.map((r) => Float32Array.from(r)), dz.logits.map((r) => Float32Array.from(r)));
+    const want = meanKl(
+      o.logits.map((r) => Float32Array.from(r)),
+      dz.logits.map((r) => Float32Array.from(r)),
+    );
     assert.ok(Math.abs(cell.kl - want) < 1e-4 * Math.max(1, want), `${cell.kl} vs ${want}`);
     const svg = await (await fetch(`${srv.url}/v1/stethoscope/jobs/${id}/files/sweep.svg`)).text();
     assert.match(svg, /^<svg/);
 
     // `sfn destruction-sweep` runs the same function over an engine in its own process: the same cells.
     const out = mkdtempSync(join(tmpdir(), 'sfn-sweep-cli-'));
-    const { stdout } = await promisify(execFile)(process.execPath, ['bin/sfn.js', 'destruction-sweep', '--model', fixtureDir('A'), '--method', 'zero', '--modules', 'o_proj,up_proj', '--window', '2', '--stride', '1', '--ids', o.ids.join(','), '--out', out], { cwd: ROOT });
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['bin/sfn.js', 'destruction-sweep', '--model', fixtureDir('A'), '--method', 'zero', '--modules', 'o_proj,up_proj', '--window', '2', '--stride', '1', '--ids', o.ids.join(','), '--out', out],
+      { cwd: ROOT },
+    );
     const cli = JSON.parse(stdout) as typeof job.result;
-    assert.deepEqual(cli.cells.map((c) => [c.module, c.layers]), job.result.cells.map((c) => [c.module, c.layers]));
+    assert.deepEqual(
+      cli.cells.map((c) => [c.module, c.layers]),
+      job.result.cells.map((c) => [c.module, c.layers]),
+    );
     cli.cells.forEach((c, i) => assert.ok(Math.abs(c.kl - job.result.cells[i].kl) <= 1e-6 * Math.max(1, c.kl), `${c.module} ${c.layers}: ${c.kl} vs ${job.result.cells[i].kl}`));
     assert.deepEqual(JSON.parse(readFileSync(join(out, 'sweep.json'), 'utf8')), cli);
     assert.match(readFileSync(join(out, 'sweep.svg'), 'utf8'), /^<svg/);

@@ -57,11 +57,20 @@ describe('evaluation jobs', () => {
     assert.equal(job.status, 'succeeded', job.error ?? '');
     assert.deepEqual(job.files, ['results.jsonl', 'summary.json']);
     assert.equal(job.progress.done, 3);
-    const results = readFileSync(join(dataDir, 'jobs', id, 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)) as { id: string; output: string; correct: boolean; tokens: number; level: { level: string } }[];
-    assert.deepEqual(results.map((x) => x.id), ['q1', 'q2', 'q3']);
+    const results = readFileSync(join(dataDir, 'jobs', id, 'results.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l)) as { id: string; output: string; correct: boolean; tokens: number; level: { level: string } }[];
+    assert.deepEqual(
+      results.map((x) => x.id),
+      ['q1', 'q2', 'q3'],
+    );
     for (const [i, item] of SET.entries()) {
       const messages = item.messages ?? [{ role: 'user', content: item.prompt }];
-      const chat = (await (await post('/v1/chat/completions', { model: 'A', messages, max_tokens: 8, temperature: 0, destroy: [{ method: 'zero', modules: ['o_proj'], layers: '1-2' }] })).json()) as { choices: { message: { content: string } }[]; usage: { completion_tokens: number } };
+      const chat = (await (await post('/v1/chat/completions', { model: 'A', messages, max_tokens: 8, temperature: 0, destroy: [{ method: 'zero', modules: ['o_proj'], layers: '1-2' }] })).json()) as {
+        choices: { message: { content: string } }[];
+        usage: { completion_tokens: number };
+      };
       assert.equal(results[i].output, chat.choices[0].message.content, item.id);
       assert.equal(results[i].tokens, chat.usage.completion_tokens);
       assert.ok(['I', 'II', 'III', 'IV'].includes(results[i].level.level));
@@ -81,7 +90,10 @@ describe('evaluation jobs', () => {
     const { id } = (await r.json()) as { id: string };
     const job = await wait(id);
     assert.equal(job.status, 'succeeded', job.error ?? '');
-    const [res] = readFileSync(join(dataDir, 'jobs', id, 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)) as { reasoning: string | null }[];
+    const [res] = readFileSync(join(dataDir, 'jobs', id, 'results.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l)) as { reasoning: string | null }[];
     assert.equal(typeof res.reasoning, 'string');
   });
 
@@ -94,11 +106,16 @@ describe('evaluation jobs', () => {
   it('sfn eval writes the same results in this process, with a progress bar', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'sfn-eval-cli-'));
     writeFileSync(join(dir, 'set.jsonl'), jsonl);
-    const { stdout, stderr } = await run(process.execPath, ['bin/sfn.js', 'eval', '--model', fixtureDir('A'), '--data', join(dir, 'set.jsonl'), '--out', join(dir, 'out'), '--max-tokens', '8'], { cwd: ROOT });
+    const { stdout, stderr } = await run(process.execPath, ['bin/sfn.js', 'eval', '--model', fixtureDir('A'), '--data', join(dir, 'set.jsonl'), '--out', join(dir, 'out'), '--max-tokens', '8'], {
+      cwd: ROOT,
+    });
     assert.match(stderr, /3\/3/);
     const summary = JSON.parse(stdout) as { items: number; accuracy: number };
     assert.equal(summary.items, 3);
-    const lines = readFileSync(join(dir, 'out', 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)) as { output: string }[];
+    const lines = readFileSync(join(dir, 'out', 'results.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l)) as { output: string }[];
     const chat = (await (await post('/v1/chat/completions', { model: 'A', messages: SET[1].messages, max_tokens: 8, temperature: 0 })).json()) as { choices: { message: { content: string } }[] };
     assert.equal(lines[1].output, chat.choices[0].message.content);
   });

@@ -83,11 +83,28 @@ describe('Freeze over HTTP on the built-in model', () => {
   it('runs Table 2: each row trained and evaluated, F3 (q/k/v, not pluggable) through its checkpoint', async () => {
     const small = TRAIN.split('\n').slice(0, 64).join('\n');
     const evalSet = HELD_OUT.split('\n').slice(0, 4).join('\n');
-    const r = await post('/v1/stethoscope/freeze', { data: small, kinds: ['norms'], steps: 8, lr: 3e-3, table: { rows: [{ name: 'F1', kinds: ['norms'] }, { name: 'F3', kinds: ['embed', 'head', 'o_proj', 'norms', 'qkv'] }], eval: evalSet, max_tokens: 24, chat: false } });
+    const r = await post('/v1/stethoscope/freeze', {
+      data: small,
+      kinds: ['norms'],
+      steps: 8,
+      lr: 3e-3,
+      table: {
+        rows: [
+          { name: 'F1', kinds: ['norms'] },
+          { name: 'F3', kinds: ['embed', 'head', 'o_proj', 'norms', 'qkv'] },
+        ],
+        eval: evalSet,
+        max_tokens: 24,
+        chat: false,
+      },
+    });
     assert.equal(r.status, 202, JSON.stringify(r.body));
     const j = await wait(r.body.id);
     assert.equal(j.status, 'succeeded', j.error ?? '');
-    assert.deepEqual(j.result.rows.map((x: { name: string }) => x.name), ['A', 'F1', 'F3']);
+    assert.deepEqual(
+      j.result.rows.map((x: { name: string }) => x.name),
+      ['A', 'F1', 'F3'],
+    );
     assert.ok(j.result.rows[2].parameters > j.result.rows[1].parameters);
     assert.match(j.result.markdown, /^\| Run \| Trained \| #Param \| Steps\/s \| Final loss \| Accuracy \| Avg\. tokens \|$/m);
     assert.ok(j.files.includes('loss.svg') && j.files.includes('table.md') && j.files.includes('F1.safetensors'));

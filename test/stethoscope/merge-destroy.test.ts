@@ -18,19 +18,21 @@ const A = loadCheckpoint(fixtureDir('A'));
 const B = loadCheckpoint(fixtureDir('B'));
 const o = oracle('A');
 
-
 describe('sfn logits --merge / --destroy', () => {
   const logits = async (flag: string, json: unknown) => {
-    const { stdout } = await run(process.execPath, ['bin/sfn.js', 'logits', '--model', fixtureDir('A'), '--ids', o.ids.join(','), '--greedy', '8', flag, JSON.stringify(json)], { cwd: ROOT, maxBuffer: 64 << 20 });
+    const { stdout } = await run(process.execPath, ['bin/sfn.js', 'logits', '--model', fixtureDir('A'), '--ids', o.ids.join(','), '--greedy', '8', flag, JSON.stringify(json)], {
+      cwd: ROOT,
+      maxBuffer: 64 << 20,
+    });
     return JSON.parse(stdout) as { logits: number[][]; greedy: number[] };
   };
-  it('a merge of A with B\'s o_proj gives M1\'s oracle logits', async () => {
+  it("a merge of A with B's o_proj gives M1's oracle logits", async () => {
     const m1 = oracle('M1_o_proj');
     const got = await logits('--merge', [{ modules: ['M1'], layers: 'all', from: fixtureDir('B') }]);
     got.logits.forEach((r, i) => assert.ok(maxAbsDiff(r, m1.logits[i]) < 1e-4, `position ${i}`));
     assert.deepEqual(got.greedy, m1.greedy);
   });
-  it('a Zero destruction of A\'s o_proj over layers 1-2 gives D_zero\'s oracle logits', async () => {
+  it("a Zero destruction of A's o_proj over layers 1-2 gives D_zero's oracle logits", async () => {
     const dz = oracle('D_zero_o_proj_1-2');
     const got = await logits('--destroy', [{ method: 'zero', modules: ['o_proj'], layers: '1-2' }]);
     got.logits.forEach((r, i) => assert.ok(maxAbsDiff(r, dz.logits[i]) < 1e-4, `position ${i}`));
@@ -48,7 +50,7 @@ describe('sfn export', () => {
     const { stdout } = await run(process.execPath, ['bin/sfn.js', 'logits', '--model', out, '--ids', o.ids.join(',')], { cwd: ROOT, maxBuffer: 64 << 20 });
     return { out, logits: (JSON.parse(stdout) as { logits: number[][] }).logits };
   };
-  it('writes a merged view that, loaded back as a plain checkpoint, gives the view\'s logits', async () => {
+  it("writes a merged view that, loaded back as a plain checkpoint, gives the view's logits", async () => {
     const { out, logits } = await exportAndRead('--merge', [{ modules: ['M1'], from: fixtureDir('B') }]);
     const m1 = oracle('M1_o_proj');
     logits.forEach((r, i) => assert.ok(maxAbsDiff(r, m1.logits[i]) < 1e-4, `position ${i}`));
@@ -73,7 +75,10 @@ describe('ReInit', () => {
     // Pinned: the generator (sfc32 via splitmix32, Box-Muller) and the seed mixing are part of the contract.
     assert.equal(fnv1a('a'), 0xe40c292c); // FNV-1a's published test vectors
     assert.equal(fnv1a('foobar'), 0xbf9cf968);
-    assert.deepEqual(Array.from(w.slice(0, 3), (x) => +x.toFixed(6)), PINNED_REINIT);
+    assert.deepEqual(
+      Array.from(w.slice(0, 3), (x) => +x.toFixed(6)),
+      PINNED_REINIT,
+    );
   });
 });
 const PINNED_REINIT = [0.007763, -0.029786, -0.016289];
@@ -101,7 +106,7 @@ describe('merges and destruction over HTTP', () => {
     rmSync(`${ROOT}/.scratch-test-data-${process.pid}`, { recursive: true, force: true });
   });
 
-  it('merge M1 per request gives M1\'s oracle logits; Zero over 1-2 gives D_zero\'s', async () => {
+  it("merge M1 per request gives M1's oracle logits; Zero over 1-2 gives D_zero's", async () => {
     expectScores((await score({ merge: [{ modules: ['o_proj'], layers: '0-3', from: 'B' }] })).choices[0].logprobs.token_logprobs, oracle('M1_o_proj').logits);
     expectScores((await score({ destroy: [{ method: 'zero', modules: ['o_proj'], layers: '1-2' }] })).choices[0].logprobs.token_logprobs, oracle('D_zero_o_proj_1-2').logits);
     expectScores((await score({})).choices[0].logprobs.token_logprobs, o.logits);
@@ -135,7 +140,7 @@ describe('merges and destruction over HTTP', () => {
     expectScores(r1, referenceLogits(A.spec, re, o.ids));
   });
 
-  it('exports a view over HTTP as a checkpoint that loads back with the view\'s logits', async () => {
+  it("exports a view over HTTP as a checkpoint that loads back with the view's logits", async () => {
     const r = await fetch(`${srv.url}/v1/stethoscope/export`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -174,7 +179,10 @@ describe('merges and destruction over HTTP', () => {
     const reg = await fetch(`${srv.url}/v1/stethoscope/checkpoints`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'tuned-b', path: 'B' }) });
     assert.equal(reg.status, 201, await reg.clone().text());
     const list = (await (await fetch(`${srv.url}/v1/stethoscope/checkpoints`)).json()) as { data: { name: string }[] };
-    assert.deepEqual(list.data.map((x) => x.name), ['tuned-b']);
+    assert.deepEqual(
+      list.data.map((x) => x.name),
+      ['tuned-b'],
+    );
     expectScores((await score({ merge: [{ modules: ['o_proj'], from: 'tuned-b' }] })).choices[0].logprobs.token_logprobs, oracle('M1_o_proj').logits);
     const outside = await fetch(`${srv.url}/v1/stethoscope/checkpoints`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'x', path: '/etc' }) });
     assert.equal(outside.status, 400);

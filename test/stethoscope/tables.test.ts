@@ -85,7 +85,10 @@ describe('the paper protocol on the built-in pair', () => {
     assert.equal(job.progress.done, job.progress.total);
     assert.equal(job.progress.total, (2 + 2 + 1 + 1) * STORIES.length, 'five rows and the intact outputs');
     const rows = job.result.rows as { method: string; module: string | null; levels: string[] }[];
-    assert.deepEqual(rows.map((x) => `${x.method}:${x.module}`), ['zero:q_proj', 'zero:o_proj', 'reinit:q_proj', 'reinit:o_proj', 'remove:null']);
+    assert.deepEqual(
+      rows.map((x) => `${x.method}:${x.module}`),
+      ['zero:q_proj', 'zero:o_proj', 'reinit:q_proj', 'reinit:o_proj', 'remove:null'],
+    );
     assert.deepEqual(job.result.intact, ['III', 'III'], 'the intact model continues the stories');
     assert.deepEqual(rows.at(-1)!.levels, ['I', 'I'], 'removing every layer leaves nonsense');
     const md = readFileSync(join(dataDir, 'jobs', job.id, 'table.md'), 'utf8');
@@ -113,7 +116,10 @@ describe('the paper protocol on the built-in pair', () => {
     assert.equal(job.status, 'succeeded', job.error ?? '');
     assert.equal(job.progress.total, 5 * 8);
     const rows = job.result.rows as { name: string; accuracy: number; avg_generated_tokens: number; levels: Record<string, number> }[];
-    assert.deepEqual(rows.map((x) => x.name), ['A', 'B', 'M1', 'M2', 'M3']);
+    assert.deepEqual(
+      rows.map((x) => x.name),
+      ['A', 'B', 'M1', 'M2', 'M3'],
+    );
     assert.equal(rows[0].accuracy, 0, 'the base model never answers');
     assert.equal(rows[1].accuracy, 1, 'the fine-tune answers every problem');
     assert.equal(rows[1].levels.IV, 8);
@@ -122,7 +128,7 @@ describe('the paper protocol on the built-in pair', () => {
     assert.match(job.result.markdown, /^\| B \| all modules \(all\) from stories260K-math \| 100\.0% \|/m);
   });
 
-  it('delta of the pair: every module kind moved, ranked, with the paper\'s figures', async () => {
+  it("delta of the pair: every module kind moved, ranked, with the paper's figures", async () => {
     // B by its registered name, as merges accept it.
     assert.equal((await post('/v1/stethoscope/checkpoints', { name: 'math', path: 'stories260K-math' })).status, 201);
     const r = await post('/v1/stethoscope/delta', { b: 'math' });
@@ -131,7 +137,10 @@ describe('the paper protocol on the built-in pair', () => {
     assert.equal(job.status, 'succeeded', job.error ?? '');
     const kinds = job.result.kinds as { kind: string; rank: number; rel_l2: number }[];
     assert.equal(kinds.length, 11, 'every kind of a tied Llama');
-    assert.ok(kinds.every((k) => k.rel_l2 > 0.01), 'a full fine-tune moves every kind');
+    assert.ok(
+      kinds.every((k) => k.rel_l2 > 0.01),
+      'a full fine-tune moves every kind',
+    );
     assert.equal(kinds.find((k) => k.rank === 1)!.kind, 'embed_tokens');
     assert.ok(kinds.find((k) => k.kind === 'o_proj')!.rel_l2 > kinds.find((k) => k.kind === 'q_proj')!.rel_l2);
     assert.ok(job.files.includes('l2_by_layer.svg') && job.files.includes('histograms.svg'));
@@ -143,12 +152,32 @@ describe('the paper protocol on the built-in pair', () => {
     writeFileSync(prompts, STORIES.map((p) => JSON.stringify(p)).join('\n') + '\n');
     const { stdout } = await promisify(execFile)(
       process.execPath,
-      ['bin/sfn.js', 'destruction-table', '--model', 'models/stories260K', '--methods', 'zero,remove', '--modules', 'o_proj', '--layers', '0-4', '--prompts', prompts, '--out', out, '--max-tokens', '24'],
+      [
+        'bin/sfn.js',
+        'destruction-table',
+        '--model',
+        'models/stories260K',
+        '--methods',
+        'zero,remove',
+        '--modules',
+        'o_proj',
+        '--layers',
+        '0-4',
+        '--prompts',
+        prompts,
+        '--out',
+        out,
+        '--max-tokens',
+        '24',
+      ],
       { cwd: ROOT, maxBuffer: 16 << 20 },
     );
     assert.match(stdout, /intact: III III\./);
     assert.match(stdout, /^\| Remove \| I I \(whole layers\) \|$/m);
-    assert.deepEqual(JSON.parse(readFileSync(join(out, 'table.json'), 'utf8')).rows.map((x: { method: string }) => x.method), ['zero', 'remove']);
+    assert.deepEqual(
+      JSON.parse(readFileSync(join(out, 'table.json'), 'utf8')).rows.map((x: { method: string }) => x.method),
+      ['zero', 'remove'],
+    );
   });
 
   it('sfn merge-table gives the same table from the command line', async () => {
@@ -162,6 +191,9 @@ describe('the paper protocol on the built-in pair', () => {
     );
     assert.match(stdout, /^\| A \| - \| 0\.0% \|/m);
     assert.match(stdout, /^\| B \| all modules \(all\) from models\/stories260K-math \| 100\.0% \|/m);
-    assert.deepEqual(JSON.parse(readFileSync(join(out, 'table.json'), 'utf8')).rows.map((x: { name: string }) => x.name), ['A', 'B', 'M1', 'M2', 'M3']);
+    assert.deepEqual(
+      JSON.parse(readFileSync(join(out, 'table.json'), 'utf8')).rows.map((x: { name: string }) => x.name),
+      ['A', 'B', 'M1', 'M2', 'M3'],
+    );
   });
 });

@@ -9,8 +9,8 @@ import { Engine } from '../../engine/engine.ts';
 import { generate } from '../../engine/generate.ts';
 import { argmax } from '../../engine/sampler.ts';
 import { ModelTokenizer } from '../../engine/tokenizer.ts';
-import { REASONING_FORMATS, reasoningFormat, type ReasoningFormat } from '../../engine/prompt.ts';
-import { makeModel, PRESETS, type Preset } from '../../model/make-model.ts';
+import { reasoningFormat } from '../../engine/prompt.ts';
+import { makeModel } from '../../model/make-model.ts';
 import type { FloatDtype } from '../../model/dtype.ts';
 import { readSpec } from '../../model/config.ts';
 import { extractPlugin, parseModuleSets } from '../../plugins/extract.ts';
@@ -24,7 +24,6 @@ import { localClient } from '../../stethoscope/local-client.ts';
 import { cliDonor, engineOptions, resolveModelDir, stethoscopeView, UsageError } from '../common.ts';
 import { declaration } from '../declarations.ts';
 import { parseOptions } from '../../util/options.ts';
-
 
 export async function cmdMakeModel(args: string[]): Promise<void> {
   const { values, positionals } = parseOptions(declaration('make-model'), args);
@@ -135,7 +134,9 @@ export async function cmdDelta(args: string[]): Promise<void> {
   aSource.close();
   bSource.close();
   const files = await writeDeltaOutputs(report, values.out, values.every);
-  process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: delta of ${report.modules.length} modules in ${((performance.now() - t0) / 1000).toFixed(1)} s; wrote ${files.join(', ')} to ${values.out}\n`);
+  process.stderr.write(
+    `${process.stderr.isTTY ? '\n' : ''}sfn: delta of ${report.modules.length} modules in ${((performance.now() - t0) / 1000).toFixed(1)} s; wrote ${files.join(', ')} to ${values.out}\n`,
+  );
   for (const k of report.kinds) process.stderr.write(`  ${String(k.rank).padStart(2)}. ${k.kind.padEnd(26)} rel ||B-A|| ${k.rel_l2.toExponential(3)}  bimodality ${k.bimodality?.toFixed(3) ?? '-'}\n`);
 }
 
@@ -191,4 +192,3 @@ export async function cmdFreezePlan(args: string[]): Promise<void> {
   const plan = freezePlan(readSpec(resolveModelDir(values.model)).spec);
   process.stdout.write((values.json ? JSON.stringify(plan, null, 2) : freezePlanTable(plan)) + '\n');
 }
-

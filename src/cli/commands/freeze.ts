@@ -37,7 +37,10 @@ export async function cmdGrads(args: string[]): Promise<void> {
     // labels = the ids shifted by one: transformers' model(ids, labels=ids).loss
     const r = await trainer.step([{ ids: seq, targets: seq.map(() => true) }]);
     const shapes = expectedParams(spec);
-    writeSafetensors(values.out, [...r.grads].map(([n, g]) => ({ name: n, dtype: 'F32' as const, shape: shapes.get(n)!, data: new Uint8Array(g.buffer, g.byteOffset, g.byteLength) })));
+    writeSafetensors(
+      values.out,
+      [...r.grads].map(([n, g]) => ({ name: n, dtype: 'F32' as const, shape: shapes.get(n)!, data: new Uint8Array(g.buffer, g.byteOffset, g.byteLength) })),
+    );
     process.stdout.write(JSON.stringify({ loss: r.loss, tensors: r.grads.size }) + '\n');
   } finally {
     await trainer.release();
@@ -88,7 +91,9 @@ export async function cmdFreeze(args: string[]): Promise<void> {
     process.stderr.write(`sfn: trained ${r.parameters} parameters (${r.kinds.join(', ')}) for ${r.steps} steps in ${((performance.now() - t0) / 1000).toFixed(1)} s; wrote ${r.files.join(', ')}\n`);
     // The whole curve only when short (the loss files hold it always).
     const curve = r.losses.length <= 32 ? { losses: r.losses } : { first_loss: r.losses[0] };
-    process.stdout.write(JSON.stringify({ out: r.out, kind: r.kind, parameters: r.parameters, ...curve, final_loss: r.final_loss, steps_per_second: r.steps_per_second, tokens_per_second: r.tokens_per_second }) + '\n');
+    process.stdout.write(
+      JSON.stringify({ out: r.out, kind: r.kind, parameters: r.parameters, ...curve, final_loss: r.final_loss, steps_per_second: r.steps_per_second, tokens_per_second: r.tokens_per_second }) + '\n',
+    );
   } catch (e) {
     if (e instanceof FreezeError) throw new UsageError(`--${e.param}: ${e.message}`);
     throw e;
@@ -121,9 +126,21 @@ export async function cmdFreezeTable(args: string[]): Promise<void> {
         const out = pluggable ? join(values.out, `${row.name}.safetensors`) : join(values.out, row.name);
         const result = await runFreeze(
           {
-            model: dir, kinds: row.kinds, rows: rows!, steps: values.steps, lr: values.lr, wd: values.wd,
-            batch: values.batch, gradAccum: 1, warmup: values.warmup, schedule: values.schedule,
-            seed: values.seed, checkpointEvery: 0, out, resume: false, threads: values.threads,
+            model: dir,
+            kinds: row.kinds,
+            rows: rows!,
+            steps: values.steps,
+            lr: values.lr,
+            wd: values.wd,
+            batch: values.batch,
+            gradAccum: 1,
+            warmup: values.warmup,
+            schedule: values.schedule,
+            seed: values.seed,
+            checkpointEvery: 0,
+            out,
+            resume: false,
+            threads: values.threads,
           },
           (step, total, loss) => step === total && process.stderr.write(`sfn: ${row.name} (${row.kinds.join(', ')}): ${total} steps, loss ${loss.toFixed(4)}\n`),
         );

@@ -10,8 +10,19 @@ import { parseJsonl, type EvalSettings } from '../../stethoscope/eval.ts';
 import { agreement, calibrate } from '../../stethoscope/calibrate.ts';
 import { DEFAULT_THRESHOLDS, ThresholdsSpec, type Level, type LevelMetrics, type LevelThresholds } from '../../stethoscope/levels.ts';
 import { localClient } from '../../stethoscope/local-client.ts';
-import { judgeItems, LabelledItem, LevelItem, ProbePrompt, SCORERS, type ScorerChoice } from '../../stethoscope/probe.ts';
-import { destructionMarkdown, destructionRows, destructionTable, DestructionTableSpec, mergeMarkdown, mergeRows, mergeTable, MergeTableSpec, writeDestructionTable, writeMergeTable } from '../../stethoscope/tables.ts';
+import { judgeItems, LabelledItem, LevelItem, ProbePrompt } from '../../stethoscope/probe.ts';
+import {
+  destructionMarkdown,
+  destructionRows,
+  destructionTable,
+  DestructionTableSpec,
+  mergeMarkdown,
+  mergeRows,
+  mergeTable,
+  MergeTableSpec,
+  writeDestructionTable,
+  writeMergeTable,
+} from '../../stethoscope/tables.ts';
 import type { OverlaySpec } from '../../views/overlays.ts';
 import { destructionSweep, sweepGrid, writeSweep, type SweepSettings } from '../../stethoscope/sweep.ts';
 import { parseOptions } from '../../util/options.ts';
@@ -86,13 +97,23 @@ export async function cmdLevels(args: string[]): Promise<void> {
 
 export async function cmdDestructionTable(args: string[]): Promise<void> {
   const { values } = parseOptions(declaration('destruction-table'), args);
-  const spec = parse(DestructionTableSpec, { methods: values.methods, modules: values.modules, layers: values.layers, prompts: jsonl(values.prompts, ProbePrompt), seed: values.seed }, 'destruction-table');
+  const spec = parse(
+    DestructionTableSpec,
+    { methods: values.methods, modules: values.modules, layers: values.layers, prompts: jsonl(values.prompts, ProbePrompt), seed: values.seed },
+    'destruction-table',
+  );
   const scorer = values.scorer;
   const t = thresholds(values.thresholds);
   const { tok, engine } = await load(values.model);
   try {
     const rows = destructionRows(spec).map((r) => stethoscopeView(engine, undefined, JSON.stringify(r.destroy)));
-    const table = await destructionTable(localClient(engine, tok, 8), tok, spec, { intact: engine.baseView, rows }, { maxTokens: values['max-tokens'], thresholds: t, scorer, progress: progressBar('destruction') });
+    const table = await destructionTable(
+      localClient(engine, tok, 8),
+      tok,
+      spec,
+      { intact: engine.baseView, rows },
+      { maxTokens: values['max-tokens'], thresholds: t, scorer, progress: progressBar('destruction') },
+    );
     mkdirSync(values.out, { recursive: true });
     const files = await writeDestructionTable(table, values.out);
     process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: wrote ${files.join(', ')} to ${values.out}\n`);
@@ -141,7 +162,7 @@ export async function cmdMergeTable(args: string[]): Promise<void> {
 export async function cmdDestructionSweep(args: string[]): Promise<void> {
   const { values } = parseOptions(declaration('destruction-sweep'), args);
   if ((values.text === undefined) === (values.ids === undefined)) throw new UsageError('destruction-sweep: give exactly one of --text and --ids');
-  if (values.method !== 'remove' && !values.modules?.length) throw new UsageError('destruction-sweep needs --modules K1,K2 (the heatmap\'s rows) unless --method remove');
+  if (values.method !== 'remove' && !values.modules?.length) throw new UsageError("destruction-sweep needs --modules K1,K2 (the heatmap's rows) unless --method remove");
   const { tok, engine } = await load(values.model);
   try {
     const ids = values.ids ?? tok.encodePrompt(values.text!).slice(0, 512);

@@ -3,7 +3,7 @@
  * the backbone, committed atomically), list, get, delete, extraction from two checkpoints under the
  * configured model roots, and the Freeze plan.
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { createWriteStream, rmSync, statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { readSpec } from '../../model/config.ts';
@@ -41,7 +41,10 @@ const ExtractBody = z
     id: z.string(),
     base: z.string().openapi({ description: 'Base checkpoint directory (A), relative to a model root or absolute inside one.' }),
     tuned: z.string().openapi({ description: 'Fine-tuned checkpoint directory (B).' }),
-    modules: z.union([z.string(), z.array(z.enum(Object.keys(MODULE_SETS) as [string, ...string[]]))]).optional().openapi({ description: 'Module sets: o_proj, norms, embed, head. Default all four.' }),
+    modules: z
+      .union([z.string(), z.array(z.enum(Object.keys(MODULE_SETS) as [string, ...string[]]))])
+      .optional()
+      .openapi({ description: 'Module sets: o_proj, norms, embed, head. Default all four.' }),
     description: z.string().max(1000).optional(),
     overwrite: z.boolean().optional(),
   })
@@ -113,8 +116,7 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
     return b;
   };
 
-  const admit = (tmp: string, id: string, sha256: string, size: number, description: string, overwrite: boolean) =>
-    commitPluginFile(store, backbone(), tmp, id, sha256, size, description, overwrite);
+  const admit = (tmp: string, id: string, sha256: string, size: number, description: string, overwrite: boolean) => commitPluginFile(store, backbone(), tmp, id, sha256, size, description, overwrite);
 
   app.use('/v1/plugins', async (c, next) => requireKey(auth, c.req.method === 'GET' ? 'user' : 'admin')(c, next));
   app.use('/v1/plugins/*', async (c, next) => requireKey(auth, c.req.method === 'GET' ? 'user' : 'admin')(c, next));
@@ -158,7 +160,7 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
     createRoute({
       method: 'get',
       path: '/v1/plugins/{id}',
-      summary: 'Get a plugin\'s manifest.',
+      summary: "Get a plugin's manifest.",
       request: { params: IdParam },
       responses: { 200: { description: 'The plugin.', content: { 'application/json': { schema: PluginSchema } } }, ...errorResponses(401, 404) },
     }),
@@ -175,7 +177,10 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
       path: '/v1/plugins/{id}',
       summary: 'Delete a plugin (admin). Requests already running on it finish.',
       request: { params: IdParam },
-      responses: { 200: { description: 'Deleted.', content: { 'application/json': { schema: z.object({ id: z.string(), object: z.literal('plugin'), deleted: z.literal(true) }) } } }, ...errorResponses(401, 403, 404) },
+      responses: {
+        200: { description: 'Deleted.', content: { 'application/json': { schema: z.object({ id: z.string(), object: z.literal('plugin'), deleted: z.literal(true) }) } } },
+        ...errorResponses(401, 403, 404),
+      },
     }),
     (c) => {
       const id = c.req.valid('param').id;

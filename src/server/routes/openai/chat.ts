@@ -12,7 +12,6 @@ import type { JobSpec } from '../../jobs.ts';
 import { ChatCompletionRequest, ChatCompletionResponse, errorResponses } from '../../schemas.ts';
 import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, sse } from './shared.ts';
 
-
 export const chatRoute = createRoute({
   method: 'post',
   path: '/v1/chat/completions',
@@ -41,7 +40,7 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
   const reasoningMode = body.mode === 'reasoning';
   if (body.top_logprobs != null && !body.logprobs) throw badRequest('top_logprobs needs "logprobs": true', 'top_logprobs');
   if (body.thinking_token_budget != null && body.max_thinking_tokens != null && body.thinking_token_budget !== body.max_thinking_tokens) {
-    throw badRequest('thinking_token_budget is vLLM\'s name for max_thinking_tokens; give one of them', 'thinking_token_budget');
+    throw badRequest("thinking_token_budget is vLLM's name for max_thinking_tokens; give one of them", 'thinking_token_budget');
   }
   for (const f of ['min_thinking_tokens', 'max_thinking_tokens', 'thinking_token_budget', 'wait', 'reasoning_format'] as const) {
     if (body[f] != null && !reasoningMode) throw badRequest(`${f} needs "mode": "reasoning"`, f);
@@ -53,7 +52,12 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
   checkBias(ctx, body);
   if (!tok.hasChatTemplate) throw badRequest('This model has no chat template; use /v1/completions.', 'messages', 'no_chat_template');
   // The template only adds text: the messages' own bytes bound the prompt from below.
-  checkTextSize(ctx, tok, body.messages.reduce((a, m) => a + (m.content === null ? 0 : typeof m.content === 'string' ? Buffer.byteLength(m.content) : m.content.reduce((b, p) => b + Buffer.byteLength(p.text), 0)), 0), 'messages');
+  checkTextSize(
+    ctx,
+    tok,
+    body.messages.reduce((a, m) => a + (m.content === null ? 0 : typeof m.content === 'string' ? Buffer.byteLength(m.content) : m.content.reduce((b, p) => b + Buffer.byteLength(p.text), 0)), 0),
+    'messages',
+  );
   const messages = body.messages.map((m) => ({
     role: m.role === 'developer' ? 'system' : m.role,
     content: m.content === null ? '' : typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
@@ -101,8 +105,16 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
       created,
       model: body.model,
       choices: choices.map((ch) => {
-        const content = ch.tokens.filter((t) => t.channel === 'content').map((t) => t.text).join('');
-        const reasoningContent = reasoningMode ? ch.tokens.filter((t) => t.channel === 'reasoning').map((t) => t.text).join('') : undefined;
+        const content = ch.tokens
+          .filter((t) => t.channel === 'content')
+          .map((t) => t.text)
+          .join('');
+        const reasoningContent = reasoningMode
+          ? ch.tokens
+              .filter((t) => t.channel === 'reasoning')
+              .map((t) => t.text)
+              .join('')
+          : undefined;
         return {
           index: ch.index,
           // `reasoning` is the field's newer name in vLLM; both carry the same text.
@@ -120,7 +132,9 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
   return sse(c, async (stream) => {
     let traced = false; // the view that ran rides on the first chunk
     const chunk = (choicesPart: unknown[], extra: Record<string, unknown> = {}) =>
-      stream.writeSSE({ data: JSON.stringify({ id, object: 'chat.completion.chunk', created, model: body.model, choices: choicesPart, ...extra, ...(traced ? {} : ((traced = true), { sfn: view.trace })) }) });
+      stream.writeSSE({
+        data: JSON.stringify({ id, object: 'chat.completion.chunk', created, model: body.model, choices: choicesPart, ...extra, ...(traced ? {} : ((traced = true), { sfn: view.trace })) }),
+      });
     for (const ch of choices) await chunk([{ index: ch.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
     await runAll(ctx, specs, signal, async (i, e) => {
       const ch = choices[i];

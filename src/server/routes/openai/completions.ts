@@ -10,7 +10,6 @@ import type { JobSpec } from '../../jobs.ts';
 import { CompletionRequest, CompletionResponse, errorResponses } from '../../schemas.ts';
 import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, sse } from './shared.ts';
 
-
 function completionPrompts(ctx: ServingContext, tok: ModelTokenizer, prompt: CompletionRequest['prompt']): number[][] {
   let prompts: number[][];
   if (typeof prompt === 'string') prompts = [tok.encodePrompt(prompt)];
@@ -136,7 +135,9 @@ export async function completions(ctx: ServingContext, c: Context, body: Complet
   return sse(c, async (stream) => {
     let traced = false; // the view that ran rides on the first chunk
     const chunk = (choicesPart: unknown[], extra: Record<string, unknown> = {}) =>
-      stream.writeSSE({ data: JSON.stringify({ id, object: 'text_completion', created, model: body.model, choices: choicesPart, ...extra, ...(traced ? {} : ((traced = true), { sfn: view.trace })) }) });
+      stream.writeSSE({
+        data: JSON.stringify({ id, object: 'text_completion', created, model: body.model, choices: choicesPart, ...extra, ...(traced ? {} : ((traced = true), { sfn: view.trace })) }),
+      });
     const echoed = new Set<number>();
     await runAll(ctx, specs, signal, async (i, e) => {
       const ch = choices[i];

@@ -1,13 +1,12 @@
 /**
  * `GET /v1/models` and `GET /v1/models/{id}`: the backbone and every plugin as `backbone:plugin-id`.
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import type { AuthConfig } from '../../auth.ts';
 import { requireKey } from '../../auth.ts';
 import { modelNotFound } from '../../errors.ts';
 import { errorResponses, ModelCard, ModelList } from '../../schemas.ts';
 import type { ModelEntry, ServingContext } from './shared.ts';
-
 
 export const modelsRoute = createRoute({
   method: 'get',
@@ -26,7 +25,15 @@ export const modelRoute = createRoute({
 
 export function modelRoutes(app: OpenAPIHono, ctx: ServingContext, auth: AuthConfig): void {
   app.use('/v1/models', requireKey(auth, 'user'));
-  const card = (m: ModelEntry) => ({ id: m.id, object: 'model' as const, created: m.created, owned_by: 'sfn', root: m.parent ?? m.id, parent: m.parent, max_model_len: ctx.tokenizer() ? ctx.maxContext() : undefined });
+  const card = (m: ModelEntry) => ({
+    id: m.id,
+    object: 'model' as const,
+    created: m.created,
+    owned_by: 'sfn',
+    root: m.parent ?? m.id,
+    parent: m.parent,
+    max_model_len: ctx.tokenizer() ? ctx.maxContext() : undefined,
+  });
   app.openapi(modelsRoute, (c) => c.json({ object: 'list' as const, data: ctx.models().map(card) }));
   app.use('/v1/models/*', requireKey(auth, 'user'));
   app.openapi(modelRoute, (c) => {

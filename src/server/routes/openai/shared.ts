@@ -8,10 +8,10 @@ import type { GeneratedToken } from '../../../engine/generate.ts';
 import type { JobParams, ViewSpec } from '../../../runtime/protocol.ts';
 import type { PromptLogprob } from '../../../engine/scheduler.ts';
 import type { ModelTokenizer } from '../../../engine/tokenizer.ts';
-import { type ReasoningFormat } from '../../../engine/prompt.ts';
+import type { ReasoningFormat } from '../../../engine/prompt.ts';
 import { ApiError, badRequest } from '../../errors.ts';
 import type { JobEvent, JobRunner, JobSpec } from '../../jobs.ts';
-import { ChatCompletionRequest, CompletionRequest } from '../../schemas.ts';
+import type { ChatCompletionRequest, CompletionRequest } from '../../schemas.ts';
 
 export interface ModelEntry {
   id: string;

@@ -60,7 +60,10 @@ export function tokenizeRoutes(app: OpenAPIHono, ctx: ServingContext, auth: Auth
       path: '/detokenize',
       summary: 'The text of token ids (vLLM).',
       request: { body: { content: { 'application/json': { schema: DetokenizeBody } }, required: true } },
-      responses: { 200: { description: 'The text.', content: { 'application/json': { schema: z.object({ prompt: z.string() }).openapi('DetokenizeResponse') } } }, ...errorResponses(400, 401, 404, 503) },
+      responses: {
+        200: { description: 'The text.', content: { 'application/json': { schema: z.object({ prompt: z.string() }).openapi('DetokenizeResponse') } } },
+        ...errorResponses(400, 401, 404, 503),
+      },
     }),
     (c) => {
       const body = c.req.valid('json');
@@ -73,7 +76,12 @@ export function tokenizeRoutes(app: OpenAPIHono, ctx: ServingContext, auth: Auth
     },
   );
   app.openapi(
-    createRoute({ method: 'get', path: '/version', summary: "sfn's version (vLLM's endpoint).", responses: { 200: { description: 'The version.', content: { 'application/json': { schema: z.object({ version: z.string() }) } } } } }),
+    createRoute({
+      method: 'get',
+      path: '/version',
+      summary: "sfn's version (vLLM's endpoint).",
+      responses: { 200: { description: 'The version.', content: { 'application/json': { schema: z.object({ version: z.string() }) } } } },
+    }),
     (c) => c.json({ version }, 200),
   );
 }

@@ -1,14 +1,12 @@
 /**
  * `/v1/stethoscope/checkpoints` (admin): donor checkpoints registered by name.
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { checkPluginId } from '../../../plugins/store.ts';
 import { ApiError, badRequest, notFound } from '../../errors.ts';
 import { requireUnderRoots } from '../../roots.ts';
 import { errorResponses } from '../../schemas.ts';
-import { type StethoscopeDeps } from './shared.ts';
-
-
+import type { StethoscopeDeps } from './shared.ts';
 
 export function checkpointRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
   const Ckpt = z.object({ name: z.string(), path: z.string(), registered: z.number().int() }).openapi('Checkpoint');
@@ -51,5 +49,4 @@ export function checkpointRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void 
       return c.json({ name, deleted: true as const }, 200);
     },
   );
-
 }

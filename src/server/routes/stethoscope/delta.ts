@@ -1,7 +1,7 @@
 /**
  * `POST /v1/stethoscope/delta` (admin): a delta report job.
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { badRequest, notFound } from '../../errors.ts';
 import { requireUnderRoots } from '../../roots.ts';
 import { checkpointSource, computeDelta, pluginSource, type WeightSource } from '../../../stethoscope/delta.ts';
@@ -56,5 +56,4 @@ export function deltaRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       return c.json(jobView(deps, job), 202);
     },
   );
-
 }

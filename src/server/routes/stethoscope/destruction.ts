@@ -1,7 +1,7 @@
 /**
  * `POST /v1/stethoscope/destruction` (admin): destruction probes, sweeps and the destruction table (Table 3).
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { DestroySpec } from '../../../views/spec.ts';
 import { ApiError, badRequest } from '../../errors.ts';
 import { destructionSweep, sweepGrid, writeSweep, type SweepSettings } from '../../../stethoscope/sweep.ts';
@@ -96,7 +96,11 @@ export function destructionRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void
         const job = deps.jobs.start('destruction-table', body, async (_job, dir, progress, signal) => {
           const table = await destructionTable(engineClient(deps, signal, { wait: true }), tok, t, { intact, rows }, { maxTokens: body.max_tokens, thresholds, scorer: body.scorer, progress });
           await writeDestructionTable(table, dir);
-          return { markdown: destructionMarkdown(table), rows: table.rows.map((r) => ({ method: r.method, module: r.module, levels: r.outputs.map((o) => o.level) })), intact: table.intact.map((o) => o.level) };
+          return {
+            markdown: destructionMarkdown(table),
+            rows: table.rows.map((r) => ({ method: r.method, module: r.module, levels: r.outputs.map((o) => o.level) })),
+            intact: table.intact.map((o) => o.level),
+          };
         });
         return c.json(jobView(deps, job), 202) as never;
       }
@@ -107,5 +111,4 @@ export function destructionRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void
       return c.json({ object: 'stethoscope.destruction', model, destroy: body.destroy, thresholds, results }, 200) as never;
     },
   );
-
 }

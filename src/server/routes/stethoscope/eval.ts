@@ -1,7 +1,7 @@
 /**
  * `POST /v1/stethoscope/eval` (admin): evaluation jobs, and the merge table (Table 1).
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ViewSpec } from '../../../runtime/protocol.ts';
@@ -31,7 +31,7 @@ const EvalBody = z
     min_thinking_tokens: z.number().int().min(0).optional(),
     max_thinking_tokens: z.number().int().min(1).optional(),
     wait: z.number().int().min(0).max(64).optional(),
-    levels: z.boolean().default(false).openapi({ description: 'Also score each output\'s level I-IV (two scoring passes per item).' }),
+    levels: z.boolean().default(false).openapi({ description: "Also score each output's level I-IV (two scoring passes per item)." }),
     thresholds: Thresholds.optional(),
     scorer: Scorer,
     table: MergeTableSpec.optional().describe(
@@ -66,7 +66,9 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       const view = deps.resolveView(model, { merge: body.merge, destroy: body.destroy });
       const intact = deps.resolveView(deps.backboneName);
       const reasoning =
-        body.mode === 'reasoning' ? { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait, format: body.reasoning_format ?? deps.serving.reasoningFormat } : undefined;
+        body.mode === 'reasoning'
+          ? { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait, format: body.reasoning_format ?? deps.serving.reasoningFormat }
+          : undefined;
       if (reasoning) {
         try {
           reasoningFormat(tok, reasoning.format);
@@ -118,5 +120,4 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       return c.json(jobView(deps, job), 202) as never;
     },
   );
-
 }

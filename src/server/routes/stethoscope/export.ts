@@ -1,7 +1,7 @@
 /**
  * `POST /v1/stethoscope/export` (admin): a view written as a full Hugging Face checkpoint.
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkPluginId } from '../../../plugins/store.ts';

@@ -35,14 +35,19 @@ const FreezeBody = z
     warmup: z.number().int().min(0).default(0),
     schedule: z.enum(['constant', 'cosine']).default('constant'),
     grad_accum: z.number().int().min(1).max(1024).default(1),
-    seed: z.number().int().min(0).max(2 ** 32 - 1).default(0),
+    seed: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 32 - 1)
+      .default(0),
     checkpoint_every: z.number().int().min(0).default(0).openapi({ description: 'Save parameters and optimizer state every K steps (0: at the end only).' }),
     save_as: z.string().optional().openapi({ description: 'Store the trained plugin under this id (pluggable kinds only): `backbone:id` serves it when the job ends.' }),
     description: z.string().max(1000).optional(),
     overwrite: z.boolean().default(false),
     table: z
       .strictObject({
-        rows: FreezeTableRows.optional().describe('Runs {name, kinds}; default the paper\'s F1-F4.'),
+        rows: FreezeTableRows.optional().describe("Runs {name, kinds}; default the paper's F1-F4."),
         eval: z.string().min(1).describe('The evaluation set as JSONL ({id, prompt | messages, answer} per line).'),
         max_tokens: z.number().int().min(1).max(32768).default(64),
         levels: z.boolean().default(false),
@@ -58,9 +63,12 @@ export function freezeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
     createRoute({
       method: 'post',
       path: '/v1/stethoscope/freeze',
-      summary: 'Start a Freeze run (admin): fine-tune only the chosen module kinds of the backbone; or the paper\'s Table 2 with `table`.',
+      summary: "Start a Freeze run (admin): fine-tune only the chosen module kinds of the backbone; or the paper's Table 2 with `table`.",
       request: { body: { content: { 'application/json': { schema: FreezeBody } }, required: true } },
-      responses: { 202: { description: 'Started; poll GET /v1/stethoscope/jobs/{id}; DELETE it to cancel.', content: { 'application/json': { schema: JobSchema } } }, ...errorResponses(400, 401, 403, 409, 503) },
+      responses: {
+        202: { description: 'Started; poll GET /v1/stethoscope/jobs/{id}; DELETE it to cancel.', content: { 'application/json': { schema: JobSchema } } },
+        ...errorResponses(400, 401, 403, 409, 503),
+      },
     }),
     (c) => {
       const body = c.req.valid('json');
@@ -148,13 +156,32 @@ export function freezeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       const job = deps.jobs.start('freeze', params, async (_job, dir, progress, signal) => {
         const out = pluggable ? join(dir, 'plugin.safetensors') : join(dir, 'checkpoint');
         const r = await freezeInWorker(settings(body.kinds, out), (s, t, loss) => progress(s, t, `step ${s}/${t}, loss ${loss.toFixed(4)}`), signal);
-        const summary = { kind: r.kind, kinds: r.kinds, parameters: r.parameters, steps: r.steps, first_loss: r.losses[0], final_loss: r.final_loss, steps_per_second: r.steps_per_second, tokens_per_second: r.tokens_per_second, files: r.files };
+        const summary = {
+          kind: r.kind,
+          kinds: r.kinds,
+          parameters: r.parameters,
+          steps: r.steps,
+          first_loss: r.losses[0],
+          final_loss: r.final_loss,
+          steps_per_second: r.steps_per_second,
+          tokens_per_second: r.tokens_per_second,
+          files: r.files,
+        };
         if (body.save_as === undefined) return summary;
         const tmp = deps.plugins.store.tempPath();
         try {
           copyFileSync(out, tmp);
           const backbone = { spec, fingerprint: deps.host.fingerprint! };
-          const { manifest } = commitPluginFile(deps.plugins.store, backbone, tmp, body.save_as, await sha256File(tmp), statSync(tmp).size, body.description ?? `Freeze: ${body.kinds.join(', ')}`, body.overwrite);
+          const { manifest } = commitPluginFile(
+            deps.plugins.store,
+            backbone,
+            tmp,
+            body.save_as,
+            await sha256File(tmp),
+            statSync(tmp).size,
+            body.description ?? `Freeze: ${body.kinds.join(', ')}`,
+            body.overwrite,
+          );
           return { ...summary, plugin: pluginView(manifest, deps.backboneName) };
         } finally {
           rmSync(tmp, { force: true });

@@ -1,7 +1,7 @@
 /**
  * `/v1/stethoscope/jobs` (admin): list, read, cancel jobs and download their files.
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { readFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { ApiError, notFound } from '../../errors.ts';

@@ -1,8 +1,7 @@
 /**
  * `POST /v1/stethoscope/merge` (admin): probes of a merge, and merges saved as plugins.
  */
-import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
-import { join } from 'node:path';
+import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { checkPluginId } from '../../../plugins/store.ts';
 import { rmSync, statSync } from 'node:fs';
 import { MergeSpec } from '../../../views/spec.ts';
@@ -69,13 +68,29 @@ export function mergeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
           rmSync(tmp, { force: true });
           throw badRequest(`merge: ${(e as Error).message}`, 'merge');
         }
-        const r = commitPluginFile(deps.plugins.store, { spec: deps.host.spec!, fingerprint: deps.host.fingerprint! }, tmp, body.save_as, await sha256File(tmp), statSync(tmp).size, body.description ?? '', body.overwrite);
+        const r = commitPluginFile(
+          deps.plugins.store,
+          { spec: deps.host.spec!, fingerprint: deps.host.fingerprint! },
+          tmp,
+          body.save_as,
+          await sha256File(tmp),
+          statSync(tmp).size,
+          body.description ?? '',
+          body.overwrite,
+        );
         out.plugin = pluginView(r.manifest, deps.backboneName);
         status = 201;
       }
-      if (body.prompts) out.results = await compare(deps, deps.resolveView(model), merged, body.prompts, { maxTokens: body.max_tokens, thresholds: { ...DEFAULT_THRESHOLDS, ...body.thresholds }, scorer: body.scorer, label: 'merged' }, c.req.raw.signal);
+      if (body.prompts)
+        out.results = await compare(
+          deps,
+          deps.resolveView(model),
+          merged,
+          body.prompts,
+          { maxTokens: body.max_tokens, thresholds: { ...DEFAULT_THRESHOLDS, ...body.thresholds }, scorer: body.scorer, label: 'merged' },
+          c.req.raw.signal,
+        );
       return c.json(out, status) as never;
     },
   );
-
 }

@@ -10,7 +10,7 @@ import { DEFAULT_THRESHOLDS, ThresholdsSpec, type LevelThresholds } from '../../
 import type { ServingContext } from '../openai/index.ts';
 import type { PluginStore } from '../../../plugins/store.ts';
 import type { CheckpointRegistry } from '../../../stethoscope/checkpoints.ts';
-import { compareViews, ProbePrompt, SCORERS, type ScorerChoice } from '../../../stethoscope/probe.ts';
+import { compareViews, type ProbePrompt, SCORERS, type ScorerChoice } from '../../../stethoscope/probe.ts';
 import type { EngineClient } from '../../../stethoscope/engine-client.ts';
 import { serverClient } from '../../engine-client.ts';
 import { asBadRequest } from '../../errors.ts';
@@ -39,7 +39,10 @@ export function engineClient(deps: StethoscopeDeps, signal: AbortSignal, opts: {
 
 export const Thresholds = ThresholdsSpec.describe(`Level thresholds (defaults ${JSON.stringify(DEFAULT_THRESHOLDS)}).`);
 
-export const Scorer = z.enum(SCORERS).default('backbone').openapi({ description: 'Which model scores NLL and PMI for the levels: the intact backbone (default) or the view that produced the output.' });
+export const Scorer = z
+  .enum(SCORERS)
+  .default('backbone')
+  .openapi({ description: 'Which model scores NLL and PMI for the levels: the intact backbone (default) or the view that produced the output.' });
 
 export const JobSchema = z
   .object({
@@ -62,7 +65,14 @@ export const JobSchema = z
 export const jobView = (deps: StethoscopeDeps, j: JobRecord) => ({ ...j, files: deps.jobs.files(j.id) });
 
 /** Each prompt through the intact and the altered view, both outputs judged with levels I-IV (a probe's 400s named). */
-export async function compare(deps: StethoscopeDeps, intact: ViewSpec, altered: ViewSpec, prompts: ProbePrompt[], opts: { maxTokens: number; thresholds: LevelThresholds; scorer: ScorerChoice; label: string }, signal: AbortSignal) {
+export async function compare(
+  deps: StethoscopeDeps,
+  intact: ViewSpec,
+  altered: ViewSpec,
+  prompts: ProbePrompt[],
+  opts: { maxTokens: number; thresholds: LevelThresholds; scorer: ScorerChoice; label: string },
+  signal: AbortSignal,
+) {
   try {
     return await compareViews(engineClient(deps, signal, { wait: false }), deps.serving.tokenizer()!, { intact, altered }, prompts, opts);
   } catch (e) {
