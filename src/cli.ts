@@ -38,6 +38,7 @@ export const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   levels: async (args) => (await import('./cli/commands/tables.ts')).cmdLevels(args),
   'destruction-table': async (args) => (await import('./cli/commands/tables.ts')).cmdDestructionTable(args),
   'merge-table': async (args) => (await import('./cli/commands/tables.ts')).cmdMergeTable(args),
+  probe: async (args) => (await import('./cli/commands/tables.ts')).cmdProbe(args),
   'destruction-sweep': async (args) => (await import('./cli/commands/tables.ts')).cmdDestructionSweep(args),
   // Every command is imported when it runs: `sfn --help` loads none of the engine or the server.
   serve: async (args) => (await import('./server/serve.ts')).serveCommand(args),

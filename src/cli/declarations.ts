@@ -142,6 +142,21 @@ export const COMMAND_DECLARATIONS = [
     },
   }),
   command({
+    name: 'probe',
+    summary: "each prompt through the model and through a merged or destroyed view: both greedy outputs with levels I-IV (the API's merge and destruction probes)",
+    options: {
+      prompts: { kind: 'string', arg: 'FILE', required: true, help: 'prompts (JSONL: {prompt | messages, answer?})' },
+      merge,
+      destroy,
+      plugin,
+      model,
+      'max-tokens': maxTokens(64),
+      scorer,
+      thresholds,
+    },
+    notes: ['give --merge, --destroy or --plugin (the altered view); the intact view is the model'],
+  }),
+  command({
     name: 'destruction-table',
     summary: "the paper's Table 3: levels of each prompt's output, per method x module kind",
     options: {

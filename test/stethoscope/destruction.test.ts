@@ -1,7 +1,7 @@
 /** The destruction probe over HTTP: intact vs destroyed outputs with levels, and the sweep heatmap job (and its CLI twin). */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -51,6 +51,30 @@ describe('destruction probe', () => {
     assert.equal(promptIds.text, first.text);
     const nll = -promptIds.logprobs.token_logprobs.reduce((a, x) => a + x, 0) / promptIds.logprobs.token_logprobs.length;
     assert.ok(Math.abs(nll - first.metrics.nll) < 1e-4, `${nll} vs ${first.metrics.nll}`);
+
+    // `sfn probe` runs the same comparison over an engine in its own process: the same outputs and levels.
+    const file = join(mkdtempSync(join(tmpdir(), 'sfn-probe-cli-')), 'prompts.jsonl');
+    writeFileSync(file, '{"prompt": "Hello, world!", "answer": "7"}\n{"messages": [{"role": "user", "content": "hi"}]}\n');
+    const args = [
+      'bin/sfn.js',
+      'probe',
+      '--model',
+      fixtureDir('A'),
+      '--prompts',
+      file,
+      '--destroy',
+      JSON.stringify([{ method: 'zero', modules: ['o_proj', 'M3'], layers: 'all' }]),
+      '--max-tokens',
+      '12',
+    ];
+    const cli = JSON.parse((await promisify(execFile)(process.execPath, args, { cwd: ROOT })).stdout) as typeof body;
+    for (const [i, r] of cli.results.entries()) {
+      for (const side of ['intact', 'destroyed'] as const) {
+        assert.equal(r[side].text, body.results[i][side].text, `${i} ${side}`);
+        assert.equal(r[side].level, body.results[i][side].level, `${i} ${side}`);
+        assert.ok(Math.abs(r[side].metrics.nll - body.results[i][side].metrics.nll) < 1e-5);
+      }
+    }
   });
 
   it('sweeps module kinds x layer windows into a KL heatmap, matching the D_zero oracle for o_proj 1-2', async () => {

@@ -1,6 +1,6 @@
 /**
- * `sfn levels`, `sfn destruction-table`, `sfn destruction-sweep`, `sfn merge-table`: the same stethoscope
- * functions the HTTP API runs, over an engine in this process.
+ * `sfn levels`, `sfn probe`, `sfn destruction-table`, `sfn destruction-sweep`, `sfn merge-table`: the same
+ * stethoscope functions the HTTP API runs, over an engine in this process.
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import type { z } from 'zod';
@@ -10,7 +10,7 @@ import { parseJsonl, type EvalSettings } from '../../stethoscope/eval.ts';
 import { agreement, calibrate } from '../../stethoscope/calibrate.ts';
 import { DEFAULT_THRESHOLDS, ThresholdsSpec, type Level, type LevelMetrics, type LevelThresholds } from '../../stethoscope/levels.ts';
 import { localClient } from '../../stethoscope/local-client.ts';
-import { judgeItems, LabelledItem, LevelItem, ProbePrompt } from '../../stethoscope/probe.ts';
+import { compareViews, judgeItems, LabelledItem, LevelItem, ProbePrompt } from '../../stethoscope/probe.ts';
 import {
   destructionMarkdown,
   destructionRows,
@@ -175,6 +175,26 @@ export async function cmdDestructionSweep(args: string[]): Promise<void> {
     const files = await writeSweep(result, values.out);
     process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}sfn: wrote ${files.join(', ')} to ${values.out}\n`);
     process.stdout.write(JSON.stringify(result, null, 1) + '\n');
+  } finally {
+    await engine.release();
+  }
+}
+
+export async function cmdProbe(args: string[]): Promise<void> {
+  const { values } = parseOptions(declaration('probe'), args);
+  if (!values.merge && !values.destroy && !values.plugin.length) throw new UsageError('probe: give --merge, --destroy or --plugin (the view to compare with the model)');
+  const prompts = jsonl(values.prompts, ProbePrompt);
+  const t = thresholds(values.thresholds);
+  const { tok, engine } = await load(values.model);
+  try {
+    const plugins: OverlaySpec[] = values.plugin.map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
+    const altered = stethoscopeView(engine, values.merge, values.destroy, plugins);
+    const label = values.destroy ? 'destroyed' : 'merged';
+    const opts = { maxTokens: values['max-tokens'], thresholds: t, scorer: values.scorer, label };
+    const results = await compareViews(localClient(engine, tok, 8), tok, { intact: engine.baseView, altered }, prompts, opts).catch((e) => {
+      throw e instanceof Error && 'param' in e ? new UsageError(e.message) : e;
+    });
+    process.stdout.write(`${JSON.stringify({ thresholds: t, results }, null, 2)}\n`);
   } finally {
     await engine.release();
   }
