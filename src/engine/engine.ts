@@ -112,24 +112,6 @@ export class Engine {
     return { shape: t.shape, data: toGraphLayout(this.spec, name, t.data, t.shape), layout: 'graph' };
   }
 
-  /**
-   * Every parameter of a view in HF layout, for export as a plain checkpoint. A layer gate g (Remove: 0)
-   * scales that layer's o_proj and down_proj (weights and biases): their outputs are the layer's residual
-   * contributions, so the exported model computes exactly what the gated view does.
-   */
-  *viewParameters(view: View): Generator<{ name: string; shape: number[]; data: Float32Array }> {
-    const { tensors, gates } = view.resolve();
-    this.sessionCheck(tensors);
-    for (const [name, shape] of this.shapes) {
-      const t = tensors.get(name);
-      let data = t ? (t.layout === 'graph' ? toHfLayout(this.spec, name, t.data, shape) : t.data) : toHfLayout(this.spec, name, this.weights.get(name)!, shape);
-      const p = parseName(name)!;
-      const g = p.layer === null ? undefined : gates.get(p.layer);
-      if (g !== undefined && (p.kind === 'o_proj' || p.kind === 'down_proj')) data = data.map((x) => x * g);
-      yield { name, shape, data };
-    }
-  }
-
   /** A backbone parameter in graph layout (shared, not a copy: do not write to it). */
   graphWeight(name: string): Float32Array {
     const data = this.weights.get(name);
@@ -166,12 +148,13 @@ export class Engine {
   }
 
   private sessionForTensors(tensors: ReadonlyMap<string, Tensor>): Promise<DecoderSession> {
-    this.sessionCheck(tensors);
+    this.checkTensors(tensors);
     const needsResearch = [...tensors.keys()].some((name) => !this.serving.inputs.has(name));
     return needsResearch ? this.researchSession() : Promise.resolve(this.serving);
   }
 
-  private sessionCheck(tensors: ReadonlyMap<string, Tensor>): void {
+  /** Checks a view's replacement tensors against the backbone's names and shapes. */
+  checkTensors(tensors: ReadonlyMap<string, Tensor>): void {
     for (const [name, t] of tensors) {
       const shape = this.shapes.get(name);
       if (!shape) throw new ViewError(`overlay names "${name}", which the backbone does not have`);

@@ -6,7 +6,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
+import { toHfLayout } from '../engine/layout.ts';
 import type { FloatDtype } from '../model/dtype.ts';
+import { parseName } from '../model/names.ts';
 import { writeCheckpoint } from '../model/write-checkpoint.ts';
 import type { View } from '../engine/view.ts';
 
@@ -18,11 +20,29 @@ export function exportView(engine: Engine, view: View, out: string, opts: { dtyp
   const copy = Object.fromEntries(SIDE_FILES.filter((f) => existsSync(join(engine.dir!, f))).map((f) => [f, join(engine.dir!, f)]));
   let tensors = 0;
   const counted = (function* () {
-    for (const t of engine.viewParameters(view)) {
+    for (const t of viewParameters(engine, view)) {
       tensors++;
       yield t;
     }
   })();
   writeCheckpoint(out, counted, { config, dtype: opts.dtype ?? 'F32', shardBytes: opts.shardBytes, copy });
   return { tensors };
+}
+
+/**
+ * Every parameter of a view in HF layout. A layer gate g (Remove: 0) scales that layer's o_proj and down_proj
+ * (weights and biases): their outputs are the layer's residual contributions, so the exported model computes
+ * exactly what the gated view does.
+ */
+function* viewParameters(engine: Engine, view: View): Generator<{ name: string; shape: number[]; data: Float32Array }> {
+  const { tensors, gates } = view.resolve();
+  engine.checkTensors(tensors);
+  for (const [name, shape] of engine.shapes) {
+    const t = tensors.get(name);
+    let data = t ? (t.layout === 'graph' ? toHfLayout(engine.spec, name, t.data, shape) : t.data) : engine.parameter(name).data;
+    const p = parseName(name)!;
+    const g = p.layer === null ? undefined : gates.get(p.layer);
+    if (g !== undefined && (p.kind === 'o_proj' || p.kind === 'down_proj')) data = data.map((x) => x * g);
+    yield { name, shape, data };
+  }
 }
