@@ -11,7 +11,7 @@ import * as ort from 'onnxruntime-node';
 import { Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { toFloat32, toFloat32Transposed } from '../model/dtype.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
-import { expectedParams, parseName } from '../model/names.ts';
+import { expectedParams, PLUGGABLE_KINDS, parseName } from '../model/names.ts';
 import { View, type ResolvedView, type Tensor } from './view.ts';
 import { MASKED } from './graph.ts';
 import { isTransposed, toGraphLayout, toHfLayout } from './layout.ts';
@@ -110,6 +110,22 @@ export class Engine {
   toGraph(name: string, t: Tensor): Tensor {
     if (t.layout === 'graph') return t;
     return { shape: t.shape, data: toGraphLayout(this.spec, name, t.data, t.shape), layout: 'graph' };
+  }
+
+  /** The largest |value| of each parameter a plugin may replace: what an uploaded plugin's magnitudes are checked against. */
+  pluggableMaxAbs(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const name of this.shapes.keys()) {
+      if (!PLUGGABLE_KINDS.includes(parseName(name)!.kind)) continue;
+      const w = this.weights.get(name)!;
+      let m = 0;
+      for (let i = 0; i < w.length; i++) {
+        const a = Math.abs(w[i]);
+        if (a > m) m = a;
+      }
+      out.set(name, m);
+    }
+    return out;
   }
 
   /** A backbone parameter in graph layout (shared, not a copy: do not write to it). */

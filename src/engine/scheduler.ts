@@ -53,6 +53,19 @@ export interface SchedulerOptions {
   maxContext: number;
 }
 
+/** The model's logits under a view were not finite: the view's weights overflow. */
+export class NonFiniteLogitsError extends Error {
+  readonly code = 'non_finite_logits';
+  constructor(value: number, where: string) {
+    super(`the model produced a non-finite logit (${value}) at ${where}: the view's weights overflow (check the plugin or merge)`);
+  }
+}
+
+/** A view whose weights overflow gives NaN or +Inf logits: an error, never a token or a score. */
+function checkFinite(logits: Float32Array, where: string): void {
+  for (let i = 0; i < logits.length; i++) if (!(logits[i] < Infinity)) throw new NonFiniteLogitsError(logits[i], where);
+}
+
 export class QueueFullError extends Error {
   override name = 'QueueFullError';
 }
@@ -260,6 +273,7 @@ export class Scheduler {
       if (done === 0) r.promptLps.push({ id: chunk[0], logprob: null, top: [] });
       for (let i = 0; i < out.length; i++) {
         const t = done + i + 1;
+        checkFinite(out[i], `prompt token ${t}`);
         if (t < r.job.promptIds.length) {
           const id = r.job.promptIds[t];
           r.promptLps.push({ id, ...logprobs(out[i], id, r.job.promptLogprobs!) });
@@ -280,6 +294,7 @@ export class Scheduler {
   }
 
   private emit(r: Running, logits: Float32Array): void {
+    checkFinite(logits, `generated token ${r.seq.generated.length}`);
     const tok = r.seq.accept(logits);
     r.next = tok.id;
     const length = r.lane.cache.lengths[r.lane.rows.indexOf(r)];

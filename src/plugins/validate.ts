@@ -36,6 +36,10 @@ export interface PluginSummary {
 export interface Backbone {
   spec: ModelSpec;
   fingerprint: string;
+  /** The largest |value| of each pluggable parameter of the backbone; with maxScale, the bound on a plugin's. */
+  maxAbs?: ReadonlyMap<string, number>;
+  /** A plugin tensor may reach this many times its backbone tensor's largest |value| (0: no bound). */
+  maxScale?: number;
 }
 
 export function validatePlugin(path: string, backbone: Backbone): PluginSummary {
@@ -72,11 +76,23 @@ export function validatePlugin(path: string, backbone: Backbone): PluginSummary 
     if (base !== null && base !== backbone.fingerprint) {
       throw new PluginError(`the plugin was made for base model ${base}, but the backbone is ${backbone.fingerprint}`, 'base_mismatch');
     }
-    // Values last: the only check that reads the data.
+    // Values last: the only check that reads the data. Finite but absurd values (a norm of 1e30) overflow in
+    // generation, so each tensor is also held within maxScale times its backbone tensor's largest |value|.
     for (const name of names) {
       const data = toFloat32(f.readBytes(name), f.info(name).dtype);
+      let max = 0;
       for (let i = 0; i < data.length; i++) {
         if (!Number.isFinite(data[i])) throw new PluginError(`"${name}" holds a non-finite value (${data[i]}) at element ${i}`, 'non_finite', name);
+        const a = Math.abs(data[i]);
+        if (a > max) max = a;
+      }
+      const base = backbone.maxAbs?.get(name);
+      if (backbone.maxScale && base !== undefined && max > backbone.maxScale * Math.max(base, 1e-6)) {
+        throw new PluginError(
+          `"${name}" reaches |x| = ${max.toPrecision(3)}, ${(max / Math.max(base, 1e-6)).toPrecision(3)} times the backbone's largest (${base.toPrecision(3)}); plugins are held within ${backbone.maxScale}x (--max-plugin-scale)`,
+          'magnitude',
+          name,
+        );
       }
     }
     return {

@@ -50,6 +50,8 @@ export class EngineHost {
   state: HostState = 'loading';
   spec: ModelSpec | null = null;
   fingerprint: string | null = null;
+  /** The largest |value| of each pluggable parameter of the backbone (plugin uploads are checked against it). */
+  pluggableMaxAbs: ReadonlyMap<string, number> = new Map();
   /** The device the engine runs on, once ready. */
   device: Device | null = null;
   error: string | null = null;
@@ -86,6 +88,7 @@ export class EngineHost {
           this.state = 'ready';
           this.spec = m.spec;
           this.fingerprint = m.fingerprint;
+          this.pluggableMaxAbs = new Map(Object.entries(m.pluggableMaxAbs));
           this.device = m.device;
           resolve();
         } else if (m.type === 'fatal') {
@@ -150,7 +153,7 @@ export class EngineHost {
         break;
       case 'error':
         this.jobs.delete(m.id);
-        h.onError(new Error(m.message));
+        h.onError(Object.assign(new Error(m.message), { code: m.code }));
         break;
       case 'rejected':
         this.jobs.delete(m.id);

@@ -47,13 +47,13 @@ export interface WorkerStats extends SchedulerStats {
 }
 
 export type WorkerToHost =
-  | { type: 'ready'; spec: ModelSpec; fingerprint: string; device: Device }
+  | { type: 'ready'; spec: ModelSpec; fingerprint: string; device: Device; pluggableMaxAbs: Record<string, number> }
   | { type: 'fatal'; message: string }
   | { type: 'scheduled'; id: string }
   | { type: 'token'; id: string; token: GeneratedToken }
   | { type: 'prompt_logprobs'; id: string; logprobs: PromptLogprob[] }
   | { type: 'done'; id: string; finish: Finish }
-  | { type: 'error'; id: string; message: string }
+  | { type: 'error'; id: string; message: string; code?: string }
   | { type: 'rejected'; id: string; reason: 'queue_full' | 'invalid'; message: string }
   | { type: 'stats'; reqId: number; stats: WorkerStats }
   | { type: 'exported'; reqId: number; tensors?: number; error?: string }

@@ -28,7 +28,7 @@ async function main() {
   }
   const overlays = new OverlayLoader(engine, init.overlayCacheBytes);
   const scheduler = new Scheduler(engine, tokenizer, { ...init.scheduler, maxContext: servedContext(init.scheduler.maxContext, engine.spec) });
-  post({ type: 'ready', spec: engine.spec, fingerprint: engine.fingerprint, device: engine.device });
+  post({ type: 'ready', spec: engine.spec, fingerprint: engine.fingerprint, device: engine.device, pluggableMaxAbs: Object.fromEntries(engine.pluggableMaxAbs()) });
 
   port.on('message', (m: HostToWorker) => {
     switch (m.type) {
@@ -46,7 +46,7 @@ async function main() {
             onScheduled: () => post({ type: 'scheduled', id }),
             onToken: (token) => post({ type: 'token', id, token }),
             onDone: (finish) => post({ type: 'done', id, finish }),
-            onError: (e) => post({ type: 'error', id, message: e.message }),
+            onError: (e) => post({ type: 'error', id, message: e.message, code: (e as Error & { code?: string }).code }),
           });
         } catch (e) {
           const err = e as Error;

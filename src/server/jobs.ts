@@ -128,7 +128,7 @@ export class JobRunner {
         q.fail(
           e instanceof EngineLostError
             ? new ApiError(503, `${e.message}; retry`, 'service_unavailable', 'engine_restarting', null, { 'Retry-After': '5' })
-            : new ApiError(500, `generation failed: ${e.message}`, 'server_error', 'engine_error'),
+            : new ApiError(500, `generation failed: ${e.message}`, 'server_error', (e as Error & { code?: string }).code ?? 'engine_error'),
         );
       },
       onRejected: (reason, message) => {

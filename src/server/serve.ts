@@ -141,7 +141,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     serving,
     plugins: {
       store,
-      backbone: () => (host.state === 'ready' ? { spec: host.spec!, fingerprint: host.fingerprint! } : null),
+      backbone: () => (host.state === 'ready' ? { spec: host.spec!, fingerprint: host.fingerprint!, maxAbs: host.pluggableMaxAbs, maxScale: config.maxPluginScale } : null),
       backboneName: modelName,
       maxPluginBytes: config.maxPluginBytes,
       modelRoots: config.modelRoots,

@@ -259,6 +259,22 @@ describe('plugins over HTTP', () => {
         400,
         /non_finite/,
       ],
+      [
+        'an o_proj value of 3e38 (finite, absurd)',
+        () =>
+          file(
+            'huge.safetensors',
+            withData((d) => (d[3] = 3e38)),
+          ),
+        400,
+        /invalid_plugin\.magnitude .*o_proj.*--max-plugin-scale/,
+      ],
+      [
+        'a norm of 1e30',
+        () => file('norm.safetensors', new Map([['model.layers.1.input_layernorm.weight', { shape: [64], data: new Float32Array(64).fill(1e30) }]])),
+        400,
+        /invalid_plugin\.magnitude .*input_layernorm/,
+      ],
       ['wrong base', () => file('base.safetensors', good(), { 'sfn.base_fingerprint': '0'.repeat(32) }), 400, /base_mismatch/],
       ['no tensors', () => raw({ __metadata__: { a: 'b' } }, 0), 400, /invalid_plugin\.empty/],
       ['over the size limit', () => Buffer.alloc(1024 * 1024 + 10, 1), 413, /payload_too_large/],
@@ -447,5 +463,36 @@ describe('two servers sharing one plugin store (replicas on a ReadWriteMany volu
     } finally {
       await three.close();
     }
+  });
+});
+
+describe('a view whose weights overflow', () => {
+  let srv: RunningServer;
+  before(async () => {
+    // The magnitude bound off, so that an absurd plugin reaches generation.
+    const config = parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--data-dir', mkdtempSync(join(tmp, 'overflow-')), '--max-plugin-scale', '0'], {});
+    srv = await startServer(config, () => {});
+    await srv.host.ready;
+  });
+  after(() => srv.close());
+
+  it('gets an OpenAI error naming the non-finite logits, never a 200 with empty text; streamed, an error event and [DONE]', async () => {
+    const norms = new Map([0, 1, 2, 3].map((l) => [`model.layers.${l}.input_layernorm.weight`, { shape: [64], data: new Float32Array(64).fill(1e30) }]));
+    const up = await fetch(`${srv.url}/v1/plugins?id=huge`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: readFileSync(pluginFile('overflow.safetensors', norms)) });
+    assert.equal(up.status, 201, await up.clone().text());
+    const ask = (stream: boolean) =>
+      fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'A:huge', prompt: 'Hello', max_tokens: 4, stream }) });
+    const r = await ask(false);
+    const body = (await r.json()) as { error: { code: string; message: string; type: string } };
+    assert.equal(r.status, 500, JSON.stringify(body));
+    assert.equal(body.error.code, 'non_finite_logits');
+    assert.match(body.error.message, /non-finite logit .*plugin or merge/);
+    const s = await ask(true);
+    const text = await s.text();
+    assert.match(text, /"code":"non_finite_logits"/);
+    assert.match(text.trimEnd(), /data: \[DONE\]$/);
+    // The backbone itself still serves.
+    const ok = await fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'A', prompt: 'Hello', max_tokens: 2 }) });
+    assert.equal(ok.status, 200);
   });
 });
