@@ -2,6 +2,8 @@
  * OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with the right HTTP status. Every
  * failure the server reports goes through `ApiError`, so clients written for OpenAI read them unchanged.
  */
+import { existsSync } from 'node:fs';
+import { basename, relative, sep } from 'node:path';
 import type { Context } from 'hono';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { z } from 'zod';
@@ -23,8 +25,41 @@ export class ApiError extends Error {
   }
 
   body(): ErrorBody {
-    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+    return { error: { message: redactPaths(this.message), type: this.type, param: this.param, code: this.code } };
   }
+}
+
+/** Directories whose files errors name relative to them (model roots, the data dir), set by the server at start. */
+let namedRoots: string[] = [];
+export function setErrorRoots(dirs: string[]): void {
+  // Longest first, so that a root inside another names its files from the inner one.
+  namedRoots = dirs.map((d) => d.replace(/\/+$/, '')).sort((a, b) => b.length - a.length);
+}
+
+const topLevel = new Map<string, boolean>();
+/** Whether `/x` exists on this machine: tells a file path from a URL path like /v1/completions. */
+const onDisk = (segment: string) => {
+  let v = topLevel.get(segment);
+  if (v === undefined) topLevel.set(segment, (v = existsSync(`/${segment}`)));
+  return v;
+};
+
+/**
+ * A message with every absolute file path replaced by its name relative to the root it lies under (what a
+ * request names), or by its base name: errors never tell a client where the server keeps its files.
+ */
+export function redactPaths(message: string): string {
+  return message.replace(/(?<![\w.:/~-])\/[^\s"'`,;()<>]+/g, (path) => {
+    const first = path.slice(1).split('/')[0];
+    if (!first || !onDisk(first)) return path;
+    const trimmed = path.replace(/[.:]+$/, '');
+    const tail = path.slice(trimmed.length);
+    for (const root of namedRoots) {
+      if (trimmed === root) return `${basename(root)}${tail}`;
+      if (trimmed.startsWith(root + sep)) return `${relative(root, trimmed)}${tail}`;
+    }
+    return `${basename(trimmed)}${tail}`;
+  });
 }
 
 export const badRequest = (message: string, param: string | null = null, code: string | null = null) => new ApiError(400, message, 'invalid_request_error', code, param);

@@ -4,8 +4,8 @@
  * flight finish (up to the grace period), then exit.
  */
 import { serve, type ServerType } from '@hono/node-server';
-import { basename } from 'node:path';
-import { statSync } from 'node:fs';
+import { basename, resolve as resolvePath } from 'node:path';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { MODULE_KINDS } from '../model/names.ts';
 import { PLUGIN_SLOTS } from '../engine/layout.ts';
 import { BUILTIN_NAME, resolveModelDir } from '../model/builtin.ts';
@@ -15,7 +15,7 @@ import { ModelTokenizer } from '../engine/tokenizer.ts';
 import { authEnabled } from './auth.ts';
 import { createApp } from './app.ts';
 import { parseServerConfig, type ServerConfig } from './config.ts';
-import { badRequest, modelNotFound } from './errors.ts';
+import { badRequest, modelNotFound, setErrorRoots } from './errors.ts';
 import { findUnderRoots } from './roots.ts';
 import { join } from 'node:path';
 import { JobManager } from '../stethoscope/jobs.ts';
@@ -39,6 +39,14 @@ export interface RunningServer {
   close: () => Promise<void>;
 }
 
+const realpathOr = (d: string) => {
+  try {
+    return realpathSync(d);
+  } catch {
+    return resolvePath(d);
+  }
+};
+
 export async function startServer(config: ServerConfig, log: (s: string) => void = (s) => console.log(s)): Promise<RunningServer> {
   const builtin = !config.model;
   const modelDir = resolveModelDir(config.model, log);
@@ -50,6 +58,8 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     overlayCacheBytes: config.pluginCacheBytes,
   });
   const tokenizer = ModelTokenizer.fromDir(modelDir);
+  // Errors name files relative to the model roots and the data dir (as requests name them), never absolutely.
+  setErrorRoots([...config.modelRoots, config.dataDir].flatMap((d) => [resolvePath(d), realpathOr(d)]));
   const store = new PluginStore(config.dataDir, log);
   const scan = await store.scan();
   log(`sfn: plugin store at ${config.dataDir}: ${scan.loaded} plugin(s)${scan.quarantined.length ? `, ${scan.quarantined.length} entr(ies) quarantined` : ''}`);
@@ -61,6 +71,9 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     const reg = checkpoints.get(from);
     if (reg) return { kind: 'dir', path: reg.path, id: `dir:${reg.path}:${reg.registered}` };
     const dir = findUnderRoots(config.modelRoots, from);
+    if (dir && !['model.safetensors', 'model.safetensors.index.json'].some((f) => existsSync(join(dir, f)))) {
+      throw badRequest(`${param}: "${from}" has no model.safetensors (nor an index of shards): not a checkpoint`, param, 'not_a_checkpoint');
+    }
     if (dir) return { kind: 'dir', path: dir, id: `dir:${dir}` };
     throw badRequest(`${param}: "${from}" is neither a plugin, a registered checkpoint, nor a checkpoint directory under the model roots`, param);
   };

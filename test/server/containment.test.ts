@@ -1,6 +1,7 @@
 /**
  * What a request can name stays inside: checkpoint directories under the model roots, compared as the filesystem
- * resolves them (symbolic links included); and uploaded plugin bytes reach the disk before the store commits them.
+ * resolves them (symbolic links included); errors name no server path; and uploaded plugin bytes reach the disk
+ * before the store commits them.
  */
 import assert from 'node:assert/strict';
 import fs, { cpSync, mkdirSync, mkdtempSync, symlinkSync } from 'node:fs';
@@ -9,7 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { PluginStore } from '../../src/plugins/store.ts';
+import { parseServerConfig } from '../../src/server/config.ts';
+import { redactPaths, setErrorRoots } from '../../src/server/errors.ts';
 import { findUnderRoots } from '../../src/server/roots.ts';
+import { startServer } from '../../src/server/serve.ts';
 import { fixtureDir } from '../helpers/fixtures.ts';
 
 describe('containment by real path', () => {
@@ -68,5 +72,53 @@ describe('plugin store durability', () => {
     const renameManifest = events.findIndex((e) => e.startsWith('rename ') && e.endsWith('p1.json'));
     assert.ok(fsyncBlob >= 0, events.join('\n'));
     assert.ok(fsyncBlob < renameBlob && renameBlob < renameManifest, events.join('\n'));
+  });
+});
+
+describe('errors name no server path', () => {
+  it('redacts absolute paths to their name under a root, or their base name, and leaves URL paths alone', () => {
+    setErrorRoots(['/srv/models', '/var/lib/sfn']);
+    try {
+      assert.equal(redactPaths('cannot read /srv/models/broken/config.json: bad'), 'cannot read broken/config.json: bad');
+      assert.equal(redactPaths('/var/lib/sfn/blobs/ab.safetensors: truncated.'), 'blobs/ab.safetensors: truncated.');
+      assert.equal(redactPaths(`open ${tmpdir()}/x/secret.json failed`), 'open secret.json failed');
+      assert.equal(redactPaths('PUT is not allowed on /v1/completions; see https://example.com/a/b'), 'PUT is not allowed on /v1/completions; see https://example.com/a/b');
+    } finally {
+      setErrorRoots([]);
+    }
+  });
+
+  it("over HTTP: a broken or weightless checkpoint under a root, named by a user key, is a 400 without the root's path", async () => {
+    const base = mkdtempSync(join(tmpdir(), 'sfn-leak-'));
+    const root = join(base, 'models');
+    mkdirSync(join(root, 'broken'), { recursive: true });
+    fs.writeFileSync(join(root, 'broken', 'config.json'), '{bad');
+    mkdirSync(join(root, 'noweights'));
+    cpSync(join(fixtureDir('A'), 'config.json'), join(root, 'noweights', 'config.json'));
+    const srv = await startServer(parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--data-dir', join(base, 'data'), '--model-root', root, '--api-key', 'user-key-123456'], {}), () => {});
+    try {
+      await srv.host.ready;
+      const headers = { authorization: 'Bearer user-key-123456', 'content-type': 'application/json' };
+      const bodies: string[] = [];
+      for (const from of ['broken', 'noweights']) {
+        const r = await fetch(`${srv.url}/v1/completions`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify({ model: 'A', prompt: 'hi', max_tokens: 2, merge: [{ modules: ['o_proj'], layers: 'all', from }] }),
+        });
+        assert.equal(r.status, 400);
+        const b = (await r.json()) as { error: { param: string; code: string } };
+        assert.equal(b.error.param, 'merge.0.from');
+        bodies.push(JSON.stringify(b));
+      }
+      const plan = await fetch(`${srv.url}/v1/stethoscope/freeze-plan?model=broken`, { headers });
+      assert.equal(plan.status, 400);
+      const text = await plan.text();
+      assert.match(text, /broken\/config\.json/);
+      bodies.push(text);
+      for (const b of bodies) assert.ok(!b.includes(base), `leaks ${base}: ${b}`);
+    } finally {
+      await srv.close();
+    }
   });
 });
