@@ -129,6 +129,17 @@ export class Scheduler {
     this.kick();
   }
 
+  /** Cancels every running and waiting request (shutdown). */
+  cancelAll(): void {
+    for (const r of this.byId.values()) r.cancelled = true;
+    for (const j of this.waiting) this.cancelledWaiting.add(j.id);
+  }
+
+  /** Resolves once no step is in progress and none is due. */
+  async idle(): Promise<void> {
+    while (this.looping) await new Promise((r) => setTimeout(r, 5));
+  }
+
   cancel(id: string): void {
     const r = this.byId.get(id);
     if (r) r.cancelled = true;

@@ -85,6 +85,8 @@ export class EngineHost {
         if (worker !== this.worker) return;
         if (m.type === 'ready') {
           loaded = true;
+          // Closed while it loaded: the thread is stopping; it must not read as ready (nor be restarted).
+          if (this.state === 'closed') return reject(new EngineLostError('the engine was closed while it loaded'));
           this.state = 'ready';
           this.spec = m.spec;
           this.fingerprint = m.fingerprint;
@@ -92,7 +94,7 @@ export class EngineHost {
           this.device = m.device;
           resolve();
         } else if (m.type === 'fatal') {
-          this.state = 'failed';
+          if (this.state !== 'closed') this.state = 'failed';
           this.error = m.message;
           reject(new Error(m.message));
         } else this.route(m);
@@ -215,9 +217,21 @@ export class EngineHost {
     return this.jobs.size;
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops the engine: fails what is in flight, asks the thread to finish its current run, release its sessions
+   * and exit, and waits up to `waitMs`; only then is the thread terminated (terminating it inside an onnxruntime
+   * run aborts the process).
+   */
+  async close(waitMs = 10_000): Promise<void> {
+    if (this.state === 'closed') return;
     this.state = 'closed';
     this.failAll(new EngineLostError('the engine is closed'));
-    await this.worker.terminate();
+    const w = this.worker;
+    const exited = new Promise<boolean>((r) => w.once('exit', () => r(true)));
+    w.postMessage({ type: 'stop' } satisfies HostToWorker);
+    let timer: NodeJS.Timeout | undefined;
+    const done = await Promise.race([exited, new Promise<boolean>((r) => (timer = setTimeout(() => r(false), waitMs)))]);
+    clearTimeout(timer);
+    if (!done) await w.terminate();
   }
 }

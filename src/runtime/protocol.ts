@@ -37,6 +37,8 @@ export type { JobParams } from '../engine/generate.ts';
 export type HostToWorker =
   | { type: 'submit'; id: string; promptIds: number[]; params: JobParams; view: ViewSpec; promptLogprobs?: number }
   | { type: 'cancel'; id: string }
+  /** Shutdown: cancel everything, let the run in progress end, release the sessions, exit the thread. */
+  | { type: 'stop' }
   | { type: 'stats'; reqId: number }
   | { type: 'export'; reqId: number; view: ViewSpec; out: string; dtype: FloatDtype; shardBytes?: number }
   | { type: 'kl'; reqId: number; ids: number[]; base: ViewSpec; views: ViewSpec[] };

@@ -16,6 +16,12 @@ const port = parentPort!;
 const post = (m: WorkerToHost) => port.postMessage(m);
 const init = workerData as WorkerInit;
 
+/** A stop that arrives while the model loads is honoured once it has loaded (a session mid-creation must finish). */
+let stopRequested = false;
+port.on('message', (m: HostToWorker) => {
+  if (m.type === 'stop') stopRequested = true;
+});
+
 async function main() {
   let engine: Engine;
   let tokenizer: ModelTokenizer;
@@ -26,12 +32,32 @@ async function main() {
     post({ type: 'fatal', message: (e as Error).message });
     return;
   }
+  // Work outside the scheduler (KL sweeps) that a stop waits for: onnxruntime must not be torn down mid-run.
+  const tasks = new Set<Promise<unknown>>();
+  const track = (p: Promise<unknown>) => {
+    tasks.add(p);
+    void p.finally(() => tasks.delete(p));
+  };
+  let stopping: Promise<void> | null = null;
+  const stop = () =>
+    (stopping ??= (async () => {
+      scheduler.cancelAll();
+      await scheduler.idle();
+      await Promise.allSettled([...tasks]);
+      await engine.release();
+      process.exit(0);
+    })());
   const overlays = new OverlayLoader(engine, init.overlayCacheBytes);
   const scheduler = new Scheduler(engine, tokenizer, { ...init.scheduler, maxContext: servedContext(init.scheduler.maxContext, engine.spec) });
   post({ type: 'ready', spec: engine.spec, fingerprint: engine.fingerprint, device: engine.device, pluggableMaxAbs: Object.fromEntries(engine.pluggableMaxAbs()) });
 
+  if (stopRequested) return void stop();
   port.on('message', (m: HostToWorker) => {
+    if (stopping && m.type !== 'stats') return;
     switch (m.type) {
+      case 'stop':
+        void stop();
+        break;
       case 'submit': {
         const id = m.id;
         try {
@@ -66,16 +92,18 @@ async function main() {
         }
         break;
       case 'kl':
-        void (async () => {
-          try {
-            const base = await engine.logits(m.ids, overlays.view(m.base));
-            const kl: number[] = [];
-            for (const v of m.views) kl.push(meanKl(base, await engine.logits(m.ids, overlays.view(v))));
-            post({ type: 'kl', reqId: m.reqId, kl });
-          } catch (e) {
-            post({ type: 'kl', reqId: m.reqId, error: (e as Error).message });
-          }
-        })();
+        track(
+          (async () => {
+            try {
+              const base = await engine.logits(m.ids, overlays.view(m.base));
+              const kl: number[] = [];
+              for (const v of m.views) kl.push(meanKl(base, await engine.logits(m.ids, overlays.view(v))));
+              post({ type: 'kl', reqId: m.reqId, kl });
+            } catch (e) {
+              post({ type: 'kl', reqId: m.reqId, error: (e as Error).message });
+            }
+          })(),
+        );
         break;
       case 'stats':
         post({ type: 'stats', reqId: m.reqId, stats: { ...scheduler.stats(), views: scheduler.views(), overlays: overlays.stats() } });

@@ -7,7 +7,8 @@ import { bodyLimit } from 'hono/body-limit';
 import { cors } from 'hono/cors';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { ApiError, errorResponse, fromZod, tooLarge } from './errors.ts';
+import { JobQueueFullError } from '../stethoscope/jobs.ts';
+import { ApiError, errorResponse, fromZod, tooLarge, tooMany } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { openaiRoutes, type ServingContext } from './routes/openai/index.ts';
 import { pluginRoutes, type PluginDeps } from './routes/plugins.ts';
@@ -123,6 +124,7 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   });
   app.onError((err, c) => {
     if (err instanceof ApiError) return errorResponse(c, err);
+    if (err instanceof JobQueueFullError) return errorResponse(c, tooMany(`no room for another job: ${err.message}`, 5));
     if (err instanceof HTTPException) {
       const status = err.status as ContentfulStatusCode;
       const message = status === 400 && /JSON/i.test(err.message) ? `Malformed JSON body: ${err.message}` : err.message;

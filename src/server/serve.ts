@@ -19,6 +19,7 @@ import { badRequest, modelNotFound, setErrorRoots } from './errors.ts';
 import { findUnderRoots } from './roots.ts';
 import { join } from 'node:path';
 import { JobManager } from '../stethoscope/jobs.ts';
+import { trainingThreadsEnded } from '../stethoscope/freeze-worker.ts';
 import { CheckpointRegistry } from '../stethoscope/checkpoints.ts';
 import type { DonorRef } from '../views/build.ts';
 import { resolveDestroy, resolveMerge } from '../views/resolve.ts';
@@ -64,6 +65,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const scan = await store.scan();
   log(`sfn: plugin store at ${config.dataDir}: ${scan.loaded} plugin(s)${scan.quarantined.length ? `, ${scan.quarantined.length} entr(ies) quarantined` : ''}`);
   const checkpoints = new CheckpointRegistry(config.dataDir);
+  const jobs = new JobManager(join(config.dataDir, 'jobs'), { concurrency: config.maxJobs, maxQueued: config.maxQueuedJobs });
   /** A merge donor: a plugin id, a registered checkpoint name, else a checkpoint directory under the model roots. */
   const donor = (from: string, param: string): DonorRef => {
     const m = store.get(from);
@@ -128,7 +130,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
       host,
       dataDir: config.dataDir,
       resolveView,
-      jobs: new JobManager(join(config.dataDir, 'jobs')),
+      jobs,
       modelRoots: config.modelRoots,
       pluginFile: (id) => {
         const m = store.get(id);
@@ -184,12 +186,22 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   );
 
   let closing: Promise<void> | null = null;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const close = () =>
     (closing ??= (async () => {
-      await new Promise<void>((r) => server.close(() => r()));
+      // Stop admitting; requests, uploads and jobs in flight get the grace period, then are cut (jobs recorded
+      // as interrupted) and the engine's thread ends after its current run: exit by grace + about 5 s.
       const deadline = Date.now() + config.shutdownGraceSeconds * 1000;
-      while (host.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      await host.close();
+      let drained = false;
+      const http = new Promise<void>((r) => server.close(() => r())).then(() => (drained = true));
+      (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+      while ((!drained || host.inFlight > 0 || jobs.active > 0) && Date.now() < deadline) await sleep(50);
+      (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+      await jobs.shutdown(4000);
+      await host.close(Math.max(1000, deadline + 5000 - Date.now()));
+      // A training step cannot be cut (onnxruntime would abort the process): its thread ends after it.
+      await trainingThreadsEnded();
+      await Promise.race([http, sleep(500)]);
     })());
   return { url, host, modelName, close };
 }

@@ -10,8 +10,19 @@ import { FreezeError } from './freeze-sets.ts';
 
 type Message = { type: 'progress'; step: number; steps: number; loss: number } | { type: 'done'; result: FreezeResult } | { type: 'error'; message: string; param?: string };
 
+/** Training threads alive: shutdown waits for them to end (after their current step) before the process exits. */
+const threads = new Set<Promise<void>>();
+
+/** Resolves when every training thread has ended. */
+export async function trainingThreadsEnded(): Promise<void> {
+  while (threads.size) await Promise.all([...threads]);
+}
+
 export function freezeInWorker(settings: FreezeSettings, progress: (step: number, steps: number, loss: number) => void, signal?: AbortSignal): Promise<FreezeResult> {
   const worker = tsWorker(new URL('./freeze-worker.ts', import.meta.url), { freeze: settings });
+  const ended = new Promise<void>((r) => worker.once('exit', () => r()));
+  threads.add(ended);
+  void ended.then(() => threads.delete(ended));
   return new Promise((resolve, reject) => {
     let settled = false;
     const settle = (f: () => void) => {

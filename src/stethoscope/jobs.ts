@@ -1,14 +1,29 @@
 /**
- * Long-running stethoscope work (delta reports, evaluations) as jobs: an id, status, progress, and a result,
- * each record persisted as JSON in the data directory (atomically) so a job can be read after a restart.
- * A job that was running when the process died is marked failed ("interrupted") at the next start.
+ * Long-running stethoscope work (delta reports, evaluations, tables, Freeze runs) as jobs: an id, status,
+ * progress, and a result, each record persisted as JSON in the data directory (atomically) so a job can be read
+ * after a restart. Jobs run a few at a time from a bounded queue (p-queue); a full queue refuses new ones. A
+ * job cancelled while queued never starts; one the server's shutdown stopped, or that was running when the
+ * process died, reads "interrupted".
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import PQueue from 'p-queue';
 import { writeFileAtomic } from '../model/atomic.ts';
 
-export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
+
+/** Thrown by `start` when the queue holds `maxQueued` jobs already, or the manager is shutting down. */
+export class JobQueueFullError extends Error {
+  override name = 'JobQueueFullError';
+}
+
+export interface JobLimits {
+  /** Jobs running at once. */
+  concurrency: number;
+  /** Jobs waiting to start, at most. */
+  maxQueued: number;
+}
 
 export interface JobRecord {
   id: string;
@@ -30,15 +45,22 @@ export type JobWork = (job: JobRecord, dir: string, progress: (done: number, tot
 export class JobManager {
   private readonly jobs = new Map<string, JobRecord>();
   private lastSave = new Map<string, number>();
-  private readonly running = new Map<string, AbortController>();
+  /** Queued and running jobs' controllers, and the promise that settles when each is recorded as ended. */
+  private readonly live = new Map<string, { ac: AbortController; ended: Promise<void> }>();
+  private readonly queue: PQueue;
+  private stopping = false;
 
-  constructor(readonly root: string) {
+  constructor(
+    readonly root: string,
+    readonly limits: JobLimits = { concurrency: 2, maxQueued: 32 },
+  ) {
+    this.queue = new PQueue({ concurrency: limits.concurrency });
     mkdirSync(root, { recursive: true });
     for (const f of readdirSync(root).filter((n) => n.endsWith('.json'))) {
       try {
         const j = JSON.parse(readFileSync(join(root, f), 'utf8')) as JobRecord;
         if (j.status === 'running' || j.status === 'queued') {
-          j.status = 'failed';
+          j.status = 'interrupted';
           j.error = 'interrupted: the server stopped while the job ran';
           j.finished = Math.floor(Date.now() / 1000);
           this.save(j);
@@ -63,8 +85,11 @@ export class JobManager {
     return [...this.jobs.values()].sort((a, b) => b.created - a.created);
   }
 
-  /** Starts `work` now (in this process, yielding as it goes) and returns its record at once. */
+  /** Queues `work` (it starts when a place is free) and returns its record at once. */
   start(kind: string, params: unknown, work: JobWork): JobRecord {
+    if (this.stopping) throw new JobQueueFullError('the server is shutting down');
+    // Live jobs are running or waiting: past the running places, at most maxQueued wait.
+    if (this.live.size >= this.limits.concurrency + this.limits.maxQueued) throw new JobQueueFullError(`${this.live.size} jobs are running or queued`);
     const job: JobRecord = {
       id: `job-${randomUUID().replace(/-/g, '').slice(0, 20)}`,
       object: 'stethoscope.job',
@@ -82,8 +107,8 @@ export class JobManager {
     this.save(job);
     const dir = this.dir(job.id);
     const ac = new AbortController();
-    this.running.set(job.id, ac);
-    void (async () => {
+    const stopped = () => (this.stopping ? 'interrupted' : 'cancelled');
+    const run = async () => {
       job.status = 'running';
       job.started = Math.floor(Date.now() / 1000);
       this.save(job);
@@ -100,24 +125,61 @@ export class JobManager {
           },
           ac.signal,
         );
-        job.status = ac.signal.aborted ? 'cancelled' : 'succeeded';
+        job.status = ac.signal.aborted ? stopped() : 'succeeded';
       } catch (e) {
-        job.status = ac.signal.aborted ? 'cancelled' : 'failed';
-        job.error = ac.signal.aborted ? 'cancelled' : (e as Error).message;
+        job.status = ac.signal.aborted ? stopped() : 'failed';
+        job.error = ac.signal.aborted ? (this.stopping ? 'interrupted: the server shut down' : 'cancelled') : (e as Error).message;
       }
-      this.running.delete(job.id);
-      job.finished = Math.floor(Date.now() / 1000);
-      this.save(job);
-    })();
+    };
+    const ended = this.queue
+      .add(run, { signal: ac.signal })
+      .catch(() => {
+        // Aborted while queued: it never ran.
+        job.status = stopped();
+        job.error = this.stopping ? 'interrupted: the server shut down' : 'cancelled';
+      })
+      .then(() => {
+        this.live.delete(job.id);
+        job.finished = Math.floor(Date.now() / 1000);
+        this.save(job);
+      });
+    this.live.set(job.id, { ac, ended });
     return job;
   }
 
-  /** Asks a running job to stop; false when it is not running. */
+  /** Asks a queued or running job to stop; false when it has ended. */
   cancel(id: string): boolean {
-    const ac = this.running.get(id);
-    if (!ac) return false;
-    ac.abort();
+    const l = this.live.get(id);
+    if (!l) return false;
+    l.ac.abort();
     return true;
+  }
+
+  /** Queued and running jobs. */
+  get active(): number {
+    return this.live.size;
+  }
+
+  /**
+   * For shutdown: refuses new jobs, stops every queued and running one, and waits up to `waitMs` for them to
+   * end; a job still running then (work that cannot stop mid-step) is recorded as interrupted anyway.
+   */
+  async shutdown(waitMs: number): Promise<void> {
+    this.stopping = true;
+    const live = [...this.live.entries()];
+    for (const [, l] of live) l.ac.abort();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(live.map(([, l]) => l.ended)), new Promise((r) => (timer = setTimeout(r, waitMs)))]);
+    clearTimeout(timer);
+    for (const [id] of live) {
+      const job = this.jobs.get(id)!;
+      if (job.status === 'running' || job.status === 'queued') {
+        job.status = 'interrupted';
+        job.error = 'interrupted: the server shut down';
+        job.finished = Math.floor(Date.now() / 1000);
+        this.save(job);
+      }
+    }
   }
 
   files(id: string): string[] {

@@ -64,3 +64,17 @@ describe('engine restart', () => {
     }
   });
 });
+
+describe('engine stop', () => {
+  it('a server closed while its model loads stops its thread for good: no restart, no thread left behind', async () => {
+    const srv = await startServer(parseServerConfig(['--model', join(ROOT, 'models/stories260K'), '--port', '0'], {}), () => {});
+    const worker = (srv.host as unknown as { worker: Worker }).worker;
+    const exited = new Promise<number>((r) => worker.once('exit', r));
+    await srv.close();
+    assert.equal(await exited, 0, 'the thread ended by itself, not terminated');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(srv.host.state, 'closed');
+    assert.equal(srv.host.restarts, 0);
+    assert.equal((srv.host as unknown as { worker: Worker }).worker, worker, 'no new thread');
+  });
+});

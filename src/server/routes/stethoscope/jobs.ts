@@ -41,7 +41,7 @@ export function jobRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
     createRoute({
       method: 'delete',
       path: '/v1/stethoscope/jobs/{id}',
-      summary: 'Cancel a running job (admin); its record stays, with status "cancelled" once it has stopped.',
+      summary: 'Cancel a queued or running job (admin); its record stays, with status "cancelled" once it has stopped.',
       request: { params: JobParam },
       responses: { 202: { description: 'Cancelling.', content: { 'application/json': { schema: JobSchema } } }, ...errorResponses(401, 403, 404, 409) },
     }),

@@ -49,7 +49,7 @@ export const JobSchema = z
     id: z.string(),
     object: z.literal('stethoscope.job'),
     kind: z.string(),
-    status: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']),
+    status: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted']),
     created: z.number().int(),
     started: z.number().int().nullable(),
     finished: z.number().int().nullable(),
