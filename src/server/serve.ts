@@ -6,6 +6,7 @@
 import { serve, type ServerType } from '@hono/node-server';
 import { basename, resolve as resolvePath } from 'node:path';
 import { existsSync, realpathSync, statSync } from 'node:fs';
+import type { Duplex } from 'node:stream';
 import { MODULE_KINDS } from '../model/names.ts';
 import { PLUGIN_SLOTS } from '../engine/layout.ts';
 import { BUILTIN_NAME, resolveModelDir } from '../model/builtin.ts';
@@ -15,7 +16,7 @@ import { ModelTokenizer } from '../engine/tokenizer.ts';
 import { authEnabled } from './auth.ts';
 import { createApp } from './app.ts';
 import { parseServerConfig, type ServerConfig } from './config.ts';
-import { badRequest, modelNotFound, setErrorRoots } from './errors.ts';
+import { ApiError, badRequest, modelNotFound, setErrorRoots } from './errors.ts';
 import { findUnderRoots } from './roots.ts';
 import { join } from 'node:path';
 import { JobManager } from '../stethoscope/jobs.ts';
@@ -38,6 +39,17 @@ export interface RunningServer {
   modelName: string;
   /** Stops accepting, waits for requests in flight (up to the grace period), stops the engine. */
   close: () => Promise<void>;
+}
+
+/** A request Node refuses before the app sees it (timed out, malformed), answered in OpenAI's error shape. */
+function clientError(err: NodeJS.ErrnoException, socket: Duplex, timeoutSeconds: number): void {
+  if (!socket.writable || (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent) return void socket.destroy();
+  const [status, text, body] =
+    err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'Request Timeout', new ApiError(408, `The request was not received within ${timeoutSeconds} s (--upload-timeout-s).`, 'invalid_request_error', 'request_timeout').body()]
+      : [400, 'Bad Request', badRequest(`Malformed HTTP request (${err.code ?? err.message}).`).body()];
+  const json = JSON.stringify(body);
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(json)}\r\nConnection: close\r\n\r\n${json}`);
 }
 
 const realpathOr = (d: string) => {
@@ -171,7 +183,18 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   if (!authEnabled(config)) log('sfn: WARNING: no API keys configured (--api-key / SFN_API_KEYS); the server is open to anyone who can reach it.');
 
   const server: ServerType = await new Promise((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, () => resolve(s));
+    // Node cuts a request not received in full within requestTimeout (300 s by default: a 4 GB upload would need
+    // 13.6 MB/s); it is a setting, and the cut is answered with an OpenAI-style 408 rather than a bare one.
+    const s = serve(
+      {
+        fetch: app.fetch,
+        hostname: config.host,
+        port: config.port,
+        serverOptions: { requestTimeout: config.uploadTimeoutSeconds * 1000, connectionsCheckingInterval: Math.min(30_000, Math.max(500, config.uploadTimeoutSeconds * 100)) },
+      },
+      () => resolve(s),
+    );
+    s.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => clientError(err, socket, config.uploadTimeoutSeconds));
   });
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.port;

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { request } from 'node:http';
 import { mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -494,5 +495,36 @@ describe('a view whose weights overflow', () => {
     // The backbone itself still serves.
     const ok = await fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'A', prompt: 'Hello', max_tokens: 2 }) });
     assert.equal(ok.status, 200);
+  });
+});
+
+describe('an upload slower than --upload-timeout-s', () => {
+  it('gets an OpenAI-style 408 and leaves no temporary file; the server keeps serving', async () => {
+    const dataDir = mkdtempSync(join(tmp, 'timeout-'));
+    const srv = await startServer(parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--data-dir', dataDir, '--upload-timeout-s', '1'], {}), () => {});
+    try {
+      await srv.host.ready;
+      const u = new URL(srv.url);
+      const req = request({ host: u.hostname, port: u.port, method: 'POST', path: '/v1/plugins?id=slow', headers: { 'content-type': 'application/octet-stream', 'content-length': '100000' } });
+      const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
+        req.on('response', (res) => {
+          let body = '';
+          res.on('data', (d) => (body += d));
+          res.on('end', () => resolve({ status: res.statusCode!, body }));
+        });
+        req.on('error', reject);
+      });
+      req.write(Buffer.alloc(1000));
+      const { status, body } = await answer;
+      assert.equal(status, 408);
+      const e = JSON.parse(body) as { error: { code: string; message: string; type: string } };
+      assert.equal(e.error.code, 'request_timeout');
+      assert.match(e.error.message, /--upload-timeout-s/);
+      for (let i = 0; i < 50 && readdirSync(join(dataDir, 'tmp')).length; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(readdirSync(join(dataDir, 'tmp')), []);
+      assert.equal((await fetch(`${srv.url}/health`)).status, 200);
+    } finally {
+      await srv.close();
+    }
   });
 });

@@ -77,6 +77,8 @@ async function receive(body: ReadableStream<Uint8Array> | null, path: string, ma
   } catch (e) {
     out.destroy();
     rmSync(path, { force: true });
+    // The client went away (or the upload timed out): nothing to store, and nobody left to answer.
+    if ((e as NodeJS.ErrnoException).code === 'ECONNRESET' || (e as Error).message === 'aborted') throw badRequest('the upload ended before its last byte', 'body', 'upload_incomplete');
     throw e;
   }
 }
