@@ -50,6 +50,11 @@ export class PluginExistsError extends Error {
   override name = 'PluginExistsError';
 }
 
+/** Thrown by commit when the id is a name the server resolves to something else (a registered checkpoint). */
+export class PluginNameTakenError extends Error {
+  override name = 'PluginNameTakenError';
+}
+
 /** A temporary file untouched this long is a leftover whoever wrote it (uploads keep writing to theirs). */
 const TEMP_STALE_MS = 15 * 60_000;
 export class PluginStore {
@@ -63,9 +68,14 @@ export class PluginStore {
   private readonly stamps = new Map<string, string>();
   private dirStamp = '';
 
+  /** What else an id would name (a registered checkpoint), or null: such ids cannot be committed. */
+  reserved: (id: string) => string | null = () => null;
+
   constructor(
     readonly root: string,
     private readonly log: (s: string) => void = (s) => console.log(s),
+    /** Quarantined entries older than this are deleted by the scan. */
+    private readonly quarantineMaxAgeMs = 7 * 24 * 3600_000,
   ) {
     this.pluginsDir = join(root, 'plugins');
     this.blobsDir = join(root, 'blobs');
@@ -130,7 +140,20 @@ export class PluginStore {
       const referenced = new Set([...this.manifests.values()].map((m) => `${m.sha256}.safetensors`));
       for (const name of readdirSync(this.blobsDir)) if (!referenced.has(name) && !name.startsWith('.')) quarantine(this.blobsDir, name, 'no manifest refers to it');
     });
+    this.pruneQuarantine();
     return { loaded: this.manifests.size, quarantined };
+  }
+
+  /** Deletes quarantined entries older than the retention (their name starts with the time they were moved). */
+  private pruneQuarantine(): void {
+    const now = Date.now();
+    for (const name of readdirSync(this.quarantineDir)) {
+      const moved = Number(/^(\d+)-/.exec(name)?.[1] ?? Number.NaN);
+      const at = Number.isFinite(moved) ? moved : statSync(join(this.quarantineDir, name)).mtimeMs;
+      if (now - at <= this.quarantineMaxAgeMs) continue;
+      rmSync(join(this.quarantineDir, name), { recursive: true, force: true });
+      this.log(`sfn: plugin store: deleted ${name} from quarantine (older than ${Math.round(this.quarantineMaxAgeMs / 86400_000)} days)`);
+    }
   }
 
   blobPath(sha: string): string {
@@ -162,6 +185,8 @@ export class PluginStore {
    * Identical bytes under the id are a no-op (created: false); other bytes need `overwrite`.
    */
   commit(tempFile: string, id: string, sha256: string, size: number, summary: PluginSummary, description: string, overwrite = true): { created: boolean; manifest: Manifest } {
+    const taken = this.reserved(id);
+    if (taken) throw new PluginNameTakenError(`"${id}" is ${taken}; plugin ids and checkpoint names share merges' "from"`);
     return this.withLock(() => {
       const previous = this.manifests.get(id);
       if (previous && previous.sha256 === sha256) {

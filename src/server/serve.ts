@@ -73,10 +73,11 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const tokenizer = ModelTokenizer.fromDir(modelDir);
   // Errors name files relative to the model roots and the data dir (as requests name them), never absolutely.
   setErrorRoots([...config.modelRoots, config.dataDir].flatMap((d) => [resolvePath(d), realpathOr(d)]));
-  const store = new PluginStore(config.dataDir, log);
+  const store = new PluginStore(config.dataDir, log, config.quarantineDays * 24 * 3600_000);
   const scan = await store.scan();
   log(`sfn: plugin store at ${config.dataDir}: ${scan.loaded} plugin(s)${scan.quarantined.length ? `, ${scan.quarantined.length} entr(ies) quarantined` : ''}`);
-  const checkpoints = new CheckpointRegistry(config.dataDir);
+  const checkpoints = new CheckpointRegistry(config.dataDir, log);
+  store.reserved = (id) => (checkpoints.get(id) ? 'a registered checkpoint' : null);
   const jobs = new JobManager(join(config.dataDir, 'jobs'), { concurrency: config.maxJobs, maxQueued: config.maxQueuedJobs });
   /** A merge donor: a plugin id, a registered checkpoint name, else a checkpoint directory under the model roots. */
   const donor = (from: string, param: string): DonorRef => {

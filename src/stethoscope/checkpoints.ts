@@ -3,8 +3,8 @@
  * `<data-dir>/checkpoints.json` (written atomically). Merges name them in `from`; their tensors are read
  * lazily, when a merge first needs them.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { writeFileAtomic } from '../model/atomic.ts';
 
 export interface RegisteredCheckpoint {
@@ -17,13 +17,19 @@ export class CheckpointRegistry {
   private readonly file: string;
   private entries = new Map<string, RegisteredCheckpoint>();
 
-  constructor(dataDir: string) {
+  constructor(dataDir: string, log: (s: string) => void = (s) => console.log(s)) {
     this.file = join(dataDir, 'checkpoints.json');
     if (existsSync(this.file)) {
       try {
-        for (const e of JSON.parse(readFileSync(this.file, 'utf8')) as RegisteredCheckpoint[]) this.entries.set(e.name, e);
-      } catch {
-        /* an unreadable registry starts empty; the file is rewritten on the next registration */
+        const list = JSON.parse(readFileSync(this.file, 'utf8')) as RegisteredCheckpoint[];
+        if (!Array.isArray(list) || list.some((e) => typeof e?.name !== 'string' || typeof e?.path !== 'string')) throw new Error('not a list of {name, path}');
+        for (const e of list) this.entries.set(e.name, e);
+      } catch (e) {
+        // Kept for a human rather than overwritten by the next registration: moved aside, loudly.
+        const dest = join(dataDir, 'quarantine', `${Date.now()}-checkpoints.json`);
+        mkdirSync(dirname(dest), { recursive: true });
+        renameSync(this.file, dest);
+        log(`sfn: WARNING: the checkpoint registry ${this.file} is unreadable (${(e as Error).message}); moved to ${dest}, starting with no registered checkpoints`);
       }
     }
   }

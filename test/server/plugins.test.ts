@@ -144,6 +144,30 @@ describe('plugins over HTTP', () => {
     expectScores(await score('A:m1'), oracle('D_zero_o_proj_1-2').logits);
   });
 
+  it('refuses a plugin id that names a registered checkpoint (both are merges\' "from"), and the reverse', async () => {
+    const reg = await fetch(`${srv.url}/v1/stethoscope/checkpoints`, {
+      method: 'POST',
+      headers: { ...headers(), 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'donor-b', path: 'B' }),
+    });
+    assert.equal(reg.status, 201, await reg.clone().text());
+    const name = 'model.layers.0.self_attn.o_proj.weight';
+    const r = await upload('donor-b', readFileSync(pluginFile('taken.safetensors', new Map([[name, { shape: [64, 64], data: A.tensors.get(name)!.data.slice() }]]))));
+    const body = (await r.json()) as { error: { code: string; param: string } };
+    assert.equal(r.status, 409);
+    assert.deepEqual([body.error.code, body.error.param], ['name_taken', 'id']);
+    assert.equal((await upload('not-a-donor', readFileSync(join(tmp, 'taken.safetensors')))).status, 201);
+    const back = await fetch(`${srv.url}/v1/stethoscope/checkpoints`, {
+      method: 'POST',
+      headers: { ...headers(), 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'not-a-donor', path: 'B' }),
+    });
+    assert.equal(back.status, 409);
+    assert.equal(((await back.json()) as { error: { code: string } }).error.code, 'name_taken');
+    assert.equal((await fetch(`${srv.url}/v1/plugins/not-a-donor`, { method: 'DELETE', headers: headers() })).status, 200);
+    assert.equal((await fetch(`${srv.url}/v1/stethoscope/checkpoints/donor-b`, { method: 'DELETE', headers: headers() })).status, 200);
+  });
+
   it('lists, gets and deletes (admin), and a deleted plugin is a 404 model', async () => {
     const list = (await (await fetch(`${srv.url}/v1/plugins`, { headers: headers(USER) })).json()) as { data: { id: string }[] };
     assert.deepEqual(

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { readSpec } from '../../model/config.ts';
 import { extractPlugin, MODULE_SETS, parseModuleSets } from '../../plugins/extract.ts';
 import { freezePlan } from '../../plugins/freeze-plan.ts';
-import { checkPluginId, Manifest, PluginExistsError, sha256File, type PluginStore } from '../../plugins/store.ts';
+import { checkPluginId, Manifest, PluginExistsError, PluginNameTakenError, sha256File, type PluginStore } from '../../plugins/store.ts';
 import { PluginError, validatePlugin, type Backbone } from '../../plugins/validate.ts';
 import { requireKey, USER_SCOPED, type AuthConfig } from '../auth.ts';
 import { ApiError, badRequest, notFound, tooLarge, unavailable } from '../errors.ts';
@@ -102,6 +102,7 @@ export function commitPluginFile(
     rmSync(tmp, { force: true });
     if (e instanceof PluginError) throw pluginError(e);
     if (e instanceof PluginExistsError) throw new ApiError(409, e.message, 'invalid_request_error', 'plugin_exists', 'id');
+    if (e instanceof PluginNameTakenError) throw new ApiError(409, e.message, 'invalid_request_error', 'name_taken', 'id');
     throw e;
   }
 }

@@ -1,0 +1,49 @@
+/** The data directory's upkeep: quarantine pruned by age, an unreadable checkpoint registry set aside loudly. */
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { PluginStore } from '../../src/plugins/store.ts';
+import { CheckpointRegistry } from '../../src/stethoscope/checkpoints.ts';
+
+describe('data directory upkeep', () => {
+  it('deletes quarantined entries older than the retention at the scan, and keeps younger ones', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'sfn-quarantine-'));
+    const q = join(root, 'quarantine');
+    mkdirSync(q, { recursive: true });
+    const day = 24 * 3600_000;
+    writeFileSync(join(q, `${Date.now() - 8 * day}-old.json`), 'x');
+    mkdirSync(join(q, `${Date.now() - 9 * day}-old-dir`));
+    writeFileSync(join(q, `${Date.now() - day}-young.json`), 'y');
+    const logs: string[] = [];
+    await new PluginStore(root, (s) => logs.push(s), 7 * day).scan();
+    assert.deepEqual(
+      readdirSync(q).map((n) => n.replace(/^\d+-/, '')),
+      ['young.json'],
+    );
+    assert.equal(logs.filter((l) => /deleted .* from quarantine/.test(l)).length, 2);
+  });
+
+  it('moves an unreadable checkpoint registry to quarantine with a warning instead of overwriting it later', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sfn-registry-'));
+    writeFileSync(join(dir, 'checkpoints.json'), '[{"name": "a", "path": ');
+    const logs: string[] = [];
+    const reg = new CheckpointRegistry(dir, (s) => logs.push(s));
+    assert.deepEqual(reg.list(), []);
+    assert.ok(!existsSync(join(dir, 'checkpoints.json')));
+    const kept = readdirSync(join(dir, 'quarantine'));
+    assert.equal(kept.length, 1);
+    assert.equal(readFileSync(join(dir, 'quarantine', kept[0]), 'utf8'), '[{"name": "a", "path": ');
+    assert.match(logs.join('\n'), /WARNING: the checkpoint registry .* is unreadable/);
+    reg.register('b', '/models/b');
+    assert.deepEqual(
+      JSON.parse(readFileSync(join(dir, 'checkpoints.json'), 'utf8')).map((e: { name: string }) => e.name),
+      ['b'],
+    );
+    // A well-formed file of the wrong shape is set aside too.
+    writeFileSync(join(dir, 'checkpoints.json'), '{"b": 1}');
+    assert.deepEqual(new CheckpointRegistry(dir, () => {}).list(), []);
+    assert.equal(readdirSync(join(dir, 'quarantine')).length, 2);
+  });
+});
