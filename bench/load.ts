@@ -77,6 +77,9 @@ async function main() {
     ],
     { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', 'pipe', 'pipe'] },
   );
+  // Whatever ends this script (a failed assertion, an exception, Ctrl-C), the server goes with it.
+  process.once('exit', () => child.exitCode === null && child.kill('SIGKILL'));
+  process.once('SIGINT', () => process.exit(130));
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
