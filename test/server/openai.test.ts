@@ -395,3 +395,28 @@ describe('server lifecycle', () => {
     }
   });
 });
+
+describe("a request's sequences", () => {
+  it('are all cancelled when one of them fails', async () => {
+    const { runAll } = await import('../../src/server/routes/openai/shared.ts');
+    const aborted: boolean[] = [false, false, false];
+    // The runner's contract: an iterable of events per sequence, cancelled through the signal it is given.
+    const runner = {
+      start: (spec: { promptIds: number[] }, signal: AbortSignal) =>
+        (async function* () {
+          const i = spec.promptIds[0];
+          yield { type: 'token', token: { id: i, text: 'x' } };
+          if (i === 1) throw new Error('sequence 1 failed');
+          await new Promise<void>((r) => signal.addEventListener('abort', () => r(), { once: true }));
+          aborted[i] = true;
+        })(),
+    };
+    const specs = [0, 1, 2].map((i) => ({ promptIds: [i], view: { overlays: [] }, params: { maxTokens: 4 } }));
+    await assert.rejects(
+      runAll({ runner } as never, specs as never, new AbortController().signal, () => {}),
+      /sequence 1 failed/,
+    );
+    await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(aborted, [true, false, true]);
+  });
+});

@@ -75,12 +75,20 @@ export function tokenName(tok: ModelTokenizer, id: number, asIds: boolean | null
 
 /** Runs every choice's job; calls `onEvent` as events arrive (in any order across choices). */
 export async function runAll(ctx: ServingContext, specs: JobSpec[], signal: AbortSignal, onEvent: (i: number, e: JobEvent) => Promise<void> | void): Promise<void> {
-  const streams = specs.map((s) => ctx.runner.start(s, signal));
-  await Promise.all(
-    streams.map(async (st, i) => {
-      for await (const e of st) await onEvent(i, e);
-    }),
-  );
+  // A request's sequences live and die together: the client going away, or any one failing, cancels them all.
+  const ac = new AbortController();
+  const all = AbortSignal.any([signal, ac.signal]);
+  const streams = specs.map((s) => ctx.runner.start(s, all));
+  try {
+    await Promise.all(
+      streams.map(async (st, i) => {
+        for await (const e of st) await onEvent(i, e);
+      }),
+    );
+  } catch (e) {
+    ac.abort();
+    throw e;
+  }
 }
 
 export function finishReason(reason: string): 'stop' | 'length' | null {
