@@ -1,14 +1,18 @@
 /**
- * The plugin store's lock: a file created exclusively, naming its holder (`host~pid`); one left by a process
- * known to be gone, or older than any holder keeps it, is broken. Works across replicas sharing a volume.
+ * The plugin store's lock, from proper-lockfile: a directory created atomically (mkdir works on NFS, the usual
+ * backing of a shared volume, where O_EXCL may not), its mtime refreshed while held, a holder that stopped
+ * refreshing it broken as stale, and a compromised lock (taken over or removed) reported instead of going on.
+ * Waiting is asynchronous: nothing sleeps on the HTTP thread. An owner file beside it names the holder
+ * (`host~pid`), so a lock left by a process of this host known to be dead is broken at once.
  */
 import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import lockfile from 'proper-lockfile';
 
 export const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, '_');
 
-/** The lock is held for renames and small writes only; one older than this was left by a dead process. */
-const LOCK_STALE_MS = 30_000;
+/** A holder that has not refreshed the lock for this long is gone (it refreshes every STALE_MS / 2). */
+const STALE_MS = 10_000;
 
 function alive(pid: number): boolean {
   try {
@@ -28,40 +32,48 @@ export function ownerGone(name: string): boolean {
   return host === HOST && /^\d+$/.test(pid ?? '') && (Number(pid) === process.pid || !alive(Number(pid)));
 }
 
-function sleepSync(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+/** The holder of a lock at `path`: named in `<path>.owner` beside the lock directory (or, from older versions, in a plain lock file). */
+function holderOf(path: string): string | null {
+  try {
+    return readFileSync(statSync(path).isDirectory() ? `${path}.owner` : path, 'utf8').trim();
+  } catch {
+    return null;
+  }
 }
 
-/** Runs fn holding the lock file at `path` (`what` names the locked thing in messages). */
-export function withLockFile<T>(path: string, what: string, log: (s: string) => void, fn: () => T): T {
-  const me = `${HOST}~${process.pid}`;
-  const t0 = Date.now();
-  for (;;) {
-    try {
-      writeFileSync(path, me, { flag: 'wx' });
-      break;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    let holder: string;
-    let age: number;
-    try {
-      holder = readFileSync(path, 'utf8');
-      age = Date.now() - statSync(path).mtimeMs;
-    } catch {
-      continue; // released meanwhile
-    }
-    if (ownerGone(holder) || age > LOCK_STALE_MS) {
-      log(`sfn: ${what}: breaking a lock left by ${holder || 'an unknown process'} (${Math.round(age / 1000)} s old)`);
-      rmSync(path, { force: true });
-      continue;
-    }
-    if (Date.now() - t0 > 2 * LOCK_STALE_MS) throw new Error(`${what} stays locked by ${holder}`);
-    sleepSync(5);
+/** Runs fn holding the lock at `path` (`what` names the locked thing in messages). */
+export async function withLockFile<T>(path: string, what: string, log: (s: string) => void, fn: () => T | Promise<T>): Promise<T> {
+  const holder = holderOf(path);
+  if (holder !== null && ownerGone(holder)) {
+    log(`sfn: ${what}: breaking a lock left by ${holder} (that process has exited)`);
+    rmSync(path, { recursive: true, force: true });
+    rmSync(`${path}.owner`, { force: true });
+  }
+  let compromised: Error | null = null;
+  let release: () => Promise<void>;
+  try {
+    release = await lockfile.lock(path, {
+      lockfilePath: path,
+      realpath: false,
+      stale: STALE_MS,
+      // Long enough for a holder that is merely slow (a scan's renames, a commit), short enough for an upload.
+      retries: { retries: 200, factor: 1.2, minTimeout: 5, maxTimeout: 250 },
+      onCompromised: (e) => {
+        compromised = e;
+        log(`sfn: ${what}: WARNING: the lock was compromised (${e.message})`);
+      },
+    });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOCKED') throw new Error(`${what} stays locked by ${holderOf(path) ?? 'another process'}`);
+    throw e;
   }
   try {
-    return fn();
+    writeFileSync(`${path}.owner`, `${HOST}~${process.pid}`);
+    const out = await fn();
+    if (compromised) throw new Error(`${what}: the lock was lost while held (${(compromised as Error).message}); the operation may not have completed`);
+    return out;
   } finally {
-    rmSync(path, { force: true });
+    rmSync(`${path}.owner`, { force: true });
+    await release().catch(() => {});
   }
 }

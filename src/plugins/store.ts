@@ -130,7 +130,7 @@ export class PluginStore {
       if (!existsSync(blob)) bad.push({ name, stamp, why: 'its blob is missing' });
       else if (statSync(blob).size !== m.size || (await sha256File(blob)) !== m.sha256) bad.push({ name, stamp, why: 'its blob does not match the manifest', blob: `${m.sha256}.safetensors` });
     }
-    this.withLock(() => {
+    await this.withLock(() => {
       for (const b of bad) {
         if (this.fileStamp(b.name) !== b.stamp) continue;
         quarantine(this.pluginsDir, b.name, b.why);
@@ -184,7 +184,7 @@ export class PluginStore {
    * (content-addressed: an identical blob may already be there), then the manifest: that rename is the commit.
    * Identical bytes under the id are a no-op (created: false); other bytes need `overwrite`.
    */
-  commit(tempFile: string, id: string, sha256: string, size: number, summary: PluginSummary, description: string, overwrite = true): { created: boolean; manifest: Manifest } {
+  async commit(tempFile: string, id: string, sha256: string, size: number, summary: PluginSummary, description: string, overwrite = true): Promise<{ created: boolean; manifest: Manifest }> {
     const taken = this.reserved(id);
     if (taken) throw new PluginNameTakenError(`"${id}" is ${taken}; plugin ids and checkpoint names share merges' "from"`);
     return this.withLock(() => {
@@ -225,7 +225,7 @@ export class PluginStore {
   }
 
   /** Removes a plugin. Requests already running on it hold its tensors in memory and finish. */
-  delete(id: string): boolean {
+  async delete(id: string): Promise<boolean> {
     return this.withLock(() => {
       const m = this.manifests.get(id);
       if (!m) return false;
@@ -292,7 +292,7 @@ export class PluginStore {
   }
 
   /** Runs fn holding the store's lock file, on an up-to-date view of the manifests. */
-  private withLock<T>(fn: () => T): T {
+  private withLock<T>(fn: () => T): Promise<T> {
     return withLockFile(this.lockPath, `the plugin store at ${this.root}`, this.log, () => {
       this.refresh(true);
       return fn();

@@ -8,6 +8,7 @@ import type { ModelSpec } from '../model/config.ts';
 import { FLOAT_DTYPES, toFloat32 } from '../model/dtype.ts';
 import { expectedParams, parseName, PLUGGABLE_KINDS, type ModuleKind } from '../model/names.ts';
 import { SafetensorsError, SafetensorsFile } from '../model/safetensors.ts';
+import { runInThread, ThreadTaskError } from '../util/thread-task.ts';
 
 export { BASE_FINGERPRINT_KEY } from '../model/checkpoint.ts';
 import { BASE_FINGERPRINT_KEY } from '../model/checkpoint.ts';
@@ -105,5 +106,18 @@ export function validatePlugin(path: string, backbone: Backbone): PluginSummary 
     };
   } finally {
     f.close();
+  }
+}
+
+/**
+ * validatePlugin in a worker thread: reading and checking every value of a large plugin takes seconds, which the
+ * HTTP thread must not spend. A rule failure comes back as the same PluginError.
+ */
+export async function validatePluginInThread(path: string, backbone: Backbone): Promise<PluginSummary> {
+  try {
+    return await runInThread<PluginSummary>(new URL(import.meta.url), 'validatePlugin', [path, backbone]);
+  } catch (e) {
+    if (e instanceof ThreadTaskError && e.errorName === 'PluginError') throw new PluginError(e.message, e.fields.rule as string, e.fields.tensor as string | undefined);
+    throw e;
   }
 }

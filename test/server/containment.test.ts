@@ -62,7 +62,7 @@ describe('plugin store durability', () => {
     fs.renameSync = ((a: fs.PathLike, b: fs.PathLike) => (events.push(`rename ${a} -> ${b}`), orig.renameSync(a, b))) as typeof fs.renameSync;
     syncBuiltinESMExports();
     try {
-      store.commit(tmp, 'p1', 'ab'.repeat(32), 17, { modules: [], layers: [], tensors: 0, tensorBytes: 0 } as never, '', false);
+      await store.commit(tmp, 'p1', 'ab'.repeat(32), 17, { modules: [], layers: [], tensors: 0, tensorBytes: 0 } as never, '', false);
     } finally {
       Object.assign(fs, orig);
       syncBuiltinESMExports();

@@ -1,10 +1,12 @@
-/** The data directory's upkeep: quarantine pruned by age, an unreadable checkpoint registry set aside loudly. */
+/** The data directory's upkeep: quarantine pruned by age, an unreadable checkpoint registry set aside loudly, the store's lock. */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { PluginStore } from '../../src/plugins/store.ts';
+import { HOST, withLockFile } from '../../src/plugins/store-lock.ts';
 import { CheckpointRegistry } from '../../src/stethoscope/checkpoints.ts';
 
 describe('data directory upkeep', () => {
@@ -45,5 +47,49 @@ describe('data directory upkeep', () => {
     writeFileSync(join(dir, 'checkpoints.json'), '{"b": 1}');
     assert.deepEqual(new CheckpointRegistry(dir, () => {}).list(), []);
     assert.equal(readdirSync(join(dir, 'quarantine')).length, 2);
+  });
+
+  it("the store lock serializes holders without blocking the thread, and breaks a dead holder's lock at once", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sfn-lock-'));
+    const path = join(dir, 'store.lock');
+    const events: string[] = [];
+    let ticks = 0;
+    const ticker = setInterval(() => ticks++, 5);
+    const hold = (name: string) =>
+      withLockFile(
+        path,
+        'test',
+        () => {},
+        async () => {
+          events.push(`${name} in`);
+          await new Promise((r) => setTimeout(r, 100));
+          events.push(`${name} out`);
+        },
+      );
+    await Promise.all([hold('a'), hold('b'), hold('c')]);
+    clearInterval(ticker);
+    for (let i = 0; i < events.length; i += 2) assert.equal(events[i].split(' ')[0], events[i + 1].split(' ')[0], `overlap: ${events.join(', ')}`);
+    assert.ok(ticks > 20, 'the event loop kept turning while holders waited');
+    assert.ok(!existsSync(path) && !existsSync(`${path}.owner`), 'nothing left behind');
+    // A lock directory whose owner is a process of this host that has exited.
+    const dead = await new Promise<number>((resolve) => {
+      const c = spawn(process.execPath, ['-e', '0']);
+      c.once('exit', () => resolve(c.pid!));
+    });
+    mkdirSync(path);
+    writeFileSync(`${path}.owner`, `${HOST}~${dead}`);
+    const logs: string[] = [];
+    const t0 = Date.now();
+    assert.equal(
+      await withLockFile(
+        path,
+        'test',
+        (s) => logs.push(s),
+        () => 'got it',
+      ),
+      'got it',
+    );
+    assert.ok(Date.now() - t0 < 5000, 'broken at once, not after the stale period');
+    assert.match(logs.join(), /breaking a lock left by .*exited/);
   });
 });

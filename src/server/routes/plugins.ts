@@ -7,10 +7,11 @@ import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
 import { createWriteStream, rmSync, statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { readSpec } from '../../model/config.ts';
-import { extractPlugin, MODULE_SETS, parseModuleSets } from '../../plugins/extract.ts';
+import { MODULE_SETS, parseModuleSets, type Audit } from '../../plugins/extract.ts';
+import { runInThread } from '../../util/thread-task.ts';
 import { freezePlan } from '../../plugins/freeze-plan.ts';
 import { checkPluginId, Manifest, PluginExistsError, PluginNameTakenError, sha256File, type PluginStore } from '../../plugins/store.ts';
-import { PluginError, validatePlugin, type Backbone } from '../../plugins/validate.ts';
+import { PluginError, validatePluginInThread, type Backbone } from '../../plugins/validate.ts';
 import { requireKey, USER_SCOPED, type AuthConfig } from '../auth.ts';
 import { ApiError, badRequest, notFound, tooLarge, unavailable } from '../errors.ts';
 import { errorResponses } from '../schemas.ts';
@@ -84,7 +85,7 @@ async function receive(body: ReadableStream<Uint8Array> | null, path: string, ma
 }
 
 /** Validates a file in the store's temp area and commits it as `id`; the file is gone either way. */
-export function commitPluginFile(
+export async function commitPluginFile(
   store: PluginStore,
   backbone: Backbone,
   tmp: string,
@@ -93,10 +94,10 @@ export function commitPluginFile(
   size: number,
   description: string,
   overwrite: boolean,
-): { status: 200 | 201; manifest: Manifest } {
+): Promise<{ status: 200 | 201; manifest: Manifest }> {
   try {
-    const summary = validatePlugin(tmp, backbone);
-    const { created, manifest } = store.commit(tmp, id, sha256, size, summary, description, overwrite);
+    const summary = await validatePluginInThread(tmp, backbone);
+    const { created, manifest } = await store.commit(tmp, id, sha256, size, summary, description, overwrite);
     return { status: created ? 201 : 200, manifest };
   } catch (e) {
     rmSync(tmp, { force: true });
@@ -143,7 +144,7 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
       backbone();
       const tmp = store.tempPath();
       const { sha256, size } = await receive(c.req.raw.body, tmp, deps.maxPluginBytes);
-      const r = admit(tmp, q.id, sha256, size, q.description ?? '', q.overwrite === 'true');
+      const r = await admit(tmp, q.id, sha256, size, q.description ?? '', q.overwrite === 'true');
       return c.json(view(r.manifest, deps.backboneName), r.status) as never;
     },
   );
@@ -185,9 +186,9 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
         ...errorResponses(401, 403, 404),
       },
     }),
-    (c) => {
+    async (c) => {
       const id = c.req.valid('param').id;
-      if (!store.delete(id)) throw notFound(`no plugin "${id}"`, 'plugin_not_found');
+      if (!(await store.delete(id))) throw notFound(`no plugin "${id}"`, 'plugin_not_found');
       return c.json({ id, object: 'plugin' as const, deleted: true as const }, 200);
     },
   );
@@ -221,14 +222,15 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
       const tmp = store.tempPath();
       let audit;
       try {
-        audit = await extractPlugin(base, tuned, kinds, tmp, body.description ?? '');
+        // Reading and comparing two checkpoints takes seconds at 0.5B: off the HTTP thread.
+        audit = await runInThread<Audit>(new URL('../../plugins/extract.ts', import.meta.url), 'extractPlugin', [base, tuned, kinds, tmp, body.description ?? '']);
       } catch (e) {
         rmSync(tmp, { force: true });
         rmSync(`${tmp}.audit.json`, { force: true });
         throw badRequest(`extraction failed: ${(e as Error).message}`);
       }
       rmSync(`${tmp}.audit.json`, { force: true });
-      const r = admit(tmp, body.id, await sha256File(tmp), statSync(tmp).size, body.description ?? '', body.overwrite ?? false);
+      const r = await admit(tmp, body.id, await sha256File(tmp), statSync(tmp).size, body.description ?? '', body.overwrite ?? false);
       return c.json({ plugin: view(r.manifest, deps.backboneName), audit }, 201) as never;
     },
   );

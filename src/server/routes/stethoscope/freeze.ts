@@ -172,7 +172,7 @@ export function freezeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
         try {
           copyFileSync(out, tmp);
           const backbone = { spec, fingerprint: deps.host.fingerprint! };
-          const { manifest } = commitPluginFile(
+          const { manifest } = await commitPluginFile(
             deps.plugins.store,
             backbone,
             tmp,

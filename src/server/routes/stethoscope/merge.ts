@@ -68,7 +68,7 @@ export function mergeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
           rmSync(tmp, { force: true });
           throw badRequest(`merge: ${(e as Error).message}`, 'merge');
         }
-        const r = commitPluginFile(
+        const r = await commitPluginFile(
           deps.plugins.store,
           { spec: deps.host.spec!, fingerprint: deps.host.fingerprint! },
           tmp,

@@ -1,0 +1,118 @@
+/**
+ * Fault script (`npm run bench:faults`): the server as a child process on a Qwen2.5-0.5B-shaped checkpoint
+ * (`--preset tiny` for a quick run), and, one at a time while `/health` is polled every 50 ms, the work that
+ * used to hold its HTTP thread: a 3.9 MB prompt, a 100,000-message chat, a plugin the size of the embedding
+ * (545 MB at 0.5B) validated, and an export of the whole model. Prints each one's status and `/health` latency
+ * (p50 / p99 / max) as JSON, with the targets: p99 under 100 ms, max under 500 ms.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { readSpec } from '../src/model/config.ts';
+import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
+import { writeSafetensors } from '../src/model/safetensors.ts';
+
+const { values } = parseArgs({ options: { preset: { type: 'string', default: 'qwen2.5-0.5b' } } });
+const preset = values.preset as Preset;
+if (!(preset in PRESETS)) throw new Error(`--preset: one of ${Object.keys(PRESETS).join(', ')}`);
+const ADMIN = 'bench-admin-key';
+const log = (s: string) => process.stderr.write(`faults: ${s}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? Math.round(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] * 10) / 10 : null;
+};
+
+async function main() {
+  const tmp = mkdtempSync(join(tmpdir(), 'sfn-faults-'));
+  const { dir } = cachedModel(preset, 0);
+  const { spec } = readSpec(dir);
+  const child = spawn(
+    process.execPath,
+    ['bin/sfn.js', 'serve', '--model', dir, '--served-model-name', 'm', '--port', '0', '--data-dir', join(tmp, 'data'), '--admin-key', ADMIN, '--model-root', dirname(dir), '--max-plugin-mb', '4096'],
+    { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  // Whatever ends this script, the server goes with it.
+  process.once('exit', () => child.exitCode === null && child.kill('SIGKILL'));
+  process.once('SIGINT', () => process.exit(130));
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const t0 = Date.now();
+  while (!/model loaded/.test(out)) {
+    if (Date.now() - t0 > 15 * 60_000 || child.exitCode !== null) throw new Error(`the server did not start:\n${out}`);
+    await sleep(200);
+  }
+  log(`server ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const url = /listening on (http:\/\/\S+),/.exec(out)![1];
+  const headers = { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' };
+
+  /** Runs `work` while /health is polled every 50 ms (each poll waits for the previous one). */
+  const underPolling = async (name: string, work: () => Promise<Response>) => {
+    const latencies: number[] = [];
+    let polling = true;
+    const poller = (async () => {
+      while (polling) {
+        const s = performance.now();
+        await fetch(`${url}/health`).then((r) => r.arrayBuffer());
+        latencies.push(performance.now() - s);
+        await sleep(Math.max(0, 50 - (performance.now() - s)));
+      }
+    })();
+    const s = performance.now();
+    const r = await work();
+    const body = await r.text();
+    const seconds = (performance.now() - s) / 1000;
+    polling = false;
+    await poller;
+    const row = {
+      fault: name,
+      status: r.status,
+      code: r.ok ? null : ((JSON.parse(body) as { error?: { code?: string } }).error?.code ?? null),
+      seconds: Math.round(seconds * 100) / 100,
+      health_ms: { n: latencies.length, p50: pct(latencies, 50), p99: pct(latencies, 99), max: pct(latencies, 100) },
+    };
+    log(JSON.stringify(row));
+    return row;
+  };
+
+  const rows: Awaited<ReturnType<typeof underPolling>>[] = [];
+  rows.push(
+    await underPolling('3.9 MB prompt', () => fetch(`${url}/v1/completions`, { method: 'POST', headers, body: JSON.stringify({ model: 'm', prompt: 'word '.repeat(780_000), max_tokens: 1 }) })),
+  );
+  const messages = Array.from({ length: 100_000 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: 'hi' }));
+  rows.push(
+    await underPolling('100k-message chat', () =>
+      fetch(`${url}/v1/chat/completions`, { method: 'POST', headers, body: JSON.stringify({ model: 'm', messages: [...messages, { role: 'user', content: 'hi' }], max_tokens: 1 }) }),
+    ),
+  );
+  // A valid plugin as large as the embedding (small values, within the magnitude bound).
+  const [V, H] = [spec.vocabSize, spec.hiddenSize];
+  const embed = new Float32Array(V * H);
+  for (let i = 0; i < embed.length; i++) embed[i] = ((i % 997) - 498) * 1e-5;
+  const pluginPath = join(tmp, 'embed.safetensors');
+  writeSafetensors(pluginPath, [{ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [V, H], data: new Uint8Array(embed.buffer) }]);
+  const bytes = readFileSync(pluginPath);
+  rows.push(
+    await underPolling(`${Math.round(bytes.byteLength / 1e6)} MB plugin upload and validation`, () =>
+      fetch(`${url}/v1/plugins?id=big`, { method: 'POST', headers: { authorization: headers.authorization, 'content-type': 'application/octet-stream' }, body: bytes }),
+    ),
+  );
+  rows.push(
+    await underPolling(`${preset} export (bf16)`, () => fetch(`${url}/v1/stethoscope/export`, { method: 'POST', headers, body: JSON.stringify({ name: 'faults', model: 'm', dtype: 'bf16' }) })),
+  );
+
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+  rmSync(tmp, { recursive: true, force: true });
+  const ok = (r: (typeof rows)[number]) => (r.health_ms.p99 ?? 0) < 100 && (r.health_ms.max ?? 0) < 500;
+  console.log(JSON.stringify({ preset, rows, targets: { health_p99_under_100ms_and_max_under_500ms: Object.fromEntries(rows.map((r) => [r.fault, ok(r)])) } }, null, 2));
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
