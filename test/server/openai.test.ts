@@ -297,6 +297,11 @@ describe('OpenAI-compatible server on fixture A', () => {
     });
     it('400 context_length_exceeded', async () => {
       await expectError(await post('/v1/completions', { model: 'A', prompt: 'x', max_tokens: 10000 }), 400, 'context_length_exceeded', 'max_tokens');
+      // More messages than the context has tokens: refused before the template renders them (on the HTTP thread).
+      const messages = Array.from({ length: 300 }, () => ({ role: 'user', content: 'hi' }));
+      const t0 = performance.now();
+      await expectError(await post('/v1/chat/completions', { model: 'A', messages }), 400, 'context_length_exceeded', 'messages');
+      assert.ok(performance.now() - t0 < 30_000);
     });
     it('401 without a key or with a wrong one', async () => {
       await expectError(await post('/v1/completions', { model: 'A', prompt: 'x' }, null), 401, 'invalid_api_key');

@@ -51,7 +51,11 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
   }
   checkBias(ctx, body);
   if (!tok.hasChatTemplate) throw badRequest('This model has no chat template; use /v1/completions.', 'messages', 'no_chat_template');
-  // The template only adds text: the messages' own bytes bound the prompt from below.
+  // Templating and tokenizing run on the HTTP thread: bound the work before doing it. Every message renders to at
+  // least one token, and the template only adds text, so the messages' count and bytes bound the prompt from below.
+  if (body.messages.length > ctx.maxContext()) {
+    throw badRequest(`This model's maximum context length is ${ctx.maxContext()} tokens, and ${body.messages.length} messages take more than that.`, 'messages', 'context_length_exceeded');
+  }
   checkTextSize(
     ctx,
     tok,
