@@ -5,7 +5,6 @@
  * (545 MB at 0.5B) validated, and an export of the whole model. Prints each one's status and `/health` latency
  * (p50 / p99 / max) as JSON, with the targets: p99 under 100 ms, max under 500 ms.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -13,6 +12,7 @@ import { parseArgs } from 'node:util';
 import { readSpec } from '../src/model/config.ts';
 import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
 import { writeSafetensors } from '../src/model/safetensors.ts';
+import { serverProcess } from './server-process.ts';
 
 const { values } = parseArgs({ options: { preset: { type: 'string', default: 'qwen2.5-0.5b' } } });
 const preset = values.preset as Preset;
@@ -29,24 +29,19 @@ async function main() {
   const tmp = mkdtempSync(join(tmpdir(), 'sfn-faults-'));
   const { dir } = cachedModel(preset, 0);
   const { spec } = readSpec(dir);
-  const child = spawn(
-    process.execPath,
-    ['bin/sfn.js', 'serve', '--model', dir, '--served-model-name', 'm', '--port', '0', '--data-dir', join(tmp, 'data'), '--admin-key', ADMIN, '--model-root', dirname(dir), '--max-plugin-mb', '4096'],
-    { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', 'pipe', 'pipe'] },
+  // A valid plugin as large as the embedding (small values, within the magnitude bound), made before the server
+  // starts: minutes of idle would let the server close the client's pooled connections under it.
+  const [V, H] = [spec.vocabSize, spec.hiddenSize];
+  const embed = new Float32Array(V * H);
+  for (let i = 0; i < embed.length; i++) embed[i] = ((i % 997) - 498) * 1e-5;
+  const pluginPath = join(tmp, 'embed.safetensors');
+  writeSafetensors(pluginPath, [{ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [V, H], data: new Uint8Array(embed.buffer) }]);
+  const bytes = readFileSync(pluginPath);
+  const { child, url, readySeconds } = await serverProcess(
+    ['--model', dir, '--served-model-name', 'm', '--port', '0', '--data-dir', join(tmp, 'data'), '--admin-key', ADMIN, '--model-root', dirname(dir), '--max-plugin-mb', '4096'],
+    15 * 60_000,
   );
-  // Whatever ends this script, the server goes with it.
-  process.once('exit', () => child.exitCode === null && child.kill('SIGKILL'));
-  process.once('SIGINT', () => process.exit(130));
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const t0 = Date.now();
-  while (!/model loaded/.test(out)) {
-    if (Date.now() - t0 > 15 * 60_000 || child.exitCode !== null) throw new Error(`the server did not start:\n${out}`);
-    await sleep(200);
-  }
-  log(`server ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  const url = /listening on (http:\/\/\S+),/.exec(out)![1];
+  log(`server ready in ${readySeconds.toFixed(1)} s`);
   const headers = { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' };
 
   /** Runs `work` while /health is polled every 50 ms (each poll waits for the previous one). */
@@ -88,13 +83,6 @@ async function main() {
       fetch(`${url}/v1/chat/completions`, { method: 'POST', headers, body: JSON.stringify({ model: 'm', messages: [...messages, { role: 'user', content: 'hi' }], max_tokens: 1 }) }),
     ),
   );
-  // A valid plugin as large as the embedding (small values, within the magnitude bound).
-  const [V, H] = [spec.vocabSize, spec.hiddenSize];
-  const embed = new Float32Array(V * H);
-  for (let i = 0; i < embed.length; i++) embed[i] = ((i % 997) - 498) * 1e-5;
-  const pluginPath = join(tmp, 'embed.safetensors');
-  writeSafetensors(pluginPath, [{ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [V, H], data: new Uint8Array(embed.buffer) }]);
-  const bytes = readFileSync(pluginPath);
   rows.push(
     await underPolling(`${Math.round(bytes.byteLength / 1e6)} MB plugin upload and validation`, () =>
       fetch(`${url}/v1/plugins?id=big`, { method: 'POST', headers: { authorization: headers.authorization, 'content-type': 'application/octet-stream' }, body: bytes }),

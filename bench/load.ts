@@ -10,7 +10,6 @@
  *
  *   npm run bench:load [-- --clients 64 --duration-s 120 --warmup-s 15 --churn 8]
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +20,7 @@ import { cachedModel } from '../src/model/make-model.ts';
 import { parseName } from '../src/model/names.ts';
 import { writeSafetensors } from '../src/model/safetensors.ts';
 import { Rng } from '../src/util/random.ts';
+import { serverProcess } from './server-process.ts';
 
 const { values } = parseArgs({
   options: {
@@ -53,11 +53,8 @@ function rssBytes(pid: number): number {
 async function main() {
   const tmp = mkdtempSync(join(tmpdir(), 'sfn-load-'));
   const { dir } = cachedModel('tiny', 0);
-  const child = spawn(
-    process.execPath,
+  const { child, url } = await serverProcess(
     [
-      'bin/sfn.js',
-      'serve',
       '--model',
       dir,
       '--served-model-name',
@@ -75,20 +72,8 @@ async function main() {
       '--max-waiting',
       String(Math.max(64, CLIENTS)),
     ],
-    { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', 'pipe', 'pipe'] },
+    60_000,
   );
-  // Whatever ends this script (a failed assertion, an exception, Ctrl-C), the server goes with it.
-  process.once('exit', () => child.exitCode === null && child.kill('SIGKILL'));
-  process.once('SIGINT', () => process.exit(130));
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const t0 = Date.now();
-  while (!/model loaded/.test(out)) {
-    if (Date.now() - t0 > 60_000 || child.exitCode !== null) throw new Error(`the server did not start:\n${out}`);
-    await sleep(50);
-  }
-  const url = /listening on (http:\/\/\S+),/.exec(out)![1];
   const auth = { authorization: `Bearer ${ADMIN}` };
   const pid = child.pid!;
   const rssCold = rssBytes(pid);

@@ -2,7 +2,7 @@
  * Atomic file writes: a temporary file in the same directory (or filesystem), fsync, rename, fsync of the
  * directory. A crash leaves the old file or the new one, never a partial one.
  */
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { close, closeSync, fsync, fsyncSync, open, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 /** Writes `chunks` (or one string) to `path` atomically; the temporary file lives in `tmpDir` (or at `tmpPath`). */
@@ -32,6 +32,16 @@ export function fsyncFile(path: string): void {
     fsyncSync(fd);
   } finally {
     closeSync(fd);
+  }
+}
+
+/** fsyncFile off the calling thread (libuv's pool): flushing hundreds of MB takes seconds. */
+export async function fsyncFileAsync(path: string): Promise<void> {
+  const fd = await new Promise<number>((res, rej) => open(path, 'r+', (e, f) => (e ? rej(e) : res(f))));
+  try {
+    await new Promise<void>((res, rej) => fsync(fd, (e) => (e ? rej(e) : res())));
+  } finally {
+    await new Promise<void>((res) => close(fd, () => res()));
   }
 }
 

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { fsyncDir, fsyncFile } from '../model/atomic.ts';
+import { fsyncDir, fsyncFileAsync } from '../model/atomic.ts';
 import { writeFileAtomic } from '../model/atomic.ts';
 import { HOST, ownerGone, withLockFile } from './store-lock.ts';
 import type { PluginSummary } from './validate.ts';
@@ -187,6 +187,9 @@ export class PluginStore {
   async commit(tempFile: string, id: string, sha256: string, size: number, summary: PluginSummary, description: string, overwrite = true): Promise<{ created: boolean; manifest: Manifest }> {
     const taken = this.reserved(id);
     if (taken) throw new PluginNameTakenError(`"${id}" is ${taken}; plugin ids and checkpoint names share merges' "from"`);
+    // The bytes reach the disk before the rename: a rename of unflushed bytes can commit an empty file. Flushing
+    // hundreds of MB takes seconds, so it runs off this (the HTTP) thread and outside the lock.
+    await fsyncFileAsync(tempFile);
     return this.withLock(() => {
       const previous = this.manifests.get(id);
       if (previous && previous.sha256 === sha256) {
@@ -200,8 +203,7 @@ export class PluginStore {
         utimesSync(blob, new Date(), new Date());
         rmSync(tempFile, { force: true });
       } else {
-        // The uploaded bytes reach the disk before the rename, and the rename before the manifest names it.
-        fsyncFile(tempFile);
+        // The uploaded bytes reached the disk before the lock (above), the rename does before the manifest names it.
         renameSync(tempFile, blob);
         fsyncDir(this.blobsDir);
       }

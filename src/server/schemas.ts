@@ -4,7 +4,7 @@
  */
 import { z } from '@hono/zod-openapi';
 import { REASONING_FORMATS } from '../engine/prompt.ts';
-import { DestroySpec, MergeSpec } from '../views/spec.ts';
+import { DestroySpec, MergeSpec, Seed } from '../views/spec.ts';
 
 const Stop = z
   .union([z.string(), z.array(z.string()).max(16)])
@@ -20,13 +20,7 @@ const common = {
   stream: z.boolean().nullish(),
   stream_options: z.strictObject({ include_usage: z.boolean().optional(), continuous_usage_stats: z.boolean().optional() }).nullish(),
   stop: Stop,
-  seed: z
-    .number()
-    .int()
-    .min(0)
-    .max(2 ** 32 - 1)
-    .nullish()
-    .openapi({ description: 'Sampling seed; the same seed gives the same output.' }),
+  seed: Seed.nullish().openapi({ description: 'Sampling seed; the same seed gives the same output.' }),
   ignore_eos: z.boolean().nullish().openapi({ description: 'vLLM extension: keep generating past EOS.' }),
   presence_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),
   frequency_penalty: z.literal(0).nullish().openapi({ description: 'Only 0 is supported.' }),

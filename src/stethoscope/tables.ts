@@ -19,7 +19,7 @@ import type { EngineClient } from './engine-client.ts';
 import type { Level, LevelThresholds } from './levels.ts';
 import { renderSvg } from './plots.ts';
 import { probeIds, probeOne, ProbePrompt, type JudgedOutput, type ScorerChoice } from './probe.ts';
-import { type DestroySpec, MergeSpec } from '../views/spec.ts';
+import { type DestroySpec, MergeSpec, Seed } from '../views/spec.ts';
 
 // ---------------------------------------------------------------- Table 3: destruction
 
@@ -36,13 +36,7 @@ export const DestructionTableSpec = z.strictObject({
     .describe('Module kinds: the columns (remove ignores them).'),
   layers: z.string().describe('The layer range destroyed, e.g. "5-30".'),
   prompts: z.array(ProbePrompt).min(1).max(64),
-  seed: z
-    .number()
-    .int()
-    .min(0)
-    .max(2 ** 32 - 1)
-    .default(0)
-    .describe('ReInit seed.'),
+  seed: Seed.default(0).describe('ReInit seed.'),
 });
 export type DestructionTableSpec = z.infer<typeof DestructionTableSpec>;
 

@@ -28,16 +28,18 @@ export const MergeEntry = z.strictObject({
 export const MergeSpec = z.array(MergeEntry).min(1).max(64);
 export type MergeSpec = z.infer<typeof MergeSpec>;
 
+/** A seed (ReInit, sampling, data order): an unsigned 32-bit integer. */
+export const Seed = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 32 - 1);
+
 export const DestroyEntry = z.strictObject({
   method: z.enum(['zero', 'reinit', 'remove']),
   modules: z.array(Module).default([]),
   layers: z.string(),
-  seed: z
-    .number()
-    .int()
-    .min(0)
-    .max(2 ** 32 - 1)
-    .default(0),
+  seed: Seed.default(0),
 });
 export const DestroySpec = z.array(DestroyEntry).min(1).max(64);
 export type DestroySpec = z.infer<typeof DestroySpec>;

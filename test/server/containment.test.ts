@@ -52,13 +52,20 @@ describe('plugin store durability', () => {
     fs.writeFileSync(tmp, 'bytes of a plugin');
     const events: string[] = [];
     const paths = new Map<number, string>();
-    const orig = { openSync: fs.openSync, fsyncSync: fs.fsyncSync, renameSync: fs.renameSync };
+    const orig = { openSync: fs.openSync, fsyncSync: fs.fsyncSync, renameSync: fs.renameSync, open: fs.open, fsync: fs.fsync };
     fs.openSync = ((p: fs.PathLike, ...rest: unknown[]) => {
       const fd = (orig.openSync as (...a: unknown[]) => number)(p, ...rest);
       paths.set(fd, String(p));
       return fd;
     }) as typeof fs.openSync;
     fs.fsyncSync = ((fd: number) => (events.push(`fsync ${paths.get(fd)}`), orig.fsyncSync(fd))) as typeof fs.fsyncSync;
+    // The blob is flushed asynchronously (off the HTTP thread): the callback forms are watched too.
+    fs.open = ((p: fs.PathLike, flags: string, cb: (e: Error | null, fd: number) => void) =>
+      orig.open(p, flags, (e, fd) => {
+        if (!e) paths.set(fd, String(p));
+        cb(e, fd);
+      })) as typeof fs.open;
+    fs.fsync = ((fd: number, cb: (e: Error | null) => void) => (events.push(`fsync ${paths.get(fd)}`), orig.fsync(fd, cb))) as typeof fs.fsync;
     fs.renameSync = ((a: fs.PathLike, b: fs.PathLike) => (events.push(`rename ${a} -> ${b}`), orig.renameSync(a, b))) as typeof fs.renameSync;
     syncBuiltinESMExports();
     try {

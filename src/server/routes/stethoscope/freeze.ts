@@ -4,6 +4,7 @@
  * plugin it trains is validated and stored, so `backbone:<id>` serves it when the job ends. With `table` it is the
  * paper's Table 2: every row trained on `data` and evaluated on `table.eval`.
  */
+import { Seed } from '../../../views/spec.ts';
 import { copyFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
@@ -35,12 +36,7 @@ const FreezeBody = z
     warmup: z.number().int().min(0).default(0),
     schedule: z.enum(['constant', 'cosine']).default('constant'),
     grad_accum: z.number().int().min(1).max(1024).default(1),
-    seed: z
-      .number()
-      .int()
-      .min(0)
-      .max(2 ** 32 - 1)
-      .default(0),
+    seed: Seed.default(0),
     checkpoint_every: z.number().int().min(0).default(0).openapi({ description: 'Save parameters and optimizer state every K steps (0: at the end only).' }),
     save_as: z.string().optional().openapi({ description: 'Store the trained plugin under this id (pluggable kinds only): `backbone:id` serves it when the job ends.' }),
     description: z.string().max(1000).optional(),
