@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import { readSpec } from '../src/model/config.ts';
 import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
 import { writeSafetensors } from '../src/model/safetensors.ts';
@@ -19,7 +20,6 @@ const preset = values.preset as Preset;
 if (!(preset in PRESETS)) throw new Error(`--preset: one of ${Object.keys(PRESETS).join(', ')}`);
 const ADMIN = 'bench-admin-key';
 const log = (s: string) => process.stderr.write(`faults: ${s}\n`);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? Math.round(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] * 10) / 10 : null;
@@ -44,24 +44,34 @@ async function main() {
   log(`server ready in ${readySeconds.toFixed(1)} s`);
   const headers = { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' };
 
-  /** Runs `work` while /health is polled every 50 ms (each poll waits for the previous one). */
+  /**
+   * Runs `work` while /health is polled every 50 ms (each poll waits for the previous one). The poller has its own
+   * thread: sending a 545 MB body blocks this one, which would otherwise count as the server's latency.
+   */
   const underPolling = async (name: string, work: () => Promise<Response>) => {
-    const latencies: number[] = [];
-    let polling = true;
-    const poller = (async () => {
-      while (polling) {
-        const s = performance.now();
-        await fetch(`${url}/health`).then((r) => r.arrayBuffer());
-        latencies.push(performance.now() - s);
-        await sleep(Math.max(0, 50 - (performance.now() - s)));
-      }
-    })();
+    const poller = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const latencies = []; let polling = true;
+       parentPort.once('message', () => (polling = false));
+       (async () => {
+         while (polling) {
+           const s = performance.now();
+           await fetch(workerData + '/health').then((r) => r.arrayBuffer());
+           latencies.push(performance.now() - s);
+           await new Promise((r) => setTimeout(r, Math.max(0, 50 - (performance.now() - s))));
+         }
+         parentPort.postMessage(latencies);
+       })();`,
+      { eval: true, workerData: url },
+    );
+    const polled = new Promise<number[]>((r) => poller.once('message', r));
     const s = performance.now();
     const r = await work();
     const body = await r.text();
     const seconds = (performance.now() - s) / 1000;
-    polling = false;
-    await poller;
+    poller.postMessage('stop');
+    const latencies = await polled;
+    await poller.terminate();
     const row = {
       fault: name,
       status: r.status,
