@@ -41,10 +41,13 @@ function holderOf(path: string): string | null {
   }
 }
 
+/** Locks this process holds now: its own pid in an owner file is then a live holder, not a predecessor's. */
+const heldHere = new Set<string>();
+
 /** Runs fn holding the lock at `path` (`what` names the locked thing in messages). */
 export async function withLockFile<T>(path: string, what: string, log: (s: string) => void, fn: () => T | Promise<T>): Promise<T> {
   const holder = holderOf(path);
-  if (holder !== null && ownerGone(holder)) {
+  if (holder !== null && !heldHere.has(path) && ownerGone(holder)) {
     log(`sfn: ${what}: breaking a lock left by ${holder} (that process has exited)`);
     rmSync(path, { recursive: true, force: true });
     rmSync(`${path}.owner`, { force: true });
@@ -67,6 +70,7 @@ export async function withLockFile<T>(path: string, what: string, log: (s: strin
     if ((e as NodeJS.ErrnoException).code === 'ELOCKED') throw new Error(`${what} stays locked by ${holderOf(path) ?? 'another process'}`);
     throw e;
   }
+  heldHere.add(path);
   try {
     writeFileSync(`${path}.owner`, `${HOST}~${process.pid}`);
     const out = await fn();
@@ -74,6 +78,7 @@ export async function withLockFile<T>(path: string, what: string, log: (s: strin
     return out;
   } finally {
     rmSync(`${path}.owner`, { force: true });
+    heldHere.delete(path);
     await release().catch(() => {});
   }
 }

@@ -227,6 +227,7 @@ export class EngineHost {
     this.state = 'closed';
     this.failAll(new EngineLostError('the engine is closed'));
     const w = this.worker;
+    if (w.threadId < 0) return; // already gone (a failed load): nothing to wait for
     const exited = new Promise<boolean>((r) => w.once('exit', () => r(true)));
     w.postMessage({ type: 'stop' } satisfies HostToWorker);
     let timer: NodeJS.Timeout | undefined;
