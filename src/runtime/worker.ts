@@ -30,6 +30,8 @@ async function main() {
     tokenizer = ModelTokenizer.fromDir(init.modelDir);
   } catch (e) {
     post({ type: 'fatal', message: (e as Error).message });
+    // Nothing more to do here: let the thread end (the listener above would keep it alive).
+    port.close();
     return;
   }
   // Work outside the scheduler (KL sweeps) that a stop waits for: onnxruntime must not be torn down mid-run.

@@ -4,6 +4,8 @@ import type { Worker } from 'node:worker_threads';
 import { after, before, describe, it } from 'node:test';
 import { parseServerConfig } from '../../src/server/config.ts';
 import { startServer, type RunningServer } from '../../src/server/serve.ts';
+import { cpSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from '../helpers/fixtures.ts';
 
@@ -76,5 +78,19 @@ describe('engine stop', () => {
     assert.equal(srv.host.state, 'closed');
     assert.equal(srv.host.restarts, 0);
     assert.equal((srv.host as unknown as { worker: Worker }).worker, worker, 'no new thread');
+  });
+
+  it('a model that fails to load ends its thread: the server reads failed and closes at once', { timeout: 60_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sfn-noweights-'));
+    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) cpSync(join(ROOT, 'models/stories260K', f), join(dir, f));
+    const srv = await startServer(parseServerConfig(['--model', dir, '--port', '0', '--data-dir', join(dir, 'data')], {}), () => {});
+    const worker = (srv.host as unknown as { worker: Worker }).worker;
+    const exited = new Promise<number>((r) => worker.once('exit', r));
+    await assert.rejects(srv.host.ready);
+    assert.equal(srv.host.state, 'failed');
+    await exited;
+    const t0 = Date.now();
+    await srv.close();
+    assert.ok(Date.now() - t0 < 10_000, `closing took ${Date.now() - t0} ms (the grace is 30 s)`);
   });
 });
