@@ -26,7 +26,7 @@ export function deltaRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       path: '/v1/stethoscope/delta',
       summary: 'Start a delta report job (admin): per module x layer ||B-A||, relative change histograms, bimodality, charts.',
       request: { body: { content: { 'application/json': { schema: DeltaBody } }, required: true } },
-      responses: { 202: { description: 'Started; poll GET /v1/stethoscope/jobs/{id}.', content: { 'application/json': { schema: JobSchema } } }, ...errorResponses(400, 401, 403, 404) },
+      responses: { 202: { description: 'Started; poll GET /v1/stethoscope/jobs/{id}.', content: { 'application/json': { schema: JobSchema } } }, ...errorResponses(400, 401, 403, 404, 429) },
     }),
     (c) => {
       const body = c.req.valid('json');

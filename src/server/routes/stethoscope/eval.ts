@@ -48,7 +48,7 @@ export function evalRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       path: '/v1/stethoscope/eval',
       summary: 'Start an evaluation job (admin): a JSONL set under a view, accuracy and average generated tokens, per-item outputs (and levels).',
       request: { body: { content: { 'application/json': { schema: EvalBody } }, required: true } },
-      responses: { 202: { description: 'Started; poll GET /v1/stethoscope/jobs/{id}.', content: { 'application/json': { schema: JobSchema } } }, ...errorResponses(400, 401, 403, 404, 503) },
+      responses: { 202: { description: 'Started; poll GET /v1/stethoscope/jobs/{id}.', content: { 'application/json': { schema: JobSchema } } }, ...errorResponses(400, 401, 403, 404, 429, 503) },
     }),
     (c) => {
       const body = c.req.valid('json');

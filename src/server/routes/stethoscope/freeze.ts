@@ -63,7 +63,7 @@ export function freezeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       request: { body: { content: { 'application/json': { schema: FreezeBody } }, required: true } },
       responses: {
         202: { description: 'Started; poll GET /v1/stethoscope/jobs/{id}; DELETE it to cancel.', content: { 'application/json': { schema: JobSchema } } },
-        ...errorResponses(400, 401, 403, 409, 503),
+        ...errorResponses(400, 401, 403, 409, 429, 503),
       },
     }),
     (c) => {
