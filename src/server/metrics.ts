@@ -64,28 +64,23 @@ export class Metrics {
         this.set({ model_name: src.modelName() }, last?.waiting ?? 0);
       },
     });
-    new Gauge({
-      // The name vLLM uses today, and the Inference Extension's endpoint picker reads by default.
-      name: 'vllm:kv_cache_usage_perc',
-      help: 'KV-cache occupancy as a fraction: running rows / maximum running rows.',
-      labelNames,
-      registers: [r],
-      async collect() {
-        const last = await current();
-        this.set({ model_name: src.modelName() }, (last?.running ?? 0) / src.maxRunning);
-      },
-    });
-    new Gauge({
-      // Deprecated in vLLM (renamed vllm:kv_cache_usage_perc); kept one release for existing dashboards.
-      name: 'vllm:gpu_cache_usage_perc',
-      help: "KV-cache occupancy as a fraction: running rows / maximum running rows (sfn runs on CPU; the name is vLLM's).",
-      labelNames,
-      registers: [r],
-      async collect() {
-        const last = await current();
-        this.set({ model_name: src.modelName() }, (last?.running ?? 0) / src.maxRunning);
-      },
-    });
+    // One value under two names: vLLM's current one (which the Inference Extension's endpoint picker reads by
+    // default) and the one it deprecated, kept one release for existing dashboards.
+    for (const [name, help] of [
+      ['vllm:kv_cache_usage_perc', 'KV-cache occupancy as a fraction: running rows / maximum running rows.'],
+      ['vllm:gpu_cache_usage_perc', "KV-cache occupancy as a fraction: running rows / maximum running rows (sfn runs on CPU; the name is vLLM's)."],
+    ]) {
+      new Gauge({
+        name,
+        help,
+        labelNames,
+        registers: [r],
+        async collect() {
+          const last = await current();
+          this.set({ model_name: src.modelName() }, (last?.running ?? 0) / src.maxRunning);
+        },
+      });
+    }
     new Gauge({
       name: 'sfn_kv_cache_bytes',
       help: 'Bytes held by KV caches of active lanes.',
