@@ -5,8 +5,9 @@
  */
 import { serve, type ServerType } from '@hono/node-server';
 import { basename, resolve as resolvePath } from 'node:path';
-import { existsSync, realpathSync, statSync } from 'node:fs';
+import { realpathSync, statSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
+import { checkpointFiles } from '../model/checkpoint.ts';
 import { MODULE_KINDS } from '../model/names.ts';
 import { PLUGIN_SLOTS } from '../engine/layout.ts';
 import { BUILTIN_NAME, resolveModelDir } from '../model/builtin.ts';
@@ -86,10 +87,15 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     const reg = checkpoints.get(from);
     if (reg) return { kind: 'dir', path: reg.path, id: `dir:${reg.path}:${reg.registered}` };
     const dir = findUnderRoots(config.modelRoots, from);
-    if (dir && !['model.safetensors', 'model.safetensors.index.json'].some((f) => existsSync(join(dir, f)))) {
-      throw badRequest(`${param}: "${from}" has no model.safetensors (nor an index of shards): not a checkpoint`, param, 'not_a_checkpoint');
+    if (dir) {
+      // The loader's own check, now: a directory without weights is this request's 400, not a worker's error.
+      try {
+        checkpointFiles(dir);
+      } catch (e) {
+        throw badRequest(`${param}: "${from}" is not a checkpoint (${(e as Error).message})`, param, 'not_a_checkpoint');
+      }
+      return { kind: 'dir', path: dir, id: `dir:${dir}` };
     }
-    if (dir) return { kind: 'dir', path: dir, id: `dir:${dir}` };
     throw badRequest(`${param}: "${from}" is neither a plugin, a registered checkpoint, nor a checkpoint directory under the model roots`, param);
   };
   const pluginNames = (shas: string[]) => shas.flatMap((sha) => store.bySha(sha).map((m) => `${modelName}:${m.id}`));
