@@ -13,6 +13,8 @@ import { writeFileAtomic } from '../model/atomic.ts';
 
 export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
 
+const SHUT_DOWN = 'interrupted: the server shut down';
+
 /** Thrown by `start` when the queue holds `maxQueued` jobs already, or the manager is shutting down. */
 export class JobQueueFullError extends Error {
   override name = 'JobQueueFullError';
@@ -107,7 +109,8 @@ export class JobManager {
     this.save(job);
     const dir = this.dir(job.id);
     const ac = new AbortController();
-    const stopped = () => (this.stopping ? 'interrupted' : 'cancelled');
+    // A job stopped on request: cancelled, or interrupted by the server's shutdown.
+    const stopped = () => (this.stopping ? { status: 'interrupted' as const, error: SHUT_DOWN } : { status: 'cancelled' as const, error: 'cancelled' });
     const run = async () => {
       job.status = 'running';
       job.started = Math.floor(Date.now() / 1000);
@@ -125,18 +128,16 @@ export class JobManager {
           },
           ac.signal,
         );
-        job.status = ac.signal.aborted ? stopped() : 'succeeded';
+        job.status = ac.signal.aborted ? stopped().status : 'succeeded';
       } catch (e) {
-        job.status = ac.signal.aborted ? stopped() : 'failed';
-        job.error = ac.signal.aborted ? (this.stopping ? 'interrupted: the server shut down' : 'cancelled') : (e as Error).message;
+        Object.assign(job, ac.signal.aborted ? stopped() : { status: 'failed', error: (e as Error).message });
       }
     };
     const ended = this.queue
       .add(run, { signal: ac.signal })
       .catch(() => {
         // Aborted while queued: it never ran.
-        job.status = stopped();
-        job.error = this.stopping ? 'interrupted: the server shut down' : 'cancelled';
+        Object.assign(job, stopped());
       })
       .then(() => {
         this.live.delete(job.id);
@@ -174,9 +175,7 @@ export class JobManager {
     for (const [id] of live) {
       const job = this.jobs.get(id)!;
       if (job.status === 'running' || job.status === 'queued') {
-        job.status = 'interrupted';
-        job.error = 'interrupted: the server shut down';
-        job.finished = Math.floor(Date.now() / 1000);
+        Object.assign(job, { status: 'interrupted', error: SHUT_DOWN, finished: Math.floor(Date.now() / 1000) });
         this.save(job);
       }
     }
