@@ -102,3 +102,16 @@ export function logprobs(logits: Float32Array, id: number, top = 0): { logprob: 
   }
   return { logprob: logits[id] - lse, top: best };
 }
+
+/** The model's logits under a view were not finite: the view's weights overflow. */
+export class NonFiniteLogitsError extends Error {
+  readonly code = 'non_finite_logits';
+  constructor(value: number, where: string) {
+    super(`the model produced a non-finite logit (${value}) at ${where}: the view's weights overflow (check the plugin or merge)`);
+  }
+}
+
+/** A view whose weights overflow gives NaN or +Inf logits: an error, never a token or a score. */
+export function checkFinite(logits: Float32Array, where: string): void {
+  for (let i = 0; i < logits.length; i++) if (!(logits[i] < Infinity)) throw new NonFiniteLogitsError(logits[i], where);
+}

@@ -15,7 +15,7 @@ import type { Engine } from './engine.ts';
 import { PLUGIN_SLOTS } from './layout.ts';
 import { Sequence, type Finish, type GeneratedToken, type GenerateParams } from './generate.ts';
 import type { KvCache } from './kv-cache.ts';
-import { logprobs, type TokenLogprob } from './sampler.ts';
+import { checkFinite, logprobs, type TokenLogprob } from './sampler.ts';
 import type { ModelTokenizer } from './tokenizer.ts';
 
 export interface PromptLogprob {
@@ -51,19 +51,6 @@ export interface SchedulerOptions {
   prefillChunk: number;
   /** Context limit (prompt + generated). */
   maxContext: number;
-}
-
-/** The model's logits under a view were not finite: the view's weights overflow. */
-export class NonFiniteLogitsError extends Error {
-  readonly code = 'non_finite_logits';
-  constructor(value: number, where: string) {
-    super(`the model produced a non-finite logit (${value}) at ${where}: the view's weights overflow (check the plugin or merge)`);
-  }
-}
-
-/** A view whose weights overflow gives NaN or +Inf logits: an error, never a token or a score. */
-function checkFinite(logits: Float32Array, where: string): void {
-  for (let i = 0; i < logits.length; i++) if (!(logits[i] < Infinity)) throw new NonFiniteLogitsError(logits[i], where);
 }
 
 export class QueueFullError extends Error {
