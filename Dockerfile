@@ -3,7 +3,8 @@
 # files and selects it (SFN_DEVICE=cuda, falling back to the CPU with a warning where no GPU is found).
 # test/deploy/docker.test.ts replays this file's install and start steps without a Docker engine.
 ARG SFN_VARIANT=cpu
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Node 24 (the current LTS) strips TypeScript's types itself, so the image needs no tsx.
+ARG NODE_IMAGE=node:24-bookworm-slim
 # CUDA 12 and cuDNN 9 runtime libraries, which onnxruntime-node's CUDA provider loads.
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
@@ -11,9 +12,10 @@ FROM ${NODE_IMAGE} AS deps
 ARG SFN_VARIANT
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
-# The README's install command without dev dependencies. The environment variable outranks .npmrc's
-# `onnxruntime-node-install=skip`, so only the CUDA variant downloads the provider files (at build time).
-RUN ONNXRUNTIME_NODE_INSTALL="$([ "$SFN_VARIANT" = cuda ] && echo cuda12 || echo skip)" npm ci --omit=dev --no-audit --no-fund
+# The README's install command without dev or optional dependencies (tsx, only needed where Node cannot strip
+# types). The environment variable outranks .npmrc's `onnxruntime-node-install=skip`, so only the CUDA variant
+# downloads the provider files (at build time).
+RUN ONNXRUNTIME_NODE_INSTALL="$([ "$SFN_VARIANT" = cuda ] && echo cuda12 || echo skip)" npm ci --omit=dev --omit=optional --no-audit --no-fund
 
 FROM ${NODE_IMAGE} AS runtime-cpu
 

@@ -1,7 +1,13 @@
 #!/usr/bin/env node
-// Runs the TypeScript CLI through tsx, so `npx sfn` and `npm link` work without a build step.
-import { register } from 'tsx/esm/api';
-
-register();
+// Runs the TypeScript CLI without a build step: Node 22.18+ and 24 strip the types themselves, except under
+// node_modules (an installed package), where tsx (an optional dependency) registers its loader first.
+if (!process.features.typescript || import.meta.url.includes('/node_modules/')) {
+  const tsx = await import('tsx/esm/api').catch(() => null);
+  if (!tsx) {
+    console.error(`sfn: Node ${process.versions.node} cannot run TypeScript here and tsx is not installed; use Node 22.18+ or install with optional dependencies`);
+    process.exit(1);
+  }
+  tsx.register();
+}
 const { main } = await import('../src/cli.ts');
 process.exitCode = await main(process.argv.slice(2));

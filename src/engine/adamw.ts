@@ -13,10 +13,11 @@ export class AdamW {
   readonly v = new Map<string, Float32Array>();
   step = 0;
 
-  constructor(
-    private readonly params: Map<string, Float32Array>,
-    private readonly opts: AdamWOptions,
-  ) {
+  private readonly params: Map<string, Float32Array>;
+  private readonly opts: AdamWOptions;
+  constructor(params: Map<string, Float32Array>, opts: AdamWOptions) {
+    this.params = params;
+    this.opts = opts;
     for (const [n, p] of params) {
       this.m.set(n, new Float32Array(p.length));
       this.v.set(n, new Float32Array(p.length));

@@ -47,15 +47,19 @@ export class Engine {
   /** The device sessions actually run on ('cpu' after a CUDA fallback). */
   device: Device;
 
-  private constructor(
-    readonly spec: ModelSpec,
-    /** Every parameter in graph layout. */
-    private readonly weights: Map<string, Float32Array>,
-    /** sha256 over the config and every weight's values. */
-    readonly fingerprint: string,
-    private readonly options: EngineOptions,
-    readonly dir: string | null,
-  ) {
+  readonly spec: ModelSpec;
+  /** Every parameter in graph layout. */
+  private readonly weights: Map<string, Float32Array>;
+  /** sha256 over the config and every weight's values. */
+  readonly fingerprint: string;
+  private readonly options: EngineOptions;
+  readonly dir: string | null;
+  private constructor(spec: ModelSpec, weights: Map<string, Float32Array>, fingerprint: string, options: EngineOptions, dir: string | null) {
+    this.spec = spec;
+    this.weights = weights;
+    this.fingerprint = fingerprint;
+    this.options = options;
+    this.dir = dir;
     this.shapes = expectedParams(spec);
     this.baseView = new View(fingerprint);
     this.device = options.device ?? 'cpu';

@@ -84,11 +84,13 @@ export class Detokenizer {
   private prefixOffset = 0;
   private readOffset = 0;
 
-  constructor(
-    private readonly tok: ModelTokenizer,
-    /** Special tokens release no text (generation); false renders them (echoed prompts). */
-    private readonly skipSpecial = true,
-  ) {}
+  private readonly tok: ModelTokenizer;
+  /** Special tokens release no text (generation); false renders them (echoed prompts). */
+  private readonly skipSpecial: boolean;
+  constructor(tok: ModelTokenizer, skipSpecial: boolean = true) {
+    this.tok = tok;
+    this.skipSpecial = skipSpecial;
+  }
 
   push(id: number): string {
     this.ids.push(id);
@@ -123,10 +125,9 @@ export class Sequence {
   private closing = 0;
   private detok: Detokenizer | null;
 
-  constructor(
-    readonly params: GenerateParams,
-    tokenizer: ModelTokenizer | null,
-  ) {
+  readonly params: GenerateParams;
+  constructor(params: GenerateParams, tokenizer: ModelTokenizer | null) {
+    this.params = params;
     this.rng = new Rng(params.seed ?? randomSeed());
     this.sampling = { temperature: params.temperature ?? 1, topP: params.topP ?? 1, topK: params.topK ?? 0 };
     this.tokenizer = tokenizer;

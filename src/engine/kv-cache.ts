@@ -18,12 +18,11 @@ export class KvCache {
   private readonly kvH: number;
   private readonly D: number;
 
-  constructor(
-    spec: ModelSpec,
-    readonly batch = 1,
-    initialCapacity = 64,
-    readonly step = 256,
-  ) {
+  readonly batch: number;
+  readonly step: number;
+  constructor(spec: ModelSpec, batch: number = 1, initialCapacity = 64, step: number = 256) {
+    this.batch = batch;
+    this.step = step;
     this.kvH = spec.numKvHeads;
     this.D = spec.headDim;
     this.lengths = new Array(batch).fill(0);
@@ -112,6 +111,26 @@ export class KvCache {
     }
     this.lengths[to] = this.lengths[from];
     this.lengths[from] = 0;
+  }
+
+  /**
+   * Copies the first `length` tokens of row `srcRow` of `src` (this cache or another of the same model) into row
+   * `dstRow`, which then holds exactly them. Call `reserve` first.
+   */
+  copyPrefix(src: KvCache, srcRow: number, dstRow: number, length: number): void {
+    const { kvH, D, capacity: C } = this;
+    const S = src.capacity;
+    if (length > src.lengths[srcRow]) throw new RangeError(`row ${srcRow} holds ${src.lengths[srcRow]} tokens, not ${length}`);
+    if (length > C) throw new Error('KV cache overflow: reserve() before copying');
+    for (let l = 0; l < this.keys.length; l++) {
+      for (let h = 0; h < kvH; h++) {
+        const from = srcRow * kvH + h;
+        const to = dstRow * kvH + h;
+        this.keys[l].set(src.keys[l].subarray(from * S * D, (from * S + length) * D), to * C * D);
+        for (let d = 0; d < D; d++) this.values[l].set(src.values[l].subarray((from * D + d) * S, (from * D + d) * S + length), (to * D + d) * C);
+      }
+    }
+    this.lengths[dstRow] = length;
   }
 
   /** Forgets a row's tokens (the buffers are reused by the next sequence in that row). */

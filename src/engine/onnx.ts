@@ -35,7 +35,10 @@ export class GraphBuilder {
   private usesMs = false;
 
   /** `prefix` keeps a subgraph's generated names apart from its parent's (names are global in a model). */
-  constructor(private readonly prefix = '') {}
+  private readonly prefix: string;
+  constructor(prefix: string = '') {
+    this.prefix = prefix;
+  }
 
   /**
    * A subgraph for an If branch: `fill` adds nodes to a child builder (referring to this graph's values by

@@ -22,11 +22,10 @@ export interface ReasoningOptions {
 }
 
 export class PromptError extends Error {
-  constructor(
-    message: string,
-    readonly param: string,
-  ) {
+  readonly param: string;
+  constructor(message: string, param: string) {
     super(message);
+    this.param = param;
   }
 }
 

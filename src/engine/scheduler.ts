@@ -3,7 +3,9 @@
  * weights to all its rows); each lane owns a batched KV cache whose live rows are kept contiguous, so a
  * decode step is one forward over rows [0, n) of that lane. New requests join between steps: their prompt
  * is prefilled alone on their row, in chunks, alternating with decode steps so that neither starves.
- * Lanes take turns round-robin. A cancelled request leaves at the next step.
+ * Lanes take turns round-robin. A cancelled request leaves at the next step. Sequences of one prompt group
+ * (a request's n choices of one prompt) prefill it once: the others copy its cache rows and sample their first
+ * token from its last logits.
  *
  * Views that replace only o_proj and norms (plugins, o_proj merges, the backbone itself) share one "mixed"
  * lane: its rows may carry up to PLUGIN_SLOTS different views and still decode in one run, so streams on
@@ -35,6 +37,8 @@ export interface Job {
   onPromptLogprobs?: (lp: PromptLogprob[]) => void;
   /** The job left the queue for a batch row (its prefill begins). */
   onScheduled?: () => void;
+  /** Jobs with the same key have the same prompt and view: one prefills it, the others fork its cache. */
+  promptGroup?: string;
   onToken: (t: GeneratedToken) => void;
   onDone: (f: Finish) => void;
   onError: (e: Error) => void;
@@ -70,6 +74,8 @@ interface Running {
   /** Failed with an error already reported: no onDone. */
   failed: boolean;
   promptLps: PromptLogprob[];
+  /** A prompt group's first sequence keeps its prompt's last logits for the others to fork from. */
+  promptLogits: Float32Array | null;
 }
 
 interface Lane {
@@ -95,16 +101,21 @@ export class Scheduler {
   private readonly lanes = new Map<string, Lane>();
   private readonly byId = new Map<string, Running>();
   private readonly cancelledWaiting = new Set<string>();
+  /** The sequence that prefills each prompt group's prompt, while it runs. */
+  private readonly groupLeaders = new Map<string, Running>();
   private looping = false;
   private laneTurn = 0;
   private preferPrefill = true;
   steps = 0;
 
-  constructor(
-    private readonly engine: Engine,
-    private readonly tokenizer: ModelTokenizer | null,
-    readonly options: SchedulerOptions,
-  ) {}
+  private readonly engine: Engine;
+  private readonly tokenizer: ModelTokenizer | null;
+  readonly options: SchedulerOptions;
+  constructor(engine: Engine, tokenizer: ModelTokenizer | null, options: SchedulerOptions) {
+    this.engine = engine;
+    this.tokenizer = tokenizer;
+    this.options = options;
+  }
 
   submit(job: Job): void {
     if (this.waiting.length >= this.options.maxWaiting) throw new QueueFullError(`${this.waiting.length} requests are already waiting`);
@@ -145,12 +156,6 @@ export class Scheduler {
     };
   }
 
-  /** Overlay ids (plugin sha256s) of the views of running and waiting requests. */
-  views(): { running: string[]; waiting: string[] } {
-    const ids = (views: View[]) => [...new Set(views.flatMap((v) => v.overlays.map((o) => o.id)))];
-    return { running: ids([...this.byId.values()].map((r) => r.view)), waiting: ids(this.waiting.map((j) => j.view)) };
-  }
-
   private kick(): void {
     if (this.looping) return;
     this.looping = true;
@@ -181,6 +186,12 @@ export class Scheduler {
         job.onDone({ reason: 'abort', tokens: 0 });
         continue;
       }
+      const leader = job.promptGroup === undefined ? undefined : this.groupLeaders.get(job.promptGroup);
+      // The group's prompt is still being prefilled: wait for it rather than prefill it again.
+      if (leader && !leader.promptLogits) {
+        i++;
+        continue;
+      }
       const fp = job.view.fingerprint;
       let key = fp;
       if (this.engine.sharesRuns(job.view)) {
@@ -200,11 +211,37 @@ export class Scheduler {
       this.waiting.splice(i, 1);
       const row = lane.rows.length;
       lane.cache.reset(row);
-      const r: Running = { job, seq: new Sequence(job.params, this.tokenizer), lane, view: job.view, pending: job.promptIds.slice(), next: null, cancelled: false, failed: false, promptLps: [] };
+      const r: Running = {
+        job,
+        seq: new Sequence(job.params, this.tokenizer),
+        lane,
+        view: job.view,
+        pending: job.promptIds.slice(),
+        next: null,
+        cancelled: false,
+        failed: false,
+        promptLps: [],
+        promptLogits: null,
+      };
       lane.rows.push(r);
       this.byId.set(job.id, r);
       job.onScheduled?.();
+      if (leader) this.fork(leader, r, row);
+      else if (job.promptGroup !== undefined) this.groupLeaders.set(job.promptGroup, r);
     }
+  }
+
+  /** Starts `r` from its group leader's prefilled prompt: the cache rows copied, the first token sampled from its logits. */
+  private fork(leader: Running, r: Running, row: number): void {
+    const n = r.job.promptIds.length;
+    r.lane.cache.reserve(n);
+    r.lane.cache.copyPrefix(leader.lane.cache, leader.lane.rows.indexOf(leader), row, n);
+    r.pending = [];
+    if (r.job.promptLogprobs !== undefined) {
+      r.promptLps = leader.promptLps.slice();
+      r.job.onPromptLogprobs?.(r.promptLps);
+    }
+    if (!r.seq.finish) this.emit(r, leader.promptLogits!);
   }
 
   /** Removes finished and cancelled sequences, moving the lane's last row into each hole. */
@@ -227,6 +264,8 @@ export class Scheduler {
         lane.rows.pop();
         lane.cache.reset(last);
         this.byId.delete(r.job.id);
+        // Group members still waiting prefill the prompt themselves.
+        if (r.job.promptGroup !== undefined && this.groupLeaders.get(r.job.promptGroup) === r) this.groupLeaders.delete(r.job.promptGroup);
         if (!r.failed) r.job.onDone(r.seq.finish!);
       }
       if (lane.rows.length === 0) this.lanes.delete(fp);
@@ -279,6 +318,7 @@ export class Scheduler {
       }
       if (r.pending.length === 0) r.job.onPromptLogprobs?.(r.promptLps);
     }
+    if (r.pending.length === 0 && this.groupLeaders.get(r.job.promptGroup!) === r) r.promptLogits = out[out.length - 1].slice();
     // max_tokens 0 (prompt scoring) finishes before its first token.
     if (r.pending.length === 0 && !r.seq.finish) this.emit(r, out[out.length - 1]);
   }

@@ -27,13 +27,17 @@ export interface StepResult {
 }
 
 export class Trainer {
-  private constructor(
-    readonly spec: ModelSpec,
-    /** Trainable parameters (HF layout), in the graph's order; the optimizer updates them in place. */
-    readonly params: Map<string, Float32Array>,
-    readonly shapes: Map<string, number[]>,
-    private readonly session: ort.InferenceSession,
-  ) {}
+  readonly spec: ModelSpec;
+  /** Trainable parameters (HF layout), in the graph's order; the optimizer updates them in place. */
+  readonly params: Map<string, Float32Array>;
+  readonly shapes: Map<string, number[]>;
+  private readonly session: ort.InferenceSession;
+  private constructor(spec: ModelSpec, params: Map<string, Float32Array>, shapes: Map<string, number[]>, session: ort.InferenceSession) {
+    this.spec = spec;
+    this.params = params;
+    this.shapes = shapes;
+    this.session = session;
+  }
 
   static async load(dir: string, trainable: ReadonlySet<string>, opts: { threads?: number } = {}): Promise<Trainer> {
     const { spec } = readSpec(dir);

@@ -54,11 +54,12 @@ export function viewFingerprint(backbone: string, overlays: readonly { type: str
 export class View {
   readonly fingerprint: string;
 
-  constructor(
-    /** The backbone's fingerprint. */
-    readonly backbone: string,
-    readonly overlays: readonly Overlay[] = [],
-  ) {
+  /** The backbone's fingerprint. */
+  readonly backbone: string;
+  readonly overlays: readonly Overlay[];
+  constructor(backbone: string, overlays: readonly Overlay[] = []) {
+    this.backbone = backbone;
+    this.overlays = overlays;
     this.fingerprint = viewFingerprint(backbone, overlays);
   }
 

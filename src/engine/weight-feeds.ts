@@ -28,14 +28,17 @@ export class WeightFeeds {
   readonly normNames: ReadonlySet<string>;
   readonly oProjNames: ReadonlySet<string>;
 
-  constructor(
-    private readonly spec: ModelSpec,
-    /** Every backbone parameter in graph layout. */
-    private readonly weights: ReadonlyMap<string, Float32Array>,
-    private readonly shapes: ReadonlyMap<string, number[]>,
-    /** The parameter the head multiplies by (embed_tokens when tied). */
-    private readonly headName: string,
-  ) {
+  private readonly spec: ModelSpec;
+  /** Every backbone parameter in graph layout. */
+  private readonly weights: ReadonlyMap<string, Float32Array>;
+  private readonly shapes: ReadonlyMap<string, number[]>;
+  /** The parameter the head multiplies by (embed_tokens when tied). */
+  private readonly headName: string;
+  constructor(spec: ModelSpec, weights: ReadonlyMap<string, Float32Array>, shapes: ReadonlyMap<string, number[]>, headName: string) {
+    this.spec = spec;
+    this.weights = weights;
+    this.shapes = shapes;
+    this.headName = headName;
     const names = [...shapes.keys()];
     this.normNames = new Set(names.filter((n) => NORM_KINDS.includes(parseName(n)!.kind)));
     this.oProjNames = new Set(names.filter((n) => parseName(n)!.kind === 'o_proj' && parseName(n)!.param === 'weight'));

@@ -10,6 +10,7 @@ import { readSpec, type ModelSpec } from './config.ts';
 import { FLOAT_DTYPES, toFloat32, toFloat32Into } from './dtype.ts';
 import { expectedParams } from './names.ts';
 import { SafetensorsFile, type Dtype } from './safetensors.ts';
+import { jsonFault } from '../util/json.ts';
 
 export interface LoadedTensor {
   name: string;
@@ -33,7 +34,7 @@ export function checkpointFiles(dir: string): { files: string[]; weightMap: Map<
     try {
       parsed = JSON.parse(readFileSync(index, 'utf8'));
     } catch (e) {
-      throw new CheckpointError(`${index}: ${(e as Error).message}`);
+      throw new CheckpointError(`${index}: ${jsonFault(e)}`);
     }
     if (!parsed.weight_map || typeof parsed.weight_map !== 'object') throw new CheckpointError(`${index}: no weight_map`);
     const weightMap = new Map(Object.entries(parsed.weight_map));
@@ -158,7 +159,9 @@ export class CheckpointReader {
   private readonly handles: SafetensorsFile[];
   private readonly where = new Map<string, SafetensorsFile>();
 
-  constructor(readonly dir: string) {
+  readonly dir: string;
+  constructor(dir: string) {
+    this.dir = dir;
     const { files } = checkpointFiles(dir);
     this.handles = files.map((f) => SafetensorsFile.open(f));
     for (const h of this.handles) for (const n of h.names) this.where.set(n, h);

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { jsonFault } from '../util/json.ts';
 
 const RopeScaling = z
   .object({
@@ -175,7 +176,7 @@ export function readSpec(dir: string): { spec: ModelSpec; raw: Record<string, un
   try {
     raw = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
   } catch (e) {
-    throw new ConfigError(`cannot read ${join(dir, 'config.json')}: ${(e as Error).message}`);
+    throw new ConfigError(`cannot read ${join(dir, 'config.json')}: ${e instanceof SyntaxError ? jsonFault(e) : (e as Error).message}`);
   }
   return { spec: specFromConfig(raw), raw };
 }

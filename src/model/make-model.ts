@@ -50,6 +50,8 @@ export interface MakeModelOptions {
   shardBytes?: number;
   /** Override config keys (tests). */
   config?: Record<string, unknown>;
+  /** Called after each tensor is generated, with parameters done and in all (a 1.5B model takes minutes). */
+  progress?: (done: number, total: number) => void;
 }
 
 /**
@@ -60,14 +62,19 @@ export function makeModel(dir: string, opts: MakeModelOptions = {}): ModelSpec {
   const config = { ...presetConfig(opts.preset ?? 'tiny'), ...opts.config };
   const spec = specFromConfig(config);
   const rng = new Rng(opts.seed ?? 0);
+  const params = [...expectedParams(spec)];
+  const total = params.reduce((a, [, shape]) => a + shape.reduce((x, y) => x * y, 1), 0);
+  let done = 0;
   function* tensors(): Generator<CheckpointTensor> {
-    for (const [name, shape] of expectedParams(spec)) {
+    for (const [name, shape] of params) {
       const n = shape.reduce((a, b) => a * b, 1);
       const data = new Float32Array(n);
       const kind = parseName(name)!.kind;
       if (kind.endsWith('layernorm') || kind === 'norm') data.fill(1);
       else for (let i = 0; i < n; i++) data[i] = 0.02 * rng.normal();
       yield { name, shape, data };
+      done += n;
+      opts.progress?.(done, total);
     }
   }
   const require = createRequire(import.meta.url);

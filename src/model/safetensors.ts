@@ -8,6 +8,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { writeFileAtomic } from './atomic.ts';
+import { jsonFault } from '../util/json.ts';
 
 /** Bytes per element of every dtype the format defines. */
 export const DTYPE_SIZE = {
@@ -51,12 +52,12 @@ export interface SafetensorsHeader {
 
 /** Every violation of the format is one of these, naming the tensor (when there is one) and the rule. */
 export class SafetensorsError extends Error {
-  constructor(
-    message: string,
-    readonly rule: string,
-    readonly tensor?: string,
-  ) {
+  readonly rule: string;
+  readonly tensor?: string;
+  constructor(message: string, rule: string, tensor?: string) {
     super(message);
+    this.rule = rule;
+    this.tensor = tensor;
     this.name = 'SafetensorsError';
   }
 }
@@ -84,7 +85,7 @@ export function parseHeader(head: Uint8Array, fileSize: number): SafetensorsHead
   try {
     json = JSON.parse(text);
   } catch (e) {
-    return fail('header_json', `header is not valid JSON: ${(e as Error).message}`);
+    return fail('header_json', `header: ${jsonFault(e)}`);
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) fail('header_object', 'header must be a JSON object');
   const dup = firstDuplicateKey(text);
@@ -169,11 +170,14 @@ function firstDuplicateKey(text: string): string | undefined {
 
 /** An open safetensors file: the checked header and positional reads of single tensors. */
 export class SafetensorsFile {
-  private constructor(
-    readonly path: string,
-    private fd: number,
-    readonly header: SafetensorsHeader,
-  ) {}
+  readonly path: string;
+  private fd: number;
+  readonly header: SafetensorsHeader;
+  private constructor(path: string, fd: number, header: SafetensorsHeader) {
+    this.path = path;
+    this.fd = fd;
+    this.header = header;
+  }
 
   static open(path: string): SafetensorsFile {
     const fd = openSync(path, 'r');

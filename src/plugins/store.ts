@@ -71,12 +71,14 @@ export class PluginStore {
   /** What else an id would name (a registered checkpoint), or null: such ids cannot be committed. */
   reserved: (id: string) => string | null = () => null;
 
-  constructor(
-    readonly root: string,
-    private readonly log: (s: string) => void = (s) => console.log(s),
-    /** Quarantined entries older than this are deleted by the scan. */
-    private readonly quarantineMaxAgeMs = 7 * 24 * 3600_000,
-  ) {
+  readonly root: string;
+  private readonly log: (s: string) => void;
+  /** Quarantined entries older than this are deleted by the scan. */
+  private readonly quarantineMaxAgeMs: number;
+  constructor(root: string, log: (s: string) => void = (s) => console.log(s), quarantineMaxAgeMs: number = 7 * 24 * 3600_000) {
+    this.root = root;
+    this.log = log;
+    this.quarantineMaxAgeMs = quarantineMaxAgeMs;
     this.pluginsDir = join(root, 'plugins');
     this.blobsDir = join(root, 'blobs');
     this.tmpDir = join(root, 'tmp');
@@ -173,10 +175,6 @@ export class PluginStore {
   list(): Manifest[] {
     this.refresh();
     return [...this.manifests.values()].sort((a, b) => a.id.localeCompare(b.id));
-  }
-
-  bySha(sha: string): Manifest[] {
-    return this.list().filter((m) => m.sha256 === sha);
   }
 
   /**

@@ -14,12 +14,12 @@ export { BASE_FINGERPRINT_KEY } from '../model/checkpoint.ts';
 import { BASE_FINGERPRINT_KEY } from '../model/checkpoint.ts';
 
 export class PluginError extends Error {
-  constructor(
-    message: string,
-    readonly rule: string,
-    readonly tensor?: string,
-  ) {
+  readonly rule: string;
+  readonly tensor?: string;
+  constructor(message: string, rule: string, tensor?: string) {
     super(message);
+    this.rule = rule;
+    this.tensor = tensor;
     this.name = 'PluginError';
   }
 }

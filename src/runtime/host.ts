@@ -28,6 +28,8 @@ export interface HostJob {
   params: JobParams;
   view: ViewSpec;
   promptLogprobs?: number;
+  /** Jobs with the same key share one prefill of their (identical) prompt. */
+  promptGroup?: string;
 }
 
 export type HostState = 'loading' | 'ready' | 'failed' | 'closed';
@@ -65,10 +67,11 @@ export class EngineHost {
   private readonly pending = new Map<number, { resolve: (m: Reply) => void; reject: (e: Error) => void; timer?: NodeJS.Timeout }>();
   private seq = 0;
 
-  constructor(
-    private readonly init: WorkerInit,
-    private readonly opts: HostOptions = {},
-  ) {
+  private readonly init: WorkerInit;
+  private readonly opts: HostOptions;
+  constructor(init: WorkerInit, opts: HostOptions = {}) {
+    this.init = init;
+    this.opts = opts;
     this.ready = this.start();
     this.ready.catch(() => {});
   }

@@ -35,7 +35,7 @@ export interface ViewTrace {
 export type { JobParams } from '../engine/generate.ts';
 
 export type HostToWorker =
-  | { type: 'submit'; id: string; promptIds: number[]; params: JobParams; view: ViewSpec; promptLogprobs?: number }
+  | { type: 'submit'; id: string; promptIds: number[]; params: JobParams; view: ViewSpec; promptLogprobs?: number; promptGroup?: string }
   | { type: 'cancel'; id: string }
   /** Shutdown: cancel everything, let the run in progress end, release the sessions, exit the thread. */
   | { type: 'stop' }
@@ -44,7 +44,6 @@ export type HostToWorker =
   | { type: 'kl'; reqId: number; ids: number[]; base: ViewSpec; views: ViewSpec[] };
 
 export interface WorkerStats extends SchedulerStats {
-  views: { running: string[]; waiting: string[] };
   overlays: OverlayStats;
 }
 

@@ -70,6 +70,7 @@ async function main() {
             params: m.params,
             view,
             promptLogprobs: m.promptLogprobs,
+            promptGroup: m.promptGroup,
             onPromptLogprobs: (lps) => post({ type: 'prompt_logprobs', id, logprobs: lps }),
             onScheduled: () => post({ type: 'scheduled', id }),
             onToken: (token) => post({ type: 'token', id, token }),
@@ -108,7 +109,7 @@ async function main() {
         );
         break;
       case 'stats':
-        post({ type: 'stats', reqId: m.reqId, stats: { ...scheduler.stats(), views: scheduler.views(), overlays: overlays.stats() } });
+        post({ type: 'stats', reqId: m.reqId, stats: { ...scheduler.stats(), overlays: overlays.stats() } });
         break;
     }
   });

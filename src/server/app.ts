@@ -35,6 +35,7 @@ export const OPENAPI_INFO = {
     title: 'sfn',
     version: '0.1.0',
     description: 'OpenAI-compatible serving of decoder LLMs with per-request module views (plugins, merges, destruction). Errors use OpenAI\'s body: {"error": {"message", "type", "param", "code"}}.',
+    license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
   },
 };
 

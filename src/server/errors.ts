@@ -13,15 +13,18 @@ export interface ErrorBody {
 }
 
 export class ApiError extends Error {
-  constructor(
-    readonly status: ContentfulStatusCode,
-    message: string,
-    readonly type: string,
-    readonly code: string | null = null,
-    readonly param: string | null = null,
-    readonly headers: Record<string, string> = {},
-  ) {
+  readonly status: ContentfulStatusCode;
+  readonly type: string;
+  readonly code: string | null;
+  readonly param: string | null;
+  readonly headers: Record<string, string>;
+  constructor(status: ContentfulStatusCode, message: string, type: string, code: string | null = null, param: string | null = null, headers: Record<string, string> = {}) {
     super(message);
+    this.status = status;
+    this.type = type;
+    this.code = code;
+    this.param = param;
+    this.headers = headers;
   }
 
   body(): ErrorBody {

@@ -12,7 +12,7 @@ export interface MetricsSource {
   /** Worker stats, or null while the engine is loading. */
   stats: () => Promise<WorkerStats | null>;
   /** Plugin ids (names users call) of views running and waiting. */
-  pluginsInUse: (stats: WorkerStats) => { running: string[]; waiting: string[] };
+  pluginsInUse: () => { running: string[]; waiting: string[] };
   maxRunning: number;
   maxPlugins: number;
 }
@@ -96,9 +96,8 @@ export class Metrics {
       labelNames: ['running_lora_adapters', 'waiting_lora_adapters', 'max_lora'],
       registers: [r],
       async collect() {
-        const last = await current();
         this.reset();
-        const p = last ? src.pluginsInUse(last) : { running: [], waiting: [] };
+        const p = src.pluginsInUse();
         this.set({ running_lora_adapters: p.running.join(','), waiting_lora_adapters: p.waiting.join(','), max_lora: String(src.maxPlugins) }, Date.now() / 1000);
       },
     });

@@ -98,13 +98,13 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     }
     throw badRequest(`${param}: "${from}" is neither a plugin, a registered checkpoint, nor a checkpoint directory under the model roots`, param);
   };
-  const pluginNames = (shas: string[]) => shas.flatMap((sha) => store.bySha(sha).map((m) => `${modelName}:${m.id}`));
   const created = Math.floor(Date.now() / 1000);
   const metrics = new Metrics({
     modelName: () => modelName,
     // A scrape while the engine restarts reads zeros rather than failing.
     stats: async () => (host.state === 'ready' ? host.stats().catch(() => null) : null),
-    pluginsInUse: (s) => ({ running: pluginNames(s.views.running), waiting: pluginNames(s.views.waiting) }),
+    // By the names requests used: plugins with identical bytes share a blob, not a place in this list.
+    pluginsInUse: () => runner.pluginsInUse(),
     maxRunning: config.maxRunning,
     // Distinct plugins one decode step carries: the picker's adapter affinity must not count on more.
     maxPlugins: PLUGIN_SLOTS,

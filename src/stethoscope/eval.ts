@@ -11,6 +11,7 @@ import { chatPrompt, type ReasoningOptions } from '../engine/prompt.ts';
 import type { ModelTokenizer } from '../engine/tokenizer.ts';
 import { judge } from './judge.ts';
 import { answerMatches, DEFAULT_THRESHOLDS, type Level, type LevelThresholds } from './levels.ts';
+import { jsonFault } from '../util/json.ts';
 
 export const EvalItem = z.object({
   id: z.union([z.string(), z.number()]).transform(String),
@@ -32,7 +33,7 @@ export function parseJsonl(text: string): EvalItem[] {
     try {
       raw = JSON.parse(line);
     } catch (e) {
-      throw new EvalDataError(`line ${i + 1}: not JSON (${(e as Error).message})`);
+      throw new EvalDataError(`line ${i + 1}: ${jsonFault(e)}`);
     }
     items.push(checkItem(raw, `line ${i + 1}`, ids));
   });

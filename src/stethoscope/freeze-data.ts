@@ -5,6 +5,7 @@ import type { TrainRow } from '../engine/trainer.ts';
 import type { ModelTokenizer } from '../engine/tokenizer.ts';
 import { Rng } from '../util/random.ts';
 import { FreezeError } from './freeze-sets.ts';
+import { jsonFault } from '../util/json.ts';
 
 const TrainLine = z.union([
   z.strictObject({ text: z.string().min(1) }),
@@ -27,7 +28,7 @@ export function trainingRows(tok: ModelTokenizer, jsonl: string, seq: number): T
     try {
       raw = JSON.parse(line);
     } catch (e) {
-      throw new FreezeError(`line ${i + 1}: not JSON (${(e as Error).message})`, 'data');
+      throw new FreezeError(`line ${i + 1}: ${jsonFault(e)}`, 'data');
     }
     const r = TrainLine.safeParse(raw);
     if (!r.success) throw new FreezeError(`line ${i + 1}: give {"text"}, {"prompt", "completion"} or {"messages"}`, 'data');

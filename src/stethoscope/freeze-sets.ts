@@ -28,11 +28,10 @@ export const TABLE2_ROWS: Record<string, string[]> = {
 };
 
 export class FreezeError extends Error {
-  constructor(
-    message: string,
-    readonly param: string,
-  ) {
+  readonly param: string;
+  constructor(message: string, param: string) {
     super(message);
+    this.param = param;
   }
 }
 

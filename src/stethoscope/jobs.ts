@@ -52,10 +52,11 @@ export class JobManager {
   private readonly queue: PQueue;
   private stopping = false;
 
-  constructor(
-    readonly root: string,
-    readonly limits: JobLimits = { concurrency: 2, maxQueued: 32 },
-  ) {
+  readonly root: string;
+  readonly limits: JobLimits;
+  constructor(root: string, limits: JobLimits = { concurrency: 2, maxQueued: 32 }) {
+    this.root = root;
+    this.limits = limits;
     this.queue = new PQueue({ concurrency: limits.concurrency });
     mkdirSync(root, { recursive: true });
     for (const f of readdirSync(root).filter((n) => n.endsWith('.json'))) {

@@ -25,11 +25,10 @@ export const SCORERS = ['backbone', 'view'] as const;
 export type ScorerChoice = (typeof SCORERS)[number];
 
 export class ProbeError extends Error {
-  constructor(
-    message: string,
-    readonly param: string,
-  ) {
+  readonly param: string;
+  constructor(message: string, param: string) {
     super(message);
+    this.param = param;
   }
 }
 

@@ -15,12 +15,12 @@ type Reply = { ok: true; value: unknown } | { ok: false; error: { name: string; 
 
 /** A thrown error as it crossed the thread: `name`, `message` and its own fields. */
 export class ThreadTaskError extends Error {
-  constructor(
-    readonly errorName: string,
-    message: string,
-    readonly fields: Record<string, unknown>,
-  ) {
+  readonly errorName: string;
+  readonly fields: Record<string, unknown>;
+  constructor(errorName: string, message: string, fields: Record<string, unknown>) {
     super(message);
+    this.errorName = errorName;
+    this.fields = fields;
     this.name = errorName;
   }
 }

@@ -49,10 +49,9 @@ export class OverlayLoader {
   private readonly cache: LRUCache<string, Overlay[]>;
   private counters = { hits: 0, misses: 0, evictions: 0, loadSeconds: 0, loadedBytes: 0 };
 
-  constructor(
-    private readonly engine: Engine,
-    maxBytes: number,
-  ) {
+  private readonly engine: Engine;
+  constructor(engine: Engine, maxBytes: number) {
+    this.engine = engine;
     this.cache = new LRUCache<string, Overlay[]>({
       maxSize: Math.max(1, maxBytes),
       sizeCalculation: (os) =>

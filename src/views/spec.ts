@@ -45,11 +45,10 @@ export const DestroySpec = z.array(DestroyEntry).min(1).max(64);
 export type DestroySpec = z.infer<typeof DestroySpec>;
 
 export class SpecError extends Error {
-  constructor(
-    message: string,
-    readonly param: string,
-  ) {
+  readonly param: string;
+  constructor(message: string, param: string) {
     super(message);
+    this.param = param;
   }
 }
 

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DockerfileParser, type Instruction, type ModifiableInstruction } from 'dockerfile-ast';
+import { pathWithNode24 } from '../helpers/node24.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const read = (p: string) => readFileSync(join(ROOT, p), 'utf8');
@@ -55,16 +56,16 @@ function readmeDockerCommands(): string[][] {
 }
 
 describe('Dockerfile', () => {
-  it("is multi-stage on a slim Node 20 base and installs with the README's npm ci, without dev dependencies", () => {
+  it("is multi-stage on a slim Node 24 base and installs with the README's npm ci, without dev dependencies", () => {
     assert.ok(stages.length >= 3, 'a dependency stage and a runtime stage at least');
-    assert.match(buildArgs.get('NODE_IMAGE')!, /^node:20(\.\d+)*-[a-z]+-slim$/);
+    assert.match(buildArgs.get('NODE_IMAGE')!, /^node:24(\.\d+)*-[a-z]+-slim$/);
     assert.equal(stages.find((s) => s.name === 'runtime-cpu')!.base, buildArgs.get('NODE_IMAGE'));
     assert.match(read('README.md'), /npm ci && npm start/);
     const install = of(deps, 'RUN')
       .map((r) => r.getArgumentsContent()!)
       .find((c) => /npm ci/.test(c));
     assert.ok(install, 'the dependency stage runs npm ci');
-    assert.match(install, /npm ci --omit=dev/);
+    assert.match(install, /npm ci --omit=dev --omit=optional/);
     // Only the CUDA variant asks onnxruntime-node's install script for the CUDA provider files.
     assert.match(install, /\$SFN_VARIANT" = cuda \] && echo cuda12 \|\| echo skip/);
     assert.equal(buildArgs.get('SFN_VARIANT'), 'cpu');
@@ -207,8 +208,9 @@ describe("the image's install and start steps, replayed in a clean copy", { time
     }
     copy(final);
     port = await freePort();
-    // The final stage's environment, with its directories moved under the temporary folder.
-    env = { PATH: process.env.PATH, HOME: tmp };
+    // The final stage's environment, with its directories moved under the temporary folder; `node` is Node 24's,
+    // as in the image.
+    env = { PATH: await pathWithNode24(), HOME: tmp };
     for (const [k, v] of finalEnv) env[k] = v.startsWith('/data') ? data + v.slice('/data'.length) : v;
     env.SFN_PORT = String(port);
     env.SFN_HOST = '127.0.0.1';
@@ -220,14 +222,17 @@ describe("the image's install and start steps, replayed in a clean copy", { time
     rmSync(tmp, { recursive: true, force: true });
   });
 
-  it('installs no dev dependencies', () => {
+  it('installs no dev or optional dependencies: Node 24 runs the TypeScript without tsx', () => {
     assert.ok(existsSync(join(app, 'node_modules/onnxruntime-node')));
-    assert.ok(existsSync(join(app, 'node_modules/tsx')), 'tsx runs the TypeScript at run time');
+    assert.ok(!existsSync(join(app, 'node_modules/tsx')), 'tsx is not in the image');
+    assert.ok(!existsSync(join(app, 'node_modules/esbuild')), "nor tsx's esbuild");
     assert.ok(!existsSync(join(app, 'node_modules/typescript')), 'typescript is a dev dependency');
     assert.ok(!existsSync(join(app, 'node_modules/fast-check')));
   });
 
   it('starts with the entrypoint, passes its own health check, serves a chat completion and stops on SIGTERM', async () => {
+    const node = spawnSync('node', ['--version'], { env, encoding: 'utf8' }).stdout.trim();
+    assert.match(node, /^v24\./, "the replay runs on the image's Node");
     child = spawn(entrypoint[0], entrypoint.slice(1), { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout!.on('data', (d) => output.push(String(d)));
     child.stderr!.on('data', (d) => output.push(String(d)));

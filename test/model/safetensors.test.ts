@@ -47,6 +47,18 @@ describe('safetensors reader', () => {
   it('refuses an oversized header length before reading it', () => assert.equal(rule(file({}, 0, 200_000_000n)), 'header_too_large'));
   it('refuses a header length past the end of the file', () => assert.equal(rule(file({}, 0, 1000n)), 'header_truncated'));
   it('refuses a header that is not JSON', () => assert.equal(rule(file('{"a": ')), 'header_json'));
+  it("says where a header's JSON breaks without quoting the header or V8's wording back", () => {
+    for (const [header, message] of [
+      ['{"secret-name" 1}', /^header: invalid JSON at character 16$/],
+      ['{"secret-name": oops}', /^header: invalid JSON$/],
+    ] as const) {
+      const bytes = file(header);
+      assert.throws(
+        () => parseHeader(bytes, bytes.length),
+        (e: Error) => message.test(e.message.replace(/^.*?header:/, 'header:')) && !e.message.includes('secret'),
+      );
+    }
+  });
   it('refuses a header that is not an object', () => assert.equal(rule(file([1, 2])), 'header_object'));
   it('refuses invalid UTF-8 in the header', () => {
     const b = file('{"x":1}');

@@ -95,3 +95,21 @@ describe('option parsing', () => {
     assert.throws(() => parseOptions(cmd, ['--out', 'o', 'stray'], {}), /demo: Unexpected argument 'stray'/);
   });
 });
+
+describe('sfn make-model', () => {
+  it('reports its progress by tenths of the parameters on stderr, then what it wrote', async () => {
+    const { mkdtempSync, rmSync, existsSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dir = `${mkdtempSync(`${tmpdir()}/sfn-make-`)}/m`;
+    try {
+      const { stderr } = await run(process.execPath, ['bin/sfn.js', 'make-model', dir, '--preset', 'tiny'], { cwd: ROOT });
+      const percents = [...stderr.matchAll(/^sfn: make-model: (\d+)% \([\d.]+M of [\d.]+M parameters\)$/gm)].map((m) => Number(m[1]));
+      // The tiny preset's embedding is 99% of it: the first tensor jumps to 90%.
+      assert.deepEqual(percents, [90, 100], stderr);
+      assert.match(stderr, /wrote a random tiny checkpoint/);
+      assert.ok(existsSync(`${dir}/config.json`));
+    } finally {
+      rmSync(dir.slice(0, -2), { recursive: true, force: true });
+    }
+  });
+});

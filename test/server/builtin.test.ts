@@ -171,9 +171,15 @@ describe('the built-in model', () => {
 
   it('counts a prompt once in usage whatever n is, serves one model card with max_model_len, and refuses top_logprobs alone', async () => {
     const chat = (n: number) => post('/v1/chat/completions', { model: 'stories260K', messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 3, n, seed: 1 });
+    const promptTotal = async () => Number(/^vllm:prompt_tokens_total\{model_name="stories260K"\} (\d+)/m.exec(await (await fetch(`${srv.url}/metrics`)).text())?.[1] ?? 0);
+    const before = await promptTotal();
     const [one, three] = [await chat(1), await chat(3)];
     assert.equal(three.body.choices.length, 3);
     assert.equal(three.body.usage.prompt_tokens, one.body.usage.prompt_tokens);
+    assert.equal((await promptTotal()) - before, 2 * one.body.usage.prompt_tokens, "the counter counts each request's prompt once");
+    const completions = await post('/v1/completions', { model: 'stories260K', prompt: ['Once upon', 'One day'], max_tokens: 2, n: 2, seed: 1 });
+    assert.equal(completions.body.choices.length, 4);
+    assert.equal((await promptTotal()) - before, 2 * one.body.usage.prompt_tokens + completions.body.usage.prompt_tokens);
     assert.equal(three.body.usage.completion_tokens, 9);
     const card = (await (await fetch(`${srv.url}/v1/models/stories260K`)).json()) as { id: string; max_model_len: number };
     assert.deepEqual([card.id, card.max_model_len], ['stories260K', 512]);

@@ -128,6 +128,24 @@ describe('plugins over HTTP', () => {
     assert.ok(after.steps > before.steps);
   });
 
+  it('lists the plugin a running request named, not every plugin with the same bytes (vllm:lora_requests_info)', async () => {
+    assert.equal((await upload('m1-twin', readFileSync(join(tmp, 'm1.safetensors')))).status, 201);
+    const ac = new AbortController();
+    const r = await fetch(`${srv.url}/v1/completions`, {
+      method: 'POST',
+      headers: { ...headers(USER), 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'A:m1-twin', prompt: o.ids, max_tokens: 2000, ignore_eos: true, stream: true }),
+      signal: ac.signal,
+    });
+    const reader = r.body!.getReader();
+    await reader.read();
+    const text = await (await fetch(`${srv.url}/metrics`)).text();
+    ac.abort();
+    await reader.cancel().catch(() => {});
+    assert.match(text, /^vllm:lora_requests_info\{running_lora_adapters="A:m1-twin",waiting_lora_adapters="",max_lora="4"\} /m);
+    assert.equal((await fetch(`${srv.url}/v1/plugins/m1-twin`, { method: 'DELETE', headers: headers() })).status, 200);
+  });
+
   it('is idempotent for identical bytes, 409 for different bytes, replaced with overwrite', async () => {
     const file = join(tmp, 'm1.safetensors');
     assert.equal((await upload('m1', readFileSync(file))).status, 200);

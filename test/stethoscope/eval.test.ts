@@ -21,7 +21,7 @@ const jsonl = SET.map((x) => JSON.stringify(x)).join('\n') + '\n';
 
 describe('JSONL sets', () => {
   it('name the bad line', () => {
-    assert.throws(() => parseJsonl('{"id":1,"prompt":"x","answer":"1"}\n{oops}\n'), /line 2: not JSON/);
+    assert.throws(() => parseJsonl('{"id":1,"prompt":"x","answer":"1"}\n{oops}\n'), /line 2: invalid JSON at character 2$/);
     assert.throws(() => parseJsonl('{"id":1,"answer":"1"}\n'), /line 1: give exactly one of "prompt" and "messages"/);
     assert.throws(() => parseJsonl('{"id":1,"prompt":"x","answer":"1"}\n{"id":1,"prompt":"y","answer":"2"}\n'), /duplicate id/);
     assert.throws(() => parseJsonl('\n\n'), /no items/);

@@ -29,7 +29,16 @@ export async function cmdMakeModel(args: string[]): Promise<void> {
   const { values, positionals } = parseOptions(declaration('make-model'), args);
   const [dir] = positionals;
   const shardMb = values['shard-mb'];
+  // One line per tenth of the parameters: a 0.5B model takes about a minute, silence would look like a hang.
+  let shown = 0;
+  const progress = (done: number, total: number) => {
+    const tenth = Math.floor((10 * done) / total);
+    if (tenth <= shown) return;
+    shown = tenth;
+    process.stderr.write(`sfn: make-model: ${tenth * 10}% (${(done / 1e6).toFixed(1)}M of ${(total / 1e6).toFixed(1)}M parameters)\n`);
+  };
   const spec = makeModel(dir, {
+    progress,
     preset: values.preset,
     seed: values.seed,
     dtype: values.dtype.toUpperCase() as FloatDtype,

@@ -26,10 +26,44 @@ export interface PluginDeps {
   modelRoots: string[];
 }
 
-const PluginSchema = Manifest.extend({
+export const PluginSchema = Manifest.extend({
   object: z.literal('plugin'),
   model: z.string().openapi({ description: 'The name to call it by: `backbone:id`.' }),
 }).openapi('Plugin');
+
+const KindAuditSchema = z.object({ kind: z.string(), max_abs_diff: z.number(), tensor: z.string().nullable().openapi({ description: 'Where the largest difference is.' }) });
+
+const AuditSchema = z
+  .object({
+    base: z.string(),
+    tuned: z.string(),
+    base_fingerprint: z.string(),
+    extracted: z.array(z.string()),
+    tensors: z.number().int(),
+    exact: z.boolean().openapi({ description: 'True when every module left out is identical in A and B: the plugin reproduces B exactly.' }),
+    not_extracted: z.array(KindAuditSchema),
+    notes: z.array(z.string()),
+  })
+  .openapi('ExtractAudit');
+
+const FreezePlanSchema = z
+  .object({
+    model: z.string(),
+    total_parameters: z.number().int(),
+    norm_parameters: z.number().int(),
+    tied_embeddings: z.boolean(),
+    per_module: z.record(z.string(), z.number().int()).openapi({ description: 'Parameters per module kind, over all layers.' }),
+    sets: z.array(
+      z.object({
+        name: z.string(),
+        modules: z.array(z.string()),
+        trainable: z.number().int(),
+        fraction: z.number().openapi({ description: 'trainable / total_parameters.' }),
+        trainable_with_norms: z.number().int(),
+      }),
+    ),
+  })
+  .openapi('FreezePlan');
 
 const UploadQuery = z.object({
   id: z.string().openapi({ description: 'Plugin id: letters, digits, ".", "_", "-"; called as `backbone:id`.' }),
@@ -202,7 +236,7 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
       summary: 'Extract a plugin from a fine-tune B of base A (admin), with an audit of the modules left out.',
       request: { body: { content: { 'application/json': { schema: ExtractBody } }, required: true } },
       responses: {
-        201: { description: 'Extracted and stored; `audit` says whether the plugin is exact.', content: { 'application/json': { schema: z.object({ plugin: PluginSchema, audit: z.any() }) } } },
+        201: { description: 'Extracted and stored; `audit` says whether the plugin is exact.', content: { 'application/json': { schema: z.object({ plugin: PluginSchema, audit: AuditSchema }) } } },
         ...errorResponses(400, 401, 403, 409, 503),
       },
     }),
@@ -243,7 +277,7 @@ export function pluginRoutes(app: OpenAPIHono, deps: PluginDeps, auth: AuthConfi
       path: '/v1/stethoscope/freeze-plan',
       summary: 'Trainable parameters of the Freeze module sets (Emb+Head, +o_proj, +{q,k,v,o}_proj, All), norms apart.',
       request: { query: z.object({ model: z.string().optional().openapi({ description: 'A checkpoint directory under the model roots; default the backbone.' }) }) },
-      responses: { 200: { description: 'The plan.', content: { 'application/json': { schema: z.any() } } }, ...errorResponses(400, 401, 403, 503) },
+      responses: { 200: { description: 'The plan.', content: { 'application/json': { schema: FreezePlanSchema } } }, ...errorResponses(400, 401, 403, 503) },
     }),
     (c) => {
       const model = c.req.valid('query').model;

@@ -87,12 +87,13 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
   const k = body.logprobs ? (body.top_logprobs ?? 0) : undefined;
   const choices: Choice[] = [];
   const specs: JobSpec[] = [];
+  const id = rid('chatcmpl');
   for (let i = 0; i < n; i++) {
     choices.push({ index: i, promptIds, tokens: [], promptLogprobs: null, finish: null });
-    specs.push({ promptIds, view, params: { ...sharedParams(body, i), maxTokens, logprobs: k, reasoning } });
+    // n choices prefill the prompt once.
+    specs.push({ promptIds, view, params: { ...sharedParams(body, i), maxTokens, logprobs: k, reasoning }, promptGroup: n > 1 ? { key: id, first: i === 0 } : undefined });
   }
   ctx.runner.admit(specs.length);
-  const id = rid('chatcmpl');
   const created = now();
   const signal = c.req.raw.signal;
   // Each prompt counts once in usage, however many choices it has (as OpenAI counts it).

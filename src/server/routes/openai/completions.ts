@@ -91,6 +91,7 @@ export async function completions(ctx: ServingContext, c: Context, body: Complet
   for (const p of prompts) checkContext(ctx, p.length, maxTokens, 'max_tokens');
   const choices: Choice[] = [];
   const specs: JobSpec[] = [];
+  const id = rid('cmpl');
   prompts.forEach((p, pi) => {
     for (let j = 0; j < n; j++) {
       const index = pi * n + j;
@@ -100,11 +101,12 @@ export async function completions(ctx: ServingContext, c: Context, body: Complet
         view,
         params: { ...sharedParams(body, index), maxTokens, logprobs: k },
         promptLogprobs: echo && k !== undefined ? k : undefined,
+        // n choices of one prompt prefill it once.
+        promptGroup: n > 1 ? { key: `${id}:${pi}`, first: j === 0 } : undefined,
       });
     }
   });
   ctx.runner.admit(specs.length);
-  const id = rid('cmpl');
   const created = now();
   const signal = c.req.raw.signal;
   const echoText = (ch: Choice) => (echo ? tok.decode(ch.promptIds, false) : '');

@@ -9,7 +9,7 @@ import { DEFAULT_THRESHOLDS, type LevelThresholds } from '../../../stethoscope/l
 import { ProbePrompt } from '../../../stethoscope/probe.ts';
 import { destructionMarkdown, destructionRows, destructionTable, DestructionTableSpec, writeDestructionTable } from '../../../stethoscope/tables.ts';
 import { errorResponses } from '../../schemas.ts';
-import { compare, jobView, Thresholds, Scorer, JobSchema, type StethoscopeDeps, engineClient } from './shared.ts';
+import { compare, jobView, probeResultsSchema, Thresholds, Scorer, JobSchema, type StethoscopeDeps, engineClient } from './shared.ts';
 import { ready } from '../openai/shared.ts';
 
 const DestructionBody = z
@@ -38,6 +38,16 @@ const DestructionBody = z
   })
   .openapi('DestructionRequest');
 
+const DestructionResponse = z
+  .object({
+    object: z.literal('stethoscope.destruction'),
+    model: z.string(),
+    destroy: DestroySpec,
+    thresholds: z.object({ maxRepetition: z.number(), maxNll: z.number(), minPmi: z.number(), minTokens: z.number().int() }),
+    results: probeResultsSchema('destroyed'),
+  })
+  .openapi('DestructionResponse');
+
 export function destructionRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
   app.openapi(
     createRoute({
@@ -46,7 +56,7 @@ export function destructionRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void
       summary: 'Destruction probe (admin): prompts through the intact and the destroyed view, both outputs with levels I-IV and their metrics; or a sweep job.',
       request: { body: { content: { 'application/json': { schema: DestructionBody } }, required: true } },
       responses: {
-        200: { description: 'Outputs and levels.', content: { 'application/json': { schema: z.any() } } },
+        200: { description: 'Outputs and levels.', content: { 'application/json': { schema: DestructionResponse } } },
         202: { description: 'Sweep started: a job.', content: { 'application/json': { schema: JobSchema } } },
         ...errorResponses(400, 401, 403, 404, 429, 503),
       },

@@ -60,7 +60,7 @@ export function jobRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       path: '/v1/stethoscope/jobs/{id}/files/{name}',
       summary: 'One output file of a job (JSON, CSV, SVG, HTML) (admin).',
       request: { params: JobParam.extend({ name: z.string().openapi({ param: { name: 'name', in: 'path' } }) }) },
-      responses: { 200: { description: 'The file.', content: { 'application/octet-stream': { schema: z.any() } } }, ...errorResponses(401, 403, 404) },
+      responses: { 200: { description: 'The file.', content: { 'application/octet-stream': { schema: z.string().openapi({ format: 'binary' }) } } }, ...errorResponses(401, 403, 404) },
     }),
     (c) => {
       const { id, name } = c.req.valid('param');

@@ -9,7 +9,7 @@ import { judgeItems, LevelItem } from '../../../stethoscope/probe.ts';
 import { DestroySpec, MergeSpec } from '../../../views/spec.ts';
 import { asBadRequest } from '../../errors.ts';
 import { errorResponses } from '../../schemas.ts';
-import { Thresholds, type StethoscopeDeps, engineClient } from './shared.ts';
+import { Thresholds, type StethoscopeDeps, engineClient, VerdictSchema } from './shared.ts';
 import { ready } from '../openai/shared.ts';
 
 const LevelsBody = z
@@ -22,13 +22,12 @@ const LevelsBody = z
   })
   .openapi('LevelsRequest');
 
-const Verdict = z.object({ level: z.enum(['I', 'II', 'III', 'IV']), reason: z.string(), metrics: z.record(z.string(), z.unknown()) });
 const LevelsResponse = z
   .object({
     object: z.literal('stethoscope.levels'),
     scorer: z.object({ model: z.string(), view: z.string(), overlays: z.array(z.record(z.string(), z.unknown())) }),
     thresholds: z.record(z.string(), z.number()),
-    results: z.array(Verdict),
+    results: z.array(VerdictSchema),
   })
   .openapi('LevelsResponse');
 

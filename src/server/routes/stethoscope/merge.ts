@@ -10,10 +10,10 @@ import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
 import { parseName, PLUGGABLE_KINDS } from '../../../model/names.ts';
 import { sha256File } from '../../../plugins/store.ts';
 import { writeMergePlugin } from '../../../stethoscope/merge.ts';
-import { commitPluginFile, pluginView } from '../plugins.ts';
+import { commitPluginFile, PluginSchema, pluginView } from '../plugins.ts';
 import { ProbePrompt } from '../../../stethoscope/probe.ts';
 import { errorResponses } from '../../schemas.ts';
-import { compare, Thresholds, Scorer, type StethoscopeDeps } from './shared.ts';
+import { compare, probeResultsSchema, Thresholds, Scorer, type StethoscopeDeps } from './shared.ts';
 import { ready } from '../openai/shared.ts';
 
 const MergeBody = z
@@ -30,6 +30,16 @@ const MergeBody = z
   })
   .openapi('MergeRequest');
 
+const MergeResponse = z
+  .object({
+    object: z.literal('stethoscope.merge'),
+    model: z.string(),
+    merge: MergeSpec,
+    plugin: PluginSchema.optional().openapi({ description: 'The saved plugin, with `save_as`.' }),
+    results: probeResultsSchema('merged').optional().openapi({ description: 'With `prompts`: each prompt through the intact and the merged view.' }),
+  })
+  .openapi('MergeResponse');
+
 export function mergeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
   app.openapi(
     createRoute({
@@ -38,8 +48,8 @@ export function mergeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
       summary: 'A merge (admin): run prompts through the intact and the merged view with levels, and/or save a merge of pluggable kinds as a plugin.',
       request: { body: { content: { 'application/json': { schema: MergeBody } }, required: true } },
       responses: {
-        200: { description: 'Outputs and levels (and the saved plugin).', content: { 'application/json': { schema: z.any() } } },
-        201: { description: 'Saved as a plugin.', content: { 'application/json': { schema: z.any() } } },
+        200: { description: 'Outputs and levels.', content: { 'application/json': { schema: MergeResponse } } },
+        201: { description: 'Saved as a plugin (and, with prompts, outputs and levels).', content: { 'application/json': { schema: MergeResponse } } },
         ...errorResponses(400, 401, 403, 404, 409, 503),
       },
     }),

@@ -44,6 +44,28 @@ export const Scorer = z
   .default('backbone')
   .openapi({ description: 'Which model scores NLL and PMI for the levels: the intact backbone (default) or the view that produced the output.' });
 
+/** The metrics a level verdict is read from (stethoscope/levels.ts, LevelMetrics). */
+export const LevelMetricsSchema = z
+  .object({
+    tokens: z.number().int(),
+    chars: z.number().int(),
+    repetition: z.number(),
+    nll: z.number().nullable(),
+    pmi: z.number().nullable(),
+    matched: z.boolean().nullable().openapi({ description: 'null when no expected answer was given.' }),
+    extracted: z.string().nullable(),
+  })
+  .openapi('LevelMetrics');
+
+const verdict = { level: z.enum(['I', 'II', 'III', 'IV']), reason: z.string(), metrics: LevelMetricsSchema };
+export const VerdictSchema = z.object(verdict).openapi('LevelVerdict');
+
+/** One greedy output of a probe with its verdict. */
+export const JudgedOutputSchema = z.object({ text: z.string(), finish_reason: z.string(), ...verdict }).openapi('JudgedOutput');
+
+/** A probe's results: per prompt, the intact view's output and the altered view's under `label`. */
+export const probeResultsSchema = (label: 'merged' | 'destroyed') => z.array(z.object({ index: z.number().int(), intact: JudgedOutputSchema, [label]: JudgedOutputSchema }));
+
 export const JobSchema = z
   .object({
     id: z.string(),
