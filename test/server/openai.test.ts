@@ -425,3 +425,23 @@ describe("a request's sequences", () => {
     assert.deepEqual(aborted, [true, false, true]);
   });
 });
+
+describe('a served model name with a slash (Hugging Face style)', () => {
+  let srv: RunningServer;
+  before(async () => {
+    srv = await startServer(parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--served-model-name', 'Org/A-model'], {}), () => {});
+    await srv.host.ready;
+  });
+  after(() => srv.close());
+
+  it('is one model card, through the SDK (encoded) and as plain path segments', async () => {
+    const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    assert.equal((await client.models.retrieve('Org/A-model')).id, 'Org/A-model');
+    const plain = await fetch(`${srv.url}/v1/models/Org/A-model`);
+    assert.equal(plain.status, 200);
+    assert.equal(((await plain.json()) as { id: string }).id, 'Org/A-model');
+    assert.equal((await fetch(`${srv.url}/v1/models/Org/nope`)).status, 404);
+    const r = await client.completions.create({ model: 'Org/A-model', prompt: 'Hello', max_tokens: 2 });
+    assert.equal(r.model, 'Org/A-model');
+  });
+});

@@ -36,10 +36,12 @@ export function modelRoutes(app: OpenAPIHono, ctx: ServingContext, auth: AuthCon
   });
   app.openapi(modelsRoute, (c) => c.json({ object: 'list' as const, data: ctx.models().map(card) }));
   app.use('/v1/models/*', requireKey(auth, 'user'));
-  app.openapi(modelRoute, (c) => {
-    const id = c.req.valid('param').id;
+  const one = (id: string) => {
     const m = ctx.models().find((x) => x.id === id);
     if (!m) throw modelNotFound(id);
-    return c.json(card(m), 200);
-  });
+    return card(m);
+  };
+  app.openapi(modelRoute, (c) => c.json(one(c.req.valid('param').id), 200));
+  // Hugging Face style names (`--served-model-name Org/name`) also answer unencoded, as clients like curl send them.
+  app.get('/v1/models/:id{.+}', (c) => c.json(one(c.req.param('id'))));
 }
