@@ -82,14 +82,20 @@ export const COMMAND_DECLARATIONS = [
   }),
   command({
     name: 'export',
-    summary: 'write a view (plugins, merge, destruction) as a full HF checkpoint',
+    summary: 'write a view (plugins, merge, destruction) as a full HF checkpoint, or as one GGUF file for llama.cpp and Ollama',
     options: {
       model,
-      out: out('DIR', 'the checkpoint directory'),
+      out: out('PATH', 'the checkpoint directory (hf) or the .gguf file (gguf)'),
       plugin,
       merge,
       destroy,
-      dtype: { kind: 'string', choices: ['f32', 'bf16', 'f16'], default: 'f32', help: 'stored dtype' },
+      format: { kind: 'string', choices: ['hf', 'gguf'], default: 'hf', help: "hf: a Hugging Face checkpoint directory; gguf: llama.cpp's format (its tensor names, tokenizer and RoPE layout)" },
+      dtype: {
+        kind: 'string',
+        choices: ['f32', 'bf16', 'f16', 'q8_0', 'q4_0'],
+        default: 'f32',
+        help: 'stored dtype; q8_0 and q4_0 (ggml block quantisation of the matrices) with --format gguf, bf16 with hf',
+      },
       'shard-mb': { kind: 'int', min: 1, help: 'shard size in MiB (one file when absent)' },
     },
   }),

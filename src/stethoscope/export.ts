@@ -34,7 +34,7 @@ export function exportView(engine: Engine, view: View, out: string, opts: { dtyp
  * (weights and biases): their outputs are the layer's residual contributions, so the exported model computes
  * exactly what the gated view does.
  */
-function* viewParameters(engine: Engine, view: View): Generator<{ name: string; shape: number[]; data: Float32Array }> {
+export function* viewParameters(engine: Engine, view: View): Generator<{ name: string; shape: number[]; data: Float32Array }> {
   const { tensors, gates } = view.resolve();
   engine.checkTensors(tensors);
   for (const [name, shape] of engine.shapes) {

@@ -16,6 +16,8 @@ import { readSpec } from '../../model/config.ts';
 import { extractPlugin, parseModuleSets } from '../../plugins/extract.ts';
 import { freezePlan, freezePlanTable } from '../../plugins/freeze-plan.ts';
 import { exportView } from '../../stethoscope/export.ts';
+import { exportGguf } from '../../stethoscope/export-gguf.ts';
+import type { GgufType } from '../../model/gguf.ts';
 import { checkpointSource, computeDelta, pluginSource } from '../../stethoscope/delta.ts';
 import { writeDeltaOutputs } from '../../stethoscope/plots.ts';
 import { parseJsonl, resultsJsonl, runEval, type EvalSettings } from '../../stethoscope/eval.ts';
@@ -112,13 +114,18 @@ export async function cmdExtract(args: string[]): Promise<void> {
 
 export async function cmdExport(args: string[]): Promise<void> {
   const { values } = parseOptions(declaration('export'), args);
-  const dtype = values.dtype.toUpperCase();
+  const gguf = values.format === 'gguf';
+  if (gguf && values.dtype === 'bf16') throw new UsageError('--dtype bf16: GGUF export writes f32, f16, q8_0 or q4_0');
+  if (!gguf && values.dtype.startsWith('q')) throw new UsageError(`--dtype ${values.dtype}: block quantisation needs --format gguf`);
+  if (gguf && values['shard-mb']) throw new UsageError('--shard-mb: a GGUF export is one file');
   const engine = await Engine.load(resolveModelDir(values.model));
   const plugins: OverlaySpec[] = values.plugin.map((path) => ({ type: 'file', path, id: cliDonor(path, '--plugin').id }));
   const view = stethoscopeView(engine, values.merge, values.destroy, plugins);
   const shardMb = values['shard-mb'];
-  const { tensors } = exportView(engine, view, values.out, { dtype: dtype as FloatDtype, shardBytes: shardMb ? shardMb * 1024 * 1024 : undefined });
-  process.stderr.write(`sfn: exported ${tensors} tensors of the view to ${values.out}\n`);
+  const { tensors } = gguf
+    ? await exportGguf(engine, view, values.out, { type: values.dtype as GgufType })
+    : exportView(engine, view, values.out, { dtype: values.dtype.toUpperCase() as FloatDtype, shardBytes: shardMb ? shardMb * 1024 * 1024 : undefined });
+  process.stderr.write(`sfn: exported ${tensors} tensors of the view to ${values.out}${gguf ? ` (GGUF, ${values.dtype})` : ''}\n`);
   await engine.release();
 }
 
