@@ -1,0 +1,249 @@
+/**
+ * sfn against llama.cpp on the same CPU and the same weights: a Qwen2.5-shaped random checkpoint, and the GGUF
+ * sfn itself exports from it (`sfn export --format gguf`, f32 and q4_0), loaded by llama.cpp through
+ * node-llama-cpp 3.21.1 (a dev dependency). Rounds interleave the two engines (the order alternating), each run in
+ * a fresh process, so that the machine's bandwidth drift hits both; every ratio is printed with its spread.
+ *
+ *   npm run bench:peer [-- --preset qwen2.5-0.5b --rounds 3 --decode 64 --prefill 512 --concurrency 1,4,8]
+ *
+ * Rows: decode at batch 1 (fp32; int4 against Q4_0), prefill, resident memory once loaded, load to ready, and
+ * serving at each concurrency: sfn's HTTP server (streamed completions) against llama.cpp's sequences of one
+ * context generating at once (in process, no HTTP: what llama.cpp's server does for each step).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { cacheDir, cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
+import { serverProcess } from './server-process.ts';
+
+const { values } = parseArgs({
+  options: {
+    preset: { type: 'string', default: 'qwen2.5-0.5b' },
+    rounds: { type: 'string', default: '3' },
+    decode: { type: 'string', default: '64' },
+    prefill: { type: 'string', default: '512' },
+    concurrency: { type: 'string', default: '1,4,8' },
+    'serve-tokens': { type: 'string', default: '64' },
+    'serve-prompt': { type: 'string', default: '64' },
+    quant: { type: 'boolean', default: true },
+  },
+});
+const preset = values.preset as Preset;
+if (!(preset in PRESETS)) throw new Error(`--preset must be one of ${Object.keys(PRESETS)}`);
+const rounds = Number(values.rounds);
+const levels = values.concurrency!.split(',').map(Number);
+const ROOT = new URL('..', import.meta.url).pathname;
+const log = (s: string) => process.stderr.write(`bench:peer: ${s}\n`);
+
+interface Probe {
+  load_s: number;
+  binding_s?: number;
+  rss_bytes: number;
+  rss_anon_bytes: number;
+  rss_file_bytes: number;
+  peak_rss_bytes: number;
+  prefill_tps: number;
+  decode_tps: number;
+}
+
+function probe(engine: 'sfn' | 'llama', model: string, quantize = 'none', extra: string[] = []): Probe & { serve?: Record<string, ServeRow> } {
+  const r = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', 'bench/peer-probe.ts', '--engine', engine, '--model', model, '--quantize', quantize, '--prefill', values.prefill!, '--decode', values.decode!, ...extra],
+    { cwd: ROOT, encoding: 'utf8', maxBuffer: 64 << 20 },
+  );
+  if (r.status !== 0) throw new Error(`${engine} probe failed:\n${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+}
+
+interface ServeRow {
+  tokens_per_s: number;
+  ttft_ms_p50: number;
+  itl_ms_p99: number;
+}
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+};
+
+/** sfn's server, streamed completions at each concurrency level (token-id prompts, greedy, EOS ignored). */
+async function sfnServe(dir: string): Promise<Record<string, ServeRow>> {
+  const max = String(Math.max(...levels));
+  const srv = await serverProcess(['--model', dir, '--port', '0', '--max-batch', max, '--max-running', max], 600_000);
+  const promptN = Number(values['serve-prompt']);
+  const tokensN = Number(values['serve-tokens']);
+  try {
+    const models = (await (await fetch(`${srv.url}/v1/models`)).json()) as { data: { id: string }[] };
+    const name = models.data[0].id;
+    const request = async (seed: number) => {
+      const prompt = Array.from({ length: promptN }, (_, i) => 1000 + ((seed * 7919 + i * 104729) % 100000));
+      const t0 = performance.now();
+      const res = await fetch(`${srv.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: name, prompt, max_tokens: tokensN, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }),
+      });
+      if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+      const times: number[] = [];
+      let buf = '';
+      const decoder = new TextDecoder();
+      for await (const chunk of res.body!) {
+        buf += decoder.decode(chunk as Uint8Array, { stream: true });
+        let i: number;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const data = buf.slice(0, i).replace(/^data: /, '');
+          buf = buf.slice(i + 2);
+          if (data === '[DONE]') continue;
+          const n = (JSON.parse(data).choices?.[0]?.logprobs?.tokens ?? []).length;
+          for (let k = 0; k < n; k++) times.push(performance.now());
+        }
+      }
+      return { ttft: times[0] - t0, gaps: times.slice(1).map((t, k) => t - times[k]), tokens: times.length };
+    };
+    // Warm-up: the first runs pay for lazy allocations.
+    await request(0);
+    const out: Record<string, ServeRow> = {};
+    let seed = 1;
+    for (const c of levels) {
+      const t0 = performance.now();
+      const rs = await Promise.all(Array.from({ length: c }, (_, k) => request(seed + k)));
+      seed += c;
+      const seconds = (performance.now() - t0) / 1000;
+      out[`c${c}`] = {
+        tokens_per_s: +(rs.reduce((a, r) => a + r.tokens, 0) / seconds).toFixed(2),
+        ttft_ms_p50: +pct(
+          rs.map((r) => r.ttft),
+          50,
+        ).toFixed(1),
+        itl_ms_p99: +pct(
+          rs.flatMap((r) => r.gaps),
+          99,
+        ).toFixed(1),
+      };
+    }
+    return out;
+  } finally {
+    srv.child.kill('SIGTERM');
+  }
+}
+
+/** The GGUF sfn writes from the checkpoint, cached beside it. */
+function gguf(dir: string, dtype: string): string {
+  const peerDir = join(cacheDir(), 'peer');
+  mkdirSync(peerDir, { recursive: true });
+  const path = join(peerDir, `${preset}-seed0-${dtype}.gguf`);
+  if (!existsSync(path)) {
+    log(`exporting ${path}`);
+    execFileSync(process.execPath, ['bin/sfn.js', 'export', '--model', dir, '--format', 'gguf', '--dtype', dtype, '--out', path], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  }
+  return path;
+}
+
+const median = (xs: number[]) => pct(xs, 50);
+const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}-${Math.max(...xs).toFixed(2)}`;
+const gb = (b: number) => (b / 1e9).toFixed(2);
+
+async function main() {
+  const { dir, made } = cachedModel(preset, 0);
+  log(`${made ? 'made' : 'using cached'} ${preset} checkpoint at ${dir}`);
+  const f32 = gguf(dir, 'f32');
+  const q4 = values.quant ? gguf(dir, 'q4_0') : null;
+  const runs: { sfn: Probe[]; llama: Probe[]; sfnInt4: Probe[]; llamaQ4: Probe[] } = { sfn: [], llama: [], sfnInt4: [], llamaQ4: [] };
+  for (let r = 0; r < rounds; r++) {
+    // The order alternates, so that neither engine always runs first in a round.
+    const order = r % 2 ? (['llama', 'sfn'] as const) : (['sfn', 'llama'] as const);
+    for (const e of order) {
+      const p = e === 'sfn' ? probe('sfn', dir) : probe('llama', f32);
+      runs[e].push(p);
+      log(`round ${r + 1} ${e} fp32: decode ${p.decode_tps} tok/s, prefill ${p.prefill_tps} tok/s, rss ${gb(p.rss_bytes)} GB, load ${p.load_s} s`);
+      if (q4) {
+        const q = e === 'sfn' ? probe('sfn', dir, 'int4') : probe('llama', q4);
+        (e === 'sfn' ? runs.sfnInt4 : runs.llamaQ4).push(q);
+        log(`round ${r + 1} ${e} ${e === 'sfn' ? 'int4' : 'Q4_0'}: decode ${q.decode_tps} tok/s`);
+      }
+    }
+  }
+  const serve: { sfn: Record<string, ServeRow>[]; llama: Record<string, ServeRow>[] } = { sfn: [], llama: [] };
+  for (let r = 0; r < Math.min(rounds, 2); r++) {
+    const order = r % 2 ? (['llama', 'sfn'] as const) : (['sfn', 'llama'] as const);
+    for (const e of order) {
+      const s =
+        e === 'sfn' ? await sfnServe(dir) : probe('llama', f32, 'none', ['--serve', levels.join(','), '--serve-prompt', values['serve-prompt']!, '--serve-tokens', values['serve-tokens']!]).serve!;
+      serve[e].push(s);
+      log(`serve round ${r + 1} ${e}: ${JSON.stringify(s)}`);
+    }
+  }
+
+  const rows: string[] = [];
+  const row = (measure: string, a: number[], b: number[]) => {
+    const ratios = a.map((x, i) => x / b[i]);
+    rows.push(`| ${measure} | ${median(a).toFixed(2)} (${spread(a)}) | ${median(b).toFixed(2)} (${spread(b)}) | **${median(ratios).toFixed(2)}** (${spread(ratios)}) |`);
+  };
+  row(
+    'decode, batch 1, fp32 (tok/s)',
+    runs.sfn.map((p) => p.decode_tps),
+    runs.llama.map((p) => p.decode_tps),
+  );
+  if (q4)
+    row(
+      'decode, batch 1, sfn int4 vs Q4_0 (tok/s)',
+      runs.sfnInt4.map((p) => p.decode_tps),
+      runs.llamaQ4.map((p) => p.decode_tps),
+    );
+  row(
+    `prefill ${values.prefill} tokens, fp32 (tok/s)`,
+    runs.sfn.map((p) => p.prefill_tps),
+    runs.llama.map((p) => p.prefill_tps),
+  );
+  row(
+    'resident memory after load, fp32 (GB; lower is better)',
+    runs.sfn.map((p) => p.rss_bytes / 1e9),
+    runs.llama.map((p) => p.rss_bytes / 1e9),
+  );
+  row(
+    'peak resident memory, fp32 (GB; lower is better)',
+    runs.sfn.map((p) => p.peak_rss_bytes / 1e9),
+    runs.llama.map((p) => p.peak_rss_bytes / 1e9),
+  );
+  row(
+    'load to ready, fp32 (s; lower is better)',
+    runs.sfn.map((p) => p.load_s),
+    runs.llama.map((p) => p.load_s),
+  );
+  for (const c of levels) {
+    const k = `c${c}`;
+    row(
+      `serving, concurrency ${c}: aggregate tok/s`,
+      serve.sfn.map((s) => s[k].tokens_per_s),
+      serve.llama.map((s) => s[k].tokens_per_s),
+    );
+    row(
+      `serving, concurrency ${c}: TTFT p50 (ms; lower is better)`,
+      serve.sfn.map((s) => s[k].ttft_ms_p50),
+      serve.llama.map((s) => s[k].ttft_ms_p50),
+    );
+    row(
+      `serving, concurrency ${c}: inter-token p99 (ms; lower is better)`,
+      serve.sfn.map((s) => s[k].itl_ms_p99),
+      serve.llama.map((s) => s[k].itl_ms_p99),
+    );
+  }
+  const llamaBinding = median(runs.llama.map((p) => p.binding_s ?? 0));
+  process.stdout.write(
+    [
+      `sfn vs llama.cpp (node-llama-cpp 3.21.1), ${preset} (seed 0, bf16 checkpoint; GGUF exported by sfn), ${rounds} interleaved rounds, medians (min-max); ratio = sfn / llama.cpp`,
+      '',
+      '| measure | sfn | llama.cpp | ratio |',
+      '|---|---|---|---|',
+      ...rows,
+      '',
+      `llama.cpp's load excludes node-llama-cpp's binary check (${llamaBinding.toFixed(2)} s median); its resident memory includes the mmapped GGUF (${gb(median(runs.llama.map((p) => p.rss_file_bytes)))} GB file-backed).`,
+      '',
+    ].join('\n'),
+  );
+  process.stderr.write(`${JSON.stringify({ bench: 'peer', preset, runs, serve })}\n`);
+}
+
+await main();
