@@ -98,9 +98,46 @@ async function main() {
       fetch(`${url}/v1/plugins?id=big`, { method: 'POST', headers: { authorization: headers.authorization, 'content-type': 'application/octet-stream' }, body: bytes }),
     ),
   );
-  rows.push(
-    await underPolling(`${preset} export (bf16)`, () => fetch(`${url}/v1/stethoscope/export`, { method: 'POST', headers, body: JSON.stringify({ name: 'faults', model: 'm', dtype: 'bf16' }) })),
+  /** A greedy stream that runs until `stop` aborts it; resolves to the gaps between its tokens (ms). */
+  const stream = (stop: AbortSignal) =>
+    (async () => {
+      const gaps: number[] = [];
+      try {
+        const r = await fetch(`${url}/v1/completions`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify({ model: 'm', prompt: [1000, 2000, 3000], max_tokens: 3000, temperature: 0, ignore_eos: true, stream: true }),
+          signal: stop,
+        });
+        let last = 0;
+        for await (const _ of r.body!) {
+          const now = performance.now();
+          if (last) gaps.push(now - last);
+          last = now;
+        }
+      } catch {
+        // aborted: the gaps so far are the measurement
+      }
+      return gaps;
+    })();
+  // Generation during an export: the export yields to decode steps between tensors (engine thread), so a stream's
+  // inter-token gaps should stay near its gaps without one; measured against a stream alone for as long.
+  const alone = new AbortController();
+  const baseline = stream(alone.signal);
+  await new Promise((r) => setTimeout(r, 8000));
+  alone.abort();
+  const during = new AbortController();
+  const exporting = stream(during.signal);
+  await new Promise((r) => setTimeout(r, 1000));
+  const exportRow = await underPolling(`${preset} export (bf16), a stream generating`, () =>
+    fetch(`${url}/v1/stethoscope/export`, { method: 'POST', headers, body: JSON.stringify({ name: 'faults', model: 'm', dtype: 'bf16' }) }),
   );
+  during.abort();
+  const [gapsAlone, gapsExport] = [await baseline, await exporting];
+  rows.push({
+    ...exportRow,
+    stream_gap_ms: { alone: { p50: pct(gapsAlone, 50), max: pct(gapsAlone, 100) }, during_export: { p50: pct(gapsExport, 50), max: pct(gapsExport, 100) } },
+  } as typeof exportRow);
 
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');

@@ -141,7 +141,10 @@ function gguf(dir: string, dtype: string): string {
   return path;
 }
 
-const median = (xs: number[]) => pct(xs, 50);
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}-${Math.max(...xs).toFixed(2)}`;
 const gb = (b: number) => (b / 1e9).toFixed(2);
 

@@ -256,9 +256,10 @@ export interface TensorToWrite {
 }
 
 /**
- * Writes a safetensors file atomically (see atomic.ts): a crash leaves the old file or the new one.
+ * A safetensors file's first bytes: the header's length and the header, which places the tensors one after
+ * another in the given order (what follows is their data, in that order).
  */
-export function writeSafetensors(path: string, tensors: TensorToWrite[], metadata: Record<string, string> = {}): void {
+export function safetensorsHeader(tensors: Omit<TensorToWrite, 'data'>[], metadata: Record<string, string> = {}): Uint8Array {
   const names = new Set<string>();
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
@@ -266,17 +267,27 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], metadat
   for (const t of tensors) {
     if (names.has(t.name)) throw new SafetensorsError(`duplicate tensor "${t.name}"`, 'duplicate_name', t.name);
     names.add(t.name);
-    const want = t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
-    if (t.data.byteLength !== want) throw new SafetensorsError(`"${t.name}": ${t.data.byteLength} bytes for shape [${t.shape}] of ${t.dtype} (want ${want})`, 'size', t.name);
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + want] };
-    offset += want;
+    const bytes = t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
   }
   // Pad the header with spaces to a multiple of 8 so that tensors stay aligned, as the reference writer does.
   let json = JSON.stringify(header);
   json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
   const headerBytes = Buffer.from(json, 'utf8');
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(headerBytes.length));
+  const out = Buffer.alloc(8 + headerBytes.length);
+  out.writeBigUInt64LE(BigInt(headerBytes.length));
+  headerBytes.copy(out, 8);
+  return out;
+}
 
-  writeFileAtomic(path, [len, headerBytes, ...tensors.map((t) => t.data)]);
+/**
+ * Writes a safetensors file atomically (see atomic.ts): a crash leaves the old file or the new one.
+ */
+export function writeSafetensors(path: string, tensors: TensorToWrite[], metadata: Record<string, string> = {}): void {
+  for (const t of tensors) {
+    const want = t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
+    if (t.data.byteLength !== want) throw new SafetensorsError(`"${t.name}": ${t.data.byteLength} bytes for shape [${t.shape}] of ${t.dtype} (want ${want})`, 'size', t.name);
+  }
+  writeFileAtomic(path, [safetensorsHeader(tensors, metadata), ...tensors.map((t) => t.data)]);
 }

@@ -87,12 +87,18 @@ async function main() {
         scheduler.cancel(m.id);
         break;
       case 'export':
-        try {
-          const { tensors } = exportView(engine, overlays.view(m.view), m.out, { dtype: m.dtype, shardBytes: m.shardBytes });
-          post({ type: 'exported', reqId: m.reqId, tensors });
-        } catch (e) {
-          post({ type: 'exported', reqId: m.reqId, error: (e as Error).message });
-        }
+        track(
+          (async () => {
+            try {
+              // A turn of the event loop between tensors: the scheduler's decode steps go on during an export.
+              const between = () => new Promise<void>((r) => setImmediate(r));
+              const { tensors } = await exportView(engine, overlays.view(m.view), m.out, { dtype: m.dtype, shardBytes: m.shardBytes, between });
+              post({ type: 'exported', reqId: m.reqId, tensors });
+            } catch (e) {
+              post({ type: 'exported', reqId: m.reqId, error: (e as Error).message });
+            }
+          })(),
+        );
         break;
       case 'kl':
         track(

@@ -128,8 +128,10 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     if (err instanceof JobQueueFullError) return errorResponse(c, tooMany(`no room for another job: ${err.message}`, 5));
     if (err instanceof HTTPException) {
       const status = err.status as ContentfulStatusCode;
-      const message = status === 400 && /JSON/i.test(err.message) ? `Malformed JSON body: ${err.message}` : err.message;
-      return errorResponse(c, new ApiError(status, message, status >= 500 ? 'server_error' : 'invalid_request_error'));
+      // hono's own wording ("Malformed JSON in request body", "Unsupported Media Type") in OpenAI's terms.
+      if (status === 400 && /JSON/i.test(err.message)) return errorResponse(c, new ApiError(400, 'The request body is not valid JSON.', 'invalid_request_error', 'invalid_json'));
+      if (status === 415) return errorResponse(c, new ApiError(415, 'The request body must be JSON, sent with `Content-Type: application/json`.', 'invalid_request_error', 'unsupported_media_type'));
+      return errorResponse(c, new ApiError(status, err.message, status >= 500 ? 'server_error' : 'invalid_request_error'));
     }
     console.error('sfn: unhandled error', err);
     return errorResponse(c, new ApiError(500, 'Internal server error.', 'server_error'));

@@ -9,24 +9,32 @@ import type { Engine } from '../engine/engine.ts';
 import { toHfLayout } from '../engine/layout.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import { parseName } from '../model/names.ts';
-import { writeCheckpoint } from '../model/write-checkpoint.ts';
+import { streamCheckpoint } from '../model/write-checkpoint.ts';
 import type { View } from '../engine/view.ts';
 
 const SIDE_FILES = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt'];
 
-export function exportView(engine: Engine, view: View, out: string, opts: { dtype?: FloatDtype; shardBytes?: number } = {}): { tensors: number } {
+/**
+ * Writes the view as a checkpoint directory, one tensor at a time; `between` is awaited before each tensor, so
+ * that in the engine's thread decode steps run between them instead of waiting for the whole export.
+ */
+export async function exportView(engine: Engine, view: View, out: string, opts: { dtype?: FloatDtype; shardBytes?: number; between?: () => Promise<void> } = {}): Promise<{ tensors: number }> {
   if (!engine.dir) throw new Error('this engine was not loaded from a directory; nothing to take the config from');
   const config = JSON.parse(readFileSync(join(engine.dir, 'config.json'), 'utf8'));
   const copy = Object.fromEntries(SIDE_FILES.filter((f) => existsSync(join(engine.dir!, f))).map((f) => [f, join(engine.dir!, f)]));
-  let tensors = 0;
-  const counted = (function* () {
-    for (const t of viewParameters(engine, view)) {
-      tensors++;
-      yield t;
-    }
-  })();
-  writeCheckpoint(out, counted, { config, dtype: opts.dtype ?? 'F32', shardBytes: opts.shardBytes, copy });
-  return { tensors };
+  const plan = [...engine.shapes].map(([name, shape]) => ({ name, shape }));
+  const params = viewParameters(engine, view);
+  await streamCheckpoint(
+    out,
+    plan,
+    async () => {
+      await opts.between?.();
+      return params.next().value!.data;
+    },
+    { config, dtype: opts.dtype ?? 'F32', shardBytes: opts.shardBytes, copy },
+    opts.between,
+  );
+  return { tensors: plan.length };
 }
 
 /**

@@ -88,3 +88,40 @@ describe('checkpoints', () => {
     assert.throws(() => loadCheckpoint(dir), /neither model.safetensors/);
   });
 });
+
+describe('streamed checkpoints', () => {
+  it('writes, from a plan and values produced one at a time, the same files as writeCheckpoint (shards, index, header)', async () => {
+    const { streamCheckpoint, writeCheckpoint } = await import('../../src/model/write-checkpoint.ts');
+    const a = loadCheckpoint(fixtureDir('A'));
+    const tensors = [...a.tensors].map(([name, t]) => ({ name, shape: t.shape, data: t.data }));
+    const root = mkdtempSync(join(tmpdir(), 'sfn-stream-'));
+    const opts = { config: { model_type: 'qwen2' }, dtype: 'BF16' as const, shardBytes: 40_000 };
+    writeCheckpoint(join(root, 'whole'), tensors, opts);
+    let produced = 0;
+    await streamCheckpoint(
+      join(root, 'streamed'),
+      tensors.map(({ name, shape }) => ({ name, shape })),
+      async (i) => {
+        assert.equal(i, produced++, 'values are asked for in order, one at a time');
+        await new Promise((r) => setImmediate(r));
+        return tensors[i].data;
+      },
+      opts,
+    );
+    assert.equal(produced, tensors.length);
+    const files = readdirSync(join(root, 'whole')).sort();
+    assert.ok(files.length > 3 && files.includes('model.safetensors.index.json'), `sharded: ${files}`);
+    assert.deepEqual(readdirSync(join(root, 'streamed')).sort(), files);
+    for (const f of files) assert.ok(readFileSync(join(root, 'whole', f)).equals(readFileSync(join(root, 'streamed', f))), f);
+  });
+
+  it('leaves nothing behind when a value does not fit its shape', async () => {
+    const { streamCheckpoint } = await import('../../src/model/write-checkpoint.ts');
+    const root = mkdtempSync(join(tmpdir(), 'sfn-stream-'));
+    await assert.rejects(
+      streamCheckpoint(join(root, 'm'), [{ name: 'w', shape: [2, 2] }], () => new Float32Array(3), { config: {}, dtype: 'F32' }),
+      /3 values for shape \[2,2\]/,
+    );
+    assert.deepEqual(readdirSync(root), []);
+  });
+});

@@ -292,8 +292,12 @@ describe('OpenAI-compatible server on fixture A', () => {
       await expectError(await post('/v1/completions', { model: 'A', prompt: 'x', logit_bias: { '99999': 1 } }), 400, null, 'logit_bias');
       await expectError(await post('/v1/chat/completions', { model: 'A', messages: [{ role: 'user', content: 'x' }], wait: 2 }), 400, null, 'wait');
     });
-    it('400 for malformed JSON', async () => {
-      await expectError(await post('/v1/completions', '{"model":', USER, true), 400, null);
+    it('400 for malformed JSON, 415 for a body that is not sent as JSON, each with a code and our own words', async () => {
+      const bad = await expectError(await post('/v1/completions', '{"model":', USER, true), 400, 'invalid_json');
+      assert.equal(bad.error.message, 'The request body is not valid JSON.');
+      const form = await fetch(`${srv.url}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${USER}`, 'content-type': 'application/x-www-form-urlencoded' }, body: 'model=A' });
+      const body = await expectError(form, 415, 'unsupported_media_type');
+      assert.match(body.error.message, /Content-Type: application\/json/);
     });
     it('400 context_length_exceeded', async () => {
       await expectError(await post('/v1/completions', { model: 'A', prompt: 'x', max_tokens: 10000 }), 400, 'context_length_exceeded', 'max_tokens');

@@ -124,7 +124,7 @@ export async function cmdExport(args: string[]): Promise<void> {
   const shardMb = values['shard-mb'];
   const { tensors } = gguf
     ? await exportGguf(engine, view, values.out, { type: values.dtype as GgufType })
-    : exportView(engine, view, values.out, { dtype: values.dtype.toUpperCase() as FloatDtype, shardBytes: shardMb ? shardMb * 1024 * 1024 : undefined });
+    : await exportView(engine, view, values.out, { dtype: values.dtype.toUpperCase() as FloatDtype, shardBytes: shardMb ? shardMb * 1024 * 1024 : undefined });
   process.stderr.write(`sfn: exported ${tensors} tensors of the view to ${values.out}${gguf ? ` (GGUF, ${values.dtype})` : ''}\n`);
   await engine.release();
 }
