@@ -140,7 +140,7 @@ export class JobRunner {
         onDone: (finish) => {
           settled();
           this.metrics.e2e.observe(model, (performance.now() - t0) / 1000);
-          this.metrics.requestPromptTokens.observe(model, spec.promptIds.length);
+          if (spec.promptGroup?.first !== false) this.metrics.requestPromptTokens.observe(model, spec.promptIds.length);
           this.metrics.requestGenerationTokens.observe(model, count);
           if (tFirst) this.metrics.decodeTime.observe(model, (tPrev - tFirst) / 1000);
           this.metrics.success.inc({ ...model, finished_reason: finish.reason });

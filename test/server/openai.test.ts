@@ -449,3 +449,58 @@ describe('a served model name with a slash (Hugging Face style)', () => {
     assert.equal(r.model, 'Org/A-model');
   });
 });
+
+describe('large chat bodies (the default 4 MiB limit, context 4096)', () => {
+  let srv: RunningServer;
+  before(async () => {
+    srv = await startServer(parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--served-model-name', 'A'], {}), () => {});
+    await srv.host.ready;
+  });
+  after(() => srv.close());
+  const post = async (body: unknown) => {
+    const r = await fetch(`${srv.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    return { status: r.status, error: ((await r.json()) as { error: { message: string; code: string; param: string } }).error };
+  };
+
+  it('refuses more messages than the context has tokens from a scan of the raw body, and parses a large body that may fit', async () => {
+    const messages = Array.from({ length: 10_000 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: 'hi' }));
+    const r = await post({ model: 'A', messages, max_tokens: 1 });
+    assert.deepEqual([r.status, r.error.code, r.error.param], [400, 'context_length_exceeded', 'messages']);
+    assert.match(r.error.message, /more messages and content parts than that/, 'refused by the scan, before parsing');
+    // One long message: few objects, so it goes on to the parse and the checks after it.
+    const long = await post({ model: 'A', messages: [{ role: 'user', content: 'x'.repeat(300_000) }], max_tokens: 1 });
+    assert.equal(long.status, 400);
+    assert.doesNotMatch(long.error.message, /content parts/);
+  });
+});
+
+describe('long texts on a tokenizer with long tokens (Qwen: 256 bytes), context 4096', () => {
+  let srv: RunningServer;
+  before(async () => {
+    const { cachedModel } = await import('../../src/model/make-model.ts');
+    srv = await startServer(parseServerConfig(['--model', cachedModel('tiny', 0).dir, '--port', '0', '--served-model-name', 'q'], {}), () => {});
+    await srv.host.ready;
+  });
+  after(() => srv.close());
+  const post = async (path: string, body: unknown) => {
+    const r = await fetch(`${srv.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    return { status: r.status, body: (await r.json()) as { error: { message: string; code: string; param: string }; usage: { prompt_tokens: number } } };
+  };
+  // 200 KB of prose: under the byte bound (4096 x 256 bytes = 1 MiB), about 45,000 tokens.
+  const prose = 'The quick brown fox jumps over the lazy dog. '.repeat(4600);
+
+  it('refuses a text the byte bound lets through but the context cannot hold, counted in pieces', async () => {
+    const c = await post('/v1/completions', { model: 'q', prompt: prose, max_tokens: 1 });
+    assert.deepEqual([c.status, c.body.error.code, c.body.error.param], [400, 'context_length_exceeded', 'prompt']);
+    assert.match(c.body.error.message, /this text has more than \d+ tokens/);
+    const chat = await post('/v1/chat/completions', { model: 'q', messages: [{ role: 'user', content: prose }], max_tokens: 1 });
+    assert.deepEqual([chat.status, chat.body.error.param], [400, 'messages']);
+    assert.match(chat.body.error.message, /more than \d+ tokens/);
+  });
+
+  it('serves a long text of few tokens (70 KB of spaces), tokenized whole as before', async () => {
+    const r = await post('/v1/completions', { model: 'q', prompt: `${' '.repeat(70_000)}Hello`, max_tokens: 1 });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.ok(r.body.usage.prompt_tokens < 1000, `${r.body.usage.prompt_tokens} prompt tokens`);
+  });
+});

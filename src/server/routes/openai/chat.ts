@@ -2,15 +2,39 @@
  * `POST /v1/chat/completions`: the chat template, reasoning mode (think / s1 with budget forcing), logprobs, streaming.
  */
 import { createRoute } from '@hono/zod-openapi';
-import type { Context } from 'hono';
+import type { Context, MiddlewareHandler } from 'hono';
 import type { GeneratedToken } from '../../../engine/generate.ts';
 import type { JobParams } from '../../../runtime/protocol.ts';
 import type { ModelTokenizer } from '../../../engine/tokenizer.ts';
 import { chatPrompt, PromptError } from '../../../engine/prompt.ts';
+import { countJsonObjects } from '../../../util/json.ts';
 import { badRequest } from '../../errors.ts';
 import type { JobSpec } from '../../jobs.ts';
 import { ChatCompletionRequest, ChatCompletionResponse, errorResponses } from '../../schemas.ts';
-import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, sse } from './shared.ts';
+import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, checkTextTokens, sse } from './shared.ts';
+
+/** Bodies past this size are scanned before hono parses them. */
+const LARGE_BODY = 256 * 1024;
+/** Objects a chat may hold besides its messages and content parts (logit_bias, stream_options, template kwargs...). */
+const OTHER_OBJECTS = 64;
+
+/**
+ * Refuses a large chat body that cannot fit the context before it is parsed: parsing and validating 100,000
+ * messages holds the HTTP thread for ~200 ms, and every message or content part renders to a token at least, so
+ * a body with more JSON objects than the context has tokens (plus a few for other fields) cannot fit.
+ */
+export function chatBodyBound(ctx: ServingContext): MiddlewareHandler {
+  return async (c, next) => {
+    if (c.req.method === 'POST' && Number(c.req.header('content-length') ?? 0) > LARGE_BODY && ctx.tokenizer()) {
+      const limit = ctx.maxContext() + OTHER_OBJECTS;
+      const objects = countJsonObjects(await c.req.text(), limit);
+      if (objects > limit) {
+        throw badRequest(`This model's maximum context length is ${ctx.maxContext()} tokens, and this chat has more messages and content parts than that.`, 'messages', 'context_length_exceeded');
+      }
+    }
+    await next();
+  };
+}
 
 export const chatRoute = createRoute({
   method: 'post',
@@ -66,6 +90,13 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
     role: m.role === 'developer' ? 'system' : m.role,
     content: m.content === null ? '' : typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
   }));
+  // The template only adds text around the contents: their tokens bound the prompt's from below.
+  await checkTextTokens(
+    ctx,
+    tok,
+    messages.map((m) => m.content),
+    'messages',
+  );
   let promptIds: number[];
   let reasoning: JobParams['reasoning'];
   try {

@@ -8,7 +8,7 @@ import type { ModelTokenizer } from '../../../engine/tokenizer.ts';
 import { badRequest } from '../../errors.ts';
 import type { JobSpec } from '../../jobs.ts';
 import { CompletionRequest, CompletionResponse, errorResponses } from '../../schemas.ts';
-import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, sse } from './shared.ts';
+import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, checkTextTokens, sse } from './shared.ts';
 
 function completionPrompts(ctx: ServingContext, tok: ModelTokenizer, prompt: CompletionRequest['prompt']): number[][] {
   let prompts: number[][];
@@ -82,6 +82,8 @@ export async function completions(ctx: ServingContext, c: Context, body: Complet
   const view = ctx.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
   if (typeof body.prompt === 'string') checkTextSize(ctx, tok, Buffer.byteLength(body.prompt), 'prompt');
   else if (typeof body.prompt[0] === 'string') (body.prompt as string[]).forEach((p, i) => checkTextSize(ctx, tok, Buffer.byteLength(p), `prompt.${i}`));
+  if (typeof body.prompt === 'string') await checkTextTokens(ctx, tok, [body.prompt], 'prompt');
+  else if (typeof body.prompt[0] === 'string') for (const [i, p] of (body.prompt as string[]).entries()) await checkTextTokens(ctx, tok, [p], `prompt.${i}`);
   const prompts = completionPrompts(ctx, tok, body.prompt);
   checkBias(ctx, body);
   const n = body.n ?? 1;

@@ -6,7 +6,7 @@
  */
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import { requireKey, type AuthConfig } from '../../auth.ts';
-import { chat, chatRoute } from './chat.ts';
+import { chat, chatBodyBound, chatRoute } from './chat.ts';
 import { completions, completionsRoute } from './completions.ts';
 import { modelRoutes } from './models.ts';
 import { tokenizeRoutes } from './tokenize.ts';
@@ -16,7 +16,7 @@ export type { ModelEntry, ServingContext } from './shared.ts';
 
 export function openaiRoutes(app: OpenAPIHono, ctx: ServingContext, auth: AuthConfig, version = '0.1.0'): void {
   app.use('/v1/completions', requireKey(auth, 'user'));
-  app.use('/v1/chat/completions', requireKey(auth, 'user'));
+  app.use('/v1/chat/completions', requireKey(auth, 'user'), chatBodyBound(ctx));
   app.openapi(completionsRoute, (c) => completions(ctx, c, c.req.valid('json')) as never);
   app.openapi(chatRoute, (c) => chat(ctx, c, c.req.valid('json')) as never);
   modelRoutes(app, ctx, auth);

@@ -116,6 +116,36 @@ export function checkTextSize(ctx: ServingContext, tok: ModelTokenizer, bytes: n
   }
 }
 
+/** Texts longer than this are counted in pieces before the whole is tokenized. */
+const PIECE = 32 * 1024;
+
+/**
+ * Refuses texts that the byte bound lets through but that cannot fit the context, without holding the HTTP
+ * thread: up to context x the longest token's bytes (1 MiB for Qwen at 4096) takes a second to tokenize in one
+ * piece. Texts past 64 KiB are tokenized in 32 KiB pieces cut at whitespace, yielding between pieces. Merges never
+ * cross a cut, so a cut changes the count only around it (a leading-space marker, a split word): the pieces'
+ * counts less two each are taken as a lower bound of the text's tokens.
+ */
+export async function checkTextTokens(ctx: ServingContext, tok: ModelTokenizer, texts: string[], param: string): Promise<void> {
+  const limit = ctx.maxContext();
+  if (texts.reduce((a, t) => a + t.length, 0) <= 2 * PIECE) return;
+  let atLeast = 0;
+  for (const text of texts) {
+    for (let at = 0; at < text.length; ) {
+      // Cut at whitespace, or mid-word where there is none within 1 KiB (a text without spaces must be cut too).
+      let end = Math.min(text.length, at + PIECE);
+      const stop = Math.min(text.length, end + 1024);
+      while (end < stop && !/\s/.test(text[end])) end++;
+      atLeast += Math.max(0, tok.encode(text.slice(at, end)).length - 2);
+      at = end;
+      if (atLeast > limit) {
+        throw badRequest(`This model's maximum context length is ${limit} tokens, and this text has more than ${atLeast} tokens.`, param, 'context_length_exceeded');
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+}
+
 export function checkContext(ctx: ServingContext, promptLen: number, maxTokens: number, param: string): void {
   const limit = ctx.maxContext();
   if (promptLen + maxTokens > limit) {

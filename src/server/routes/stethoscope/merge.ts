@@ -9,7 +9,7 @@ import { badRequest } from '../../errors.ts';
 import { DEFAULT_THRESHOLDS } from '../../../stethoscope/levels.ts';
 import { parseName, PLUGGABLE_KINDS } from '../../../model/names.ts';
 import { sha256File } from '../../../plugins/store.ts';
-import { writeMergePlugin } from '../../../stethoscope/merge.ts';
+import { runInThread } from '../../../util/thread-task.ts';
 import { commitPluginFile, PluginSchema, pluginView } from '../plugins.ts';
 import { ProbePrompt } from '../../../stethoscope/probe.ts';
 import { errorResponses } from '../../schemas.ts';
@@ -73,7 +73,8 @@ export function mergeRoutes(app: OpenAPIHono, deps: StethoscopeDeps): void {
         }
         const tmp = deps.plugins.store.tempPath();
         try {
-          writeMergePlugin(spec, deps.backboneDir, tmp, deps.host.fingerprint!);
+          // Reading the donor's tensors and writing the plugin take seconds at 0.5B: off the HTTP thread.
+          await runInThread(new URL('../../../stethoscope/merge.ts', import.meta.url), 'writeMergePlugin', [spec, deps.backboneDir, tmp, deps.host.fingerprint!]);
         } catch (e) {
           rmSync(tmp, { force: true });
           throw badRequest(`merge: ${(e as Error).message}`, 'merge');
