@@ -14,16 +14,16 @@ import { readSpec } from '../src/model/config.ts';
 import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
 import { writeSafetensors } from '../src/model/safetensors.ts';
 import { serverProcess } from './server-process.ts';
+import { pct as percentile } from './stats.ts';
 
 const { values } = parseArgs({ options: { preset: { type: 'string', default: 'qwen2.5-0.5b' } } });
 const preset = values.preset as Preset;
 if (!(preset in PRESETS)) throw new Error(`--preset: one of ${Object.keys(PRESETS).join(', ')}`);
 const ADMIN = 'bench-admin-key';
 const log = (s: string) => process.stderr.write(`faults: ${s}\n`);
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? Math.round(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] * 10) / 10 : null;
-};
+
+/** Percentiles in ms to 0.1, null for none. */
+const pct = (xs: number[], p: number) => (xs.length ? Math.round(percentile(xs, p) * 10) / 10 : null);
 
 async function main() {
   const tmp = mkdtempSync(join(tmpdir(), 'sfn-faults-'));

@@ -21,6 +21,7 @@ import { parseName } from '../src/model/names.ts';
 import { writeSafetensors } from '../src/model/safetensors.ts';
 import { Rng } from '../src/util/random.ts';
 import { serverProcess } from './server-process.ts';
+import { pct as percentile } from './stats.ts';
 
 const { values } = parseArgs({
   options: {
@@ -38,12 +39,10 @@ const CHURN = Number(values.churn);
 const CACHE_MB = Number(values['cache-mb']);
 const ADMIN = 'bench-admin-key';
 const log = (s: string) => process.stderr.write(`load: ${s}\n`);
-const pct = (xs: number[], p: number) => {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  return Math.round(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]);
-};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Percentiles in whole ms, null for none. */
+const pct = (xs: number[], p: number) => (xs.length ? Math.round(percentile(xs, p)) : null);
 
 function rssBytes(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));

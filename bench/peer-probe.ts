@@ -9,6 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
+import { pct } from './stats.ts';
 
 const { values } = parseArgs({
   options: {
@@ -34,11 +35,6 @@ function memory() {
 }
 
 let bindingS = 0;
-
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-};
 
 /**
  * llama.cpp serving `c` streams at once (one context, `c` sequences, its batch dispatcher merging their steps):

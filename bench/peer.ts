@@ -4,7 +4,7 @@
  * node-llama-cpp 3.21.1 (a dev dependency). Rounds interleave the two engines (the order alternating), each run in
  * a fresh process, so that the machine's bandwidth drift hits both; every ratio is printed with its spread.
  *
- *   npm run bench:peer [-- --preset qwen2.5-0.5b --rounds 3 --decode 64 --prefill 512 --concurrency 1,4,8]
+ *   npm run bench:peer [-- --preset qwen2.5-0.5b --rounds 3 --decode 64 --prefill 512 --concurrency 1,4,8 --no-int4]
  *
  * Rows: decode at batch 1 (fp32; int4 against Q4_0), prefill, resident memory once loaded, load to ready, and
  * serving at each concurrency: sfn's HTTP server (streamed completions) against llama.cpp's sequences of one
@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cacheDir, cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
 import { serverProcess } from './server-process.ts';
+import { median, pct, streamTokenTimes } from './stats.ts';
 
 const { values } = parseArgs({
   options: {
@@ -26,7 +27,7 @@ const { values } = parseArgs({
     concurrency: { type: 'string', default: '1,4,8' },
     'serve-tokens': { type: 'string', default: '64' },
     'serve-prompt': { type: 'string', default: '64' },
-    quant: { type: 'boolean', default: true },
+    'no-int4': { type: 'boolean', default: false },
   },
 });
 const preset = values.preset as Preset;
@@ -63,11 +64,6 @@ interface ServeRow {
   itl_ms_p99: number;
 }
 
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-};
-
 /** sfn's server, streamed completions at each concurrency level (token-id prompts, greedy, EOS ignored). */
 async function sfnServe(dir: string): Promise<Record<string, ServeRow>> {
   const max = String(Math.max(...levels));
@@ -79,28 +75,8 @@ async function sfnServe(dir: string): Promise<Record<string, ServeRow>> {
     const name = models.data[0].id;
     const request = async (seed: number) => {
       const prompt = Array.from({ length: promptN }, (_, i) => 1000 + ((seed * 7919 + i * 104729) % 100000));
-      const t0 = performance.now();
-      const res = await fetch(`${srv.url}/v1/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ model: name, prompt, max_tokens: tokensN, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }),
-      });
-      if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-      const times: number[] = [];
-      let buf = '';
-      const decoder = new TextDecoder();
-      for await (const chunk of res.body!) {
-        buf += decoder.decode(chunk as Uint8Array, { stream: true });
-        let i: number;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const data = buf.slice(0, i).replace(/^data: /, '');
-          buf = buf.slice(i + 2);
-          if (data === '[DONE]') continue;
-          const n = (JSON.parse(data).choices?.[0]?.logprobs?.tokens ?? []).length;
-          for (let k = 0; k < n; k++) times.push(performance.now());
-        }
-      }
-      return { ttft: times[0] - t0, gaps: times.slice(1).map((t, k) => t - times[k]), tokens: times.length };
+      const { start, times } = await streamTokenTimes(srv.url, { model: name, prompt, max_tokens: tokensN, temperature: 0, ignore_eos: true });
+      return { ttft: times[0] - start, gaps: times.slice(1).map((t, k) => t - times[k]), tokens: times.length };
     };
     // Warm-up: the first runs pay for lazy allocations.
     await request(0);
@@ -141,10 +117,6 @@ function gguf(dir: string, dtype: string): string {
   return path;
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}-${Math.max(...xs).toFixed(2)}`;
 const gb = (b: number) => (b / 1e9).toFixed(2);
 
@@ -152,7 +124,7 @@ async function main() {
   const { dir, made } = cachedModel(preset, 0);
   log(`${made ? 'made' : 'using cached'} ${preset} checkpoint at ${dir}`);
   const f32 = gguf(dir, 'f32');
-  const q4 = values.quant ? gguf(dir, 'q4_0') : null;
+  const q4 = values['no-int4'] ? null : gguf(dir, 'q4_0');
   const runs: { sfn: Probe[]; llama: Probe[]; sfnInt4: Probe[]; llamaQ4: Probe[] } = { sfn: [], llama: [], sfnInt4: [], llamaQ4: [] };
   for (let r = 0; r < rounds; r++) {
     // The order alternates, so that neither engine always runs first in a round.

@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
 import { parseServerConfig } from '../src/server/config.ts';
 import { startServer } from '../src/server/serve.ts';
+import { pct, streamTokenTimes } from './stats.ts';
 
 const { values } = parseArgs({
   options: {
@@ -26,10 +27,6 @@ const promptLen = Number(values.prompt);
 const rounds = Number(values.rounds);
 const levels = values.concurrency!.split(',').map(Number);
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-};
 
 async function main() {
   const { dir } = cachedModel(preset, 0);
@@ -41,31 +38,8 @@ async function main() {
   async function request(seed: number): Promise<{ ttft: number; tokens: number }> {
     // Distinct token-id prompts so that no two requests are alike.
     const prompt = Array.from({ length: promptLen }, (_, i) => 1000 + ((seed * 7919 + i * 104729) % 100000));
-    const t0 = performance.now();
-    const res = await fetch(`${srv.url}/v1/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: srv.modelName, prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }),
-    });
-    if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-    let ttft = 0;
-    let tokens = 0;
-    let buf = '';
-    const decoder = new TextDecoder();
-    for await (const chunk of res.body!) {
-      buf += decoder.decode(chunk as Uint8Array, { stream: true });
-      let i: number;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const event = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const data = event.replace(/^data: /, '');
-        if (data === '[DONE]') continue;
-        const n = (JSON.parse(data).choices?.[0]?.logprobs?.tokens ?? []).length;
-        if (n && !tokens) ttft = performance.now() - t0;
-        tokens += n;
-      }
-    }
-    return { ttft, tokens };
+    const { start, times } = await streamTokenTimes(srv.url, { model: srv.modelName, prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true });
+    return { ttft: times.length ? times[0] - start : 0, tokens: times.length };
   }
 
   // Warm-up: the first runs pay for lazy allocations.

@@ -8,13 +8,13 @@
  *   destruction of any kind). Built on first need and kept.
  */
 import * as ort from 'onnxruntime-node';
-import { Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
-import { toFloat32, toFloat32Transposed } from '../model/dtype.ts';
+import { CheckpointReader, Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
 import { expectedParams, PLUGGABLE_KINDS, parseName } from '../model/names.ts';
 import { View, type ResolvedView, type Tensor } from './view.ts';
 import { MASKED } from './graph.ts';
-import { isTransposed, toGraphLayout, toHfLayout } from './layout.ts';
+import { toGraphLayout, toHfLayout } from './layout.ts';
+import { decodeWeight, WeightStore } from './weight-store.ts';
 import { KvCache } from './kv-cache.ts';
 import { WeightFeeds, type SlotMix } from './weight-feeds.ts';
 import { createDecoderSession, type DecoderSession, type Device, type EngineOptions, type SessionKind } from './session.ts';
@@ -48,15 +48,15 @@ export class Engine {
   device: Device;
 
   readonly spec: ModelSpec;
-  /** Every parameter in graph layout. */
-  private readonly weights: Map<string, Float32Array>;
+  /** Every parameter in graph layout; frozen ones dropped from JS once the serving session holds them. */
+  private readonly store: WeightStore;
   /** sha256 over the config and every weight's values. */
   readonly fingerprint: string;
   private readonly options: EngineOptions;
   readonly dir: string | null;
-  private constructor(spec: ModelSpec, weights: Map<string, Float32Array>, fingerprint: string, options: EngineOptions, dir: string | null) {
+  private constructor(spec: ModelSpec, weights: Map<string, Float32Array>, fingerprint: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null) {
     this.spec = spec;
-    this.weights = weights;
+    this.store = new WeightStore(spec, weights, reader);
     this.fingerprint = fingerprint;
     this.options = options;
     this.dir = dir;
@@ -72,17 +72,18 @@ export class Engine {
     const { spec, raw } = readSpec(dir);
     const fp = new Fingerprinter(raw);
     const weights = new Map<string, Float32Array>();
-    for (const t of iterateCheckpointRaw(dir, spec)) {
-      fp.addRaw(t.name, t.dtype, t.bytes);
-      // Decoded (and transposed where the graph wants it) straight into the final array.
-      const data = isTransposed(spec, t.name)
-        ? toFloat32Transposed(t.bytes, t.dtype, t.shape[0], t.shape[1])
-        : t.dtype === 'F32'
-          ? new Float32Array(t.bytes.slice().buffer)
-          : toFloat32(t.bytes, t.dtype);
-      weights.set(t.name, data);
+    // Opened first: frozen weights are read back later through these files, the ones read now.
+    const reader = new CheckpointReader(dir);
+    try {
+      for (const t of iterateCheckpointRaw(dir, spec)) {
+        fp.addRaw(t.name, t.dtype, t.bytes);
+        weights.set(t.name, decodeWeight(spec, t.name, t.bytes, t.dtype, t.shape));
+      }
+      return await Engine.create(spec, weights, fp.digest(), options, dir, reader);
+    } catch (e) {
+      reader.close();
+      throw e;
     }
-    return Engine.create(spec, weights, fp.digest(), options, dir);
   }
 
   /** An engine over tensors already in memory (HF layout), e.g. a materialised view. */
@@ -96,12 +97,13 @@ export class Engine {
       fp.add(name, t.data);
       weights.set(name, toGraphLayout(spec, name, t.data, shape));
     }
-    return Engine.create(spec, weights, fp.digest(), options, null);
+    return Engine.create(spec, weights, fp.digest(), options, null, null);
   }
 
-  private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null) {
-    const e = new Engine(spec, weights, fp, options, dir);
+  private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null) {
+    const e = new Engine(spec, weights, fp, options, dir, reader);
     e.serving = await e.buildSession(options.allInputs ? 'research' : 'serving');
+    if (!options.allInputs) e.store.drop([...e.shapes.keys()].filter((n) => !e.serving.inputs.has(n)));
     return e;
   }
 
@@ -118,23 +120,12 @@ export class Engine {
 
   /** The largest |value| of each parameter a plugin may replace: what an uploaded plugin's magnitudes are checked against. */
   pluggableMaxAbs(): Map<string, number> {
-    const out = new Map<string, number>();
-    for (const name of this.shapes.keys()) {
-      if (!PLUGGABLE_KINDS.includes(parseName(name)!.kind)) continue;
-      const w = this.weights.get(name)!;
-      let m = 0;
-      for (let i = 0; i < w.length; i++) {
-        const a = Math.abs(w[i]);
-        if (a > m) m = a;
-      }
-      out.set(name, m);
-    }
-    return out;
+    return this.store.maxAbs([...this.shapes.keys()].filter((name) => PLUGGABLE_KINDS.includes(parseName(name)!.kind)));
   }
 
   /** A backbone parameter in graph layout (shared, not a copy: do not write to it). */
   graphWeight(name: string): Float32Array {
-    const data = this.weights.get(name);
+    const data = this.store.get(name);
     if (!data) throw new ViewError(`unknown parameter ${name}`);
     return data;
   }
@@ -142,7 +133,7 @@ export class Engine {
   /** A backbone parameter in HF layout (a copy when the graph layout differs). */
   parameter(name: string): Tensor {
     const shape = this.shapes.get(name);
-    const data = this.weights.get(name);
+    const data = this.store.get(name);
     if (!shape || !data) throw new ViewError(`unknown parameter ${name}`);
     return { shape, data: toHfLayout(this.spec, name, data, shape) };
   }
@@ -152,13 +143,14 @@ export class Engine {
   }
 
   private async buildSession(kind: SessionKind): Promise<DecoderSession> {
-    const r = await createDecoderSession({ spec: this.spec, weights: this.weights, shapes: this.shapes, headName: this.headName, device: this.device, options: this.options }, kind);
+    const r = await createDecoderSession({ spec: this.spec, weights: this.store.held, shapes: this.shapes, headName: this.headName, device: this.device, options: this.options }, kind);
     this.device = r.device;
     return r.session;
   }
 
   private researchSession(): Promise<DecoderSession> {
-    this.research ??= this.buildSession('research');
+    // It feeds every weight on every run: the dropped ones are read back and held again while it lives.
+    this.research ??= (this.store.restore(), this.buildSession('research'));
     return this.research;
   }
 
@@ -312,8 +304,14 @@ export class Engine {
     if (this.research) (await this.research).session.endProfiling();
   }
 
+  /** Bytes of float32 weights held in JS (the frozen ones are not, once the serving session holds them). */
+  get heldWeightBytes(): number {
+    return this.store.heldBytes;
+  }
+
   async release(): Promise<void> {
     await this.serving.session.release();
     if (this.research) await (await this.research).session.release();
+    this.store.close();
   }
 }
