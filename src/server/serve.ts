@@ -72,6 +72,8 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
     overlayCacheBytes: config.pluginCacheBytes,
   });
   const tokenizer = ModelTokenizer.fromDir(modelDir);
+  // Computed now (a walk over the vocabulary, ~35 ms for Qwen's), not inside the first large request.
+  void tokenizer.maxTokenBytes;
   // Errors name files relative to the model roots and the data dir (as requests name them), never absolutely.
   setErrorRoots([...config.modelRoots, config.dataDir].flatMap((d) => [resolvePath(d), realpathOr(d)]));
   const store = new PluginStore(config.dataDir, log, config.quarantineDays * 24 * 3600_000);
