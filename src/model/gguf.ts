@@ -209,6 +209,11 @@ export function quantizeQ4_0(x: Float32Array): Uint8Array {
   return out;
 }
 
+/** One write() moves at most ~2 GiB (a 7B model's float32 embedding is more): loop until all is written. */
+function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done);
+}
+
 /** C's roundf: halves away from zero. */
 function roundHalfAway(v: number): number {
   return Math.sign(v) * Math.round(Math.abs(v));
@@ -248,16 +253,16 @@ export async function writeGguf(path: string, metadata: [string, GgufValue][], t
   head.pad(ALIGNMENT);
   const fd = openSync(path, 'w');
   try {
-    writeSync(fd, head.bytes());
+    writeAll(fd, head.bytes());
     const zeros = new Uint8Array(ALIGNMENT);
     for (let i = 0; i < tensors.length; i++) {
       const values = await data(i);
       const expected = tensors[i].ne.reduce((a, b) => a * b, 1);
       if (values.length !== expected) throw new RangeError(`${tensors[i].name}: ${values.length} values for a shape of ${expected}`);
       const bytes = encodeTensor(values, tensors[i].type);
-      writeSync(fd, bytes);
+      writeAll(fd, bytes);
       const pad = (ALIGNMENT - (bytes.length % ALIGNMENT)) % ALIGNMENT;
-      if (pad) writeSync(fd, zeros, 0, pad);
+      if (pad) writeAll(fd, zeros.subarray(0, pad));
     }
   } finally {
     closeSync(fd);
