@@ -4,8 +4,9 @@
  * tensors streamed after it, one at a time. Quantisers are ggml's reference ones (quantize_row_q8_0_ref,
  * quantize_row_q4_0_ref), bit for bit.
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
-import { floatToHalf } from './dtype.ts';
+import { closeSync, openSync } from 'node:fs';
+import { writeAll } from './atomic.ts';
+import { floatToHalf, fromFloat32 } from './dtype.ts';
 
 export const GGUF_TYPES = ['f32', 'f16', 'q8_0', 'q4_0'] as const;
 export type GgufType = (typeof GGUF_TYPES)[number];
@@ -154,11 +155,8 @@ export function encodeTensor(data: Float32Array, type: GgufType): Uint8Array {
   switch (type) {
     case 'f32':
       return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    case 'f16': {
-      const out = new Uint16Array(data.length);
-      for (let i = 0; i < data.length; i++) out[i] = floatToHalf(data[i]);
-      return new Uint8Array(out.buffer);
-    }
+    case 'f16':
+      return fromFloat32(data, 'F16');
     case 'q8_0':
       return quantizeQ8_0(data);
     case 'q4_0':
@@ -207,11 +205,6 @@ export function quantizeQ4_0(x: Float32Array): Uint8Array {
     }
   }
   return out;
-}
-
-/** One write() moves at most ~2 GiB (a 7B model's float32 embedding is more): loop until all is written. */
-function writeAll(fd: number, bytes: Uint8Array): void {
-  for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done);
 }
 
 /** C's roundf: halves away from zero. */

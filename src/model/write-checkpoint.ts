@@ -3,10 +3,10 @@
  * as transformers writes them), and side files (tokenizer, generation config) copied in. Everything goes into
  * a temporary directory beside the target, renamed into place at the end: a half-written model never exists.
  */
-import { closeSync, copyFileSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fromFloat32, type FloatDtype } from './dtype.ts';
-import { fsyncDir } from './atomic.ts';
+import { fsyncDir, writeAll } from './atomic.ts';
 import { DTYPE_SIZE, safetensorsHeader, writeSafetensors, type TensorToWrite } from './safetensors.ts';
 
 export interface CheckpointTensor {
@@ -135,11 +135,6 @@ function tempDir(dir: string): string {
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   return tmp;
-}
-
-function writeAll(fd: number, bytes: Uint8Array): void {
-  let done = 0;
-  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done);
 }
 
 /** Names the shards (an index past one), writes config and side files, and renames the directory into place. */

@@ -9,7 +9,7 @@ import { basename, dirname, join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import type { View } from '../engine/view.ts';
 import { fsyncDir, fsyncFile } from '../model/atomic.ts';
-import type { ModelSpec } from '../model/config.ts';
+import { type ModelSpec, ropeInvFreq } from '../model/config.ts';
 import { FILE_TYPE, fitsType, type GgufTensorInfo, type GgufType, type GgufValue, writeGguf } from '../model/gguf.ts';
 import { parseName } from '../model/names.ts';
 import { viewParameters } from './export.ts';
@@ -51,21 +51,14 @@ export function permuteForRope(w: Float32Array, rows: number, cols: number, head
   return out;
 }
 
-/** Llama 3.1's per-frequency RoPE factors, as llama.cpp reads them from rope_freqs.weight. */
+/**
+ * Llama 3.1's per-frequency RoPE factors as llama.cpp reads them from rope_freqs.weight (it divides each plain
+ * frequency by its factor): the plain frequencies over the smoothed ones, both as the graph computes them.
+ */
 function ropeFreqs(spec: ModelSpec): Float32Array {
-  const { theta, factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: old } = spec.rope;
-  const out = new Float32Array(spec.headDim / 2);
-  for (let i = 0; i < out.length; i++) {
-    const freq = 1 / theta ** ((2 * i) / spec.headDim);
-    const wavelen = (2 * Math.PI) / freq;
-    if (wavelen < old / highFreqFactor) out[i] = 1;
-    else if (wavelen > old / lowFreqFactor) out[i] = factor;
-    else {
-      const smooth = (old / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
-      out[i] = 1 / ((1 - smooth) / factor + smooth);
-    }
-  }
-  return out;
+  const plain = ropeInvFreq({ ...spec, rope: { ...spec.rope, type: 'default' } });
+  const smoothed = ropeInvFreq(spec);
+  return plain.map((f, i) => f / smoothed[i]);
 }
 
 interface TokenizerJson {
