@@ -11,6 +11,7 @@ import OpenAI from 'openai';
 import { parseServerConfig } from '../../src/server/config.ts';
 import { buildOpenApiDocument, OPENAPI_PATH } from '../../src/server/openapi.ts';
 import { startServer, type RunningServer } from '../../src/server/serve.ts';
+import { cachedModel } from '../../src/model/make-model.ts';
 import { fixtureDir, oracle, ROOT } from '../helpers/fixtures.ts';
 import { logSoftmax } from '../helpers/reference.ts';
 
@@ -430,35 +431,36 @@ describe("a request's sequences", () => {
   });
 });
 
-describe('a served model name with a slash (Hugging Face style)', () => {
+/** A server of its own for a describe block: started before its tests, closed after them. */
+function serverFor(args: string[]): () => RunningServer {
   let srv: RunningServer;
   before(async () => {
-    srv = await startServer(parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--served-model-name', 'Org/A-model'], {}), () => {});
+    srv = await startServer(parseServerConfig([...args, '--port', '0'], {}), () => {});
     await srv.host.ready;
   });
   after(() => srv.close());
+  return () => srv;
+}
+
+describe('a served model name with a slash (Hugging Face style)', () => {
+  const server = serverFor(['--model', fixtureDir('A'), '--served-model-name', 'Org/A-model']);
 
   it('is one model card, through the SDK (encoded) and as plain path segments', async () => {
-    const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const client = new OpenAI({ baseURL: `${server().url}/v1`, apiKey: 'none', maxRetries: 0 });
     assert.equal((await client.models.retrieve('Org/A-model')).id, 'Org/A-model');
-    const plain = await fetch(`${srv.url}/v1/models/Org/A-model`);
+    const plain = await fetch(`${server().url}/v1/models/Org/A-model`);
     assert.equal(plain.status, 200);
     assert.equal(((await plain.json()) as { id: string }).id, 'Org/A-model');
-    assert.equal((await fetch(`${srv.url}/v1/models/Org/nope`)).status, 404);
+    assert.equal((await fetch(`${server().url}/v1/models/Org/nope`)).status, 404);
     const r = await client.completions.create({ model: 'Org/A-model', prompt: 'Hello', max_tokens: 2 });
     assert.equal(r.model, 'Org/A-model');
   });
 });
 
 describe('large chat bodies (the default 4 MiB limit, context 4096)', () => {
-  let srv: RunningServer;
-  before(async () => {
-    srv = await startServer(parseServerConfig(['--model', fixtureDir('A'), '--port', '0', '--served-model-name', 'A'], {}), () => {});
-    await srv.host.ready;
-  });
-  after(() => srv.close());
+  const server = serverFor(['--model', fixtureDir('A'), '--served-model-name', 'A']);
   const post = async (body: unknown) => {
-    const r = await fetch(`${srv.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const r = await fetch(`${server().url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     return { status: r.status, error: ((await r.json()) as { error: { message: string; code: string; param: string } }).error };
   };
 
@@ -475,15 +477,9 @@ describe('large chat bodies (the default 4 MiB limit, context 4096)', () => {
 });
 
 describe('long texts on a tokenizer with long tokens (Qwen: 256 bytes), context 4096', () => {
-  let srv: RunningServer;
-  before(async () => {
-    const { cachedModel } = await import('../../src/model/make-model.ts');
-    srv = await startServer(parseServerConfig(['--model', cachedModel('tiny', 0).dir, '--port', '0', '--served-model-name', 'q'], {}), () => {});
-    await srv.host.ready;
-  });
-  after(() => srv.close());
+  const server = serverFor(['--model', cachedModel('tiny', 0).dir, '--served-model-name', 'q']);
   const post = async (path: string, body: unknown) => {
-    const r = await fetch(`${srv.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const r = await fetch(`${server().url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     return { status: r.status, body: (await r.json()) as { error: { message: string; code: string; param: string }; usage: { prompt_tokens: number } } };
   };
   // 200 KB of prose: under the byte bound (4096 x 256 bytes = 1 MiB), about 45,000 tokens.
