@@ -6,6 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { createApp, openapiDocument } from './app.ts';
 import type { JobRunner } from './jobs.ts';
+import type { PromptEncoder } from '../engine/tokenizer-thread.ts';
 import type { PluginStore } from '../plugins/store.ts';
 import type { EngineHost } from '../runtime/host.ts';
 import type { JobManager } from '../stethoscope/jobs.ts';
@@ -18,7 +19,7 @@ export function buildOpenApiDocument(): unknown {
     throw new Error('not serving: this app only describes the API');
   };
   const app = createApp({
-    serving: { runner: {} as JobRunner, tokenizer: never, vocabSize: never, maxContext: never, resolveView: never, models: never, reasoningFormat: 'auto' },
+    serving: { runner: {} as JobRunner, tokenizer: never, prompts: {} as PromptEncoder, vocabSize: never, maxContext: never, resolveView: never, models: never, reasoningFormat: 'auto' },
     plugins: { store: {} as PluginStore, backbone: never, backboneName: 'backbone', maxPluginBytes: 1, modelRoots: [] },
     stethoscope: {
       host: {} as EngineHost,

@@ -14,6 +14,7 @@ import { BUILTIN_NAME, resolveModelDir } from '../model/builtin.ts';
 import { EngineHost } from '../runtime/host.ts';
 import { servedContext } from '../runtime/protocol.ts';
 import { ModelTokenizer } from '../engine/tokenizer.ts';
+import { PromptEncoder } from '../engine/tokenizer-thread.ts';
 import { authEnabled } from './auth.ts';
 import { createApp } from './app.ts';
 import { parseServerConfig, type ServerConfig } from './config.ts';
@@ -74,6 +75,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const tokenizer = ModelTokenizer.fromDir(modelDir);
   // Computed now (a walk over the vocabulary, ~35 ms for Qwen's), not inside the first large request.
   void tokenizer.maxTokenBytes;
+  const prompts = new PromptEncoder(tokenizer, modelDir);
   // Errors name files relative to the model roots and the data dir (as requests name them), never absolutely.
   setErrorRoots([...config.modelRoots, config.dataDir].flatMap((d) => [resolvePath(d), realpathOr(d)]));
   const store = new PluginStore(config.dataDir, log, config.quarantineDays * 24 * 3600_000);
@@ -140,6 +142,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   const serving: ServingContext = {
     runner,
     tokenizer: () => (host.state === 'ready' ? tokenizer : null),
+    prompts,
     vocabSize: () => host.spec!.vocabSize,
     maxContext: () => servedContext(config.maxContext, host.spec!),
     resolveView,
@@ -233,6 +236,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
       await host.close(Math.max(1000, deadline + 5000 - Date.now()));
       // A training step cannot be cut (onnxruntime would abort the process): its thread ends after it.
       await trainingThreadsEnded();
+      await prompts.close();
       await Promise.race([http, sleep(500)]);
     })());
   return { url, host, modelName, close };

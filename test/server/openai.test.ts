@@ -494,6 +494,27 @@ describe('long texts on a tokenizer with long tokens (Qwen: 256 bytes), context 
     assert.match(chat.body.error.message, /more than \d+ tokens/);
   });
 
+  it('tokenizes a large text off the HTTP thread: /health keeps answering meanwhile', async () => {
+    // ~1 MB, ~230,000 tokens: /tokenize counts any length (as vLLM), which takes about a second.
+    const big = prose.repeat(5);
+    let done = false;
+    const start = performance.now();
+    const counted = post('/tokenize', { model: 'q', prompt: big }).finally(() => (done = true));
+    let last = performance.now();
+    let longestGap = 0;
+    while (!done) {
+      assert.equal((await fetch(`${server().url}/health`)).status, 200);
+      longestGap = Math.max(longestGap, performance.now() - last);
+      last = performance.now();
+    }
+    const total = performance.now() - start;
+    const r = (await counted) as unknown as { status: number; body: { count: number } };
+    assert.equal(r.status, 200);
+    assert.ok(r.body.count > 100_000, `${r.body.count} tokens`);
+    // A ratio within one run, not a time: on the HTTP thread the tokenizing would be one gap of nearly the whole.
+    assert.ok(longestGap < total / 2, `the longest wait for /health was ${longestGap.toFixed(0)} of ${total.toFixed(0)} ms`);
+  });
+
   it('serves a long text of few tokens (70 KB of spaces), tokenized whole as before', async () => {
     const r = await post('/v1/completions', { model: 'q', prompt: `${' '.repeat(70_000)}Hello`, max_tokens: 1 });
     assert.equal(r.status, 200, JSON.stringify(r.body));

@@ -6,12 +6,13 @@ import type { Context, MiddlewareHandler } from 'hono';
 import type { GeneratedToken } from '../../../engine/generate.ts';
 import type { JobParams } from '../../../runtime/protocol.ts';
 import type { ModelTokenizer } from '../../../engine/tokenizer.ts';
-import { chatPrompt, PromptError } from '../../../engine/prompt.ts';
+import { PromptError } from '../../../engine/prompt.ts';
+import { ContextOverflow } from '../../../engine/tokenizer-thread.ts';
 import { countJsonObjects } from '../../../util/json.ts';
 import { badRequest } from '../../errors.ts';
 import type { JobSpec } from '../../jobs.ts';
 import { ChatCompletionRequest, ChatCompletionResponse, errorResponses } from '../../schemas.ts';
-import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, checkTextTokens, sse } from './shared.ts';
+import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, overflow, sse } from './shared.ts';
 
 /** Bodies past this size are scanned before hono parses them. */
 const LARGE_BODY = 256 * 1024;
@@ -75,8 +76,9 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
   }
   checkBias(ctx, body);
   if (!tok.hasChatTemplate) throw badRequest('This model has no chat template; use /v1/completions.', 'messages', 'no_chat_template');
-  // Templating and tokenizing run on the HTTP thread: bound the work before doing it. Every message renders to at
-  // least one token, and the template only adds text, so the messages' count and bytes bound the prompt from below.
+  // Bound the work before doing it (large inputs are templated and tokenized in a thread, but not for free): every
+  // message renders to at least one token, and the template only adds text, so the messages' count and bytes bound
+  // the prompt from below.
   if (body.messages.length > ctx.maxContext()) {
     throw badRequest(`This model's maximum context length is ${ctx.maxContext()} tokens, and ${body.messages.length} messages take more than that.`, 'messages', 'context_length_exceeded');
   }
@@ -90,25 +92,19 @@ export async function chat(ctx: ServingContext, c: Context, body: ChatCompletion
     role: m.role === 'developer' ? 'system' : m.role,
     content: m.content === null ? '' : typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
   }));
-  // The template only adds text around the contents: their tokens bound the prompt's from below.
-  await checkTextTokens(
-    ctx,
-    tok,
-    messages.map((m) => m.content),
-    'messages',
-  );
   let promptIds: number[];
   let reasoning: JobParams['reasoning'];
+  const budget = { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait, format: body.reasoning_format ?? ctx.reasoningFormat };
+  if (body.continue_final_message && body.add_generation_prompt) throw badRequest('add_generation_prompt and continue_final_message cannot both be true', 'continue_final_message');
+  if (body.continue_final_message && reasoningMode) throw badRequest('continue_final_message continues an answer; it does not open thinking', 'continue_final_message');
+  const reserved = Object.keys(body.chat_template_kwargs ?? {}).find((k) => ['messages', 'add_generation_prompt', 'bos_token', 'eos_token'].includes(k));
+  if (reserved) throw badRequest(`chat_template_kwargs.${reserved}: set by the request itself, not by template variables`, `chat_template_kwargs.${reserved}`);
+  const template = { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false, kwargs: body.chat_template_kwargs ?? undefined };
   try {
-    const budget = { minThinkingTokens: body.min_thinking_tokens, maxThinkingTokens: body.max_thinking_tokens, wait: body.wait, format: body.reasoning_format ?? ctx.reasoningFormat };
-    if (body.continue_final_message && body.add_generation_prompt) throw badRequest('add_generation_prompt and continue_final_message cannot both be true', 'continue_final_message');
-    if (body.continue_final_message && reasoningMode) throw badRequest('continue_final_message continues an answer; it does not open thinking', 'continue_final_message');
-    const reserved = Object.keys(body.chat_template_kwargs ?? {}).find((k) => ['messages', 'add_generation_prompt', 'bos_token', 'eos_token'].includes(k));
-    if (reserved) throw badRequest(`chat_template_kwargs.${reserved}: set by the request itself, not by template variables`, `chat_template_kwargs.${reserved}`);
-    const template = { addGenerationPrompt: body.add_generation_prompt ?? true, continueFinalMessage: body.continue_final_message ?? false, kwargs: body.chat_template_kwargs ?? undefined };
-    ({ ids: promptIds, reasoning } = chatPrompt(tok, messages, reasoningMode ? budget : undefined, template));
+    ({ ids: promptIds, reasoning } = await ctx.prompts.chatPrompt(messages, reasoningMode ? budget : undefined, template, ctx.maxContext()));
   } catch (e) {
     if (e instanceof PromptError) throw badRequest(e.message, e.param);
+    if (e instanceof ContextOverflow) throw overflow(ctx, e, 'messages');
     throw e;
   }
   const limit = ctx.maxContext();

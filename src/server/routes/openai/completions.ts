@@ -5,16 +5,23 @@ import { createRoute } from '@hono/zod-openapi';
 import { Detokenizer } from '../../../engine/generate.ts';
 import type { Context } from 'hono';
 import type { ModelTokenizer } from '../../../engine/tokenizer.ts';
+import { ContextOverflow } from '../../../engine/tokenizer-thread.ts';
 import { badRequest } from '../../errors.ts';
 import type { JobSpec } from '../../jobs.ts';
 import { CompletionRequest, CompletionResponse, errorResponses } from '../../schemas.ts';
-import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, checkTextTokens, sse } from './shared.ts';
+import { type ServingContext, type Choice, now, rid, ready, sharedParams, checkBias, tokenName, runAll, finishReason, usage, checkContext, checkTextSize, overflow, sse } from './shared.ts';
 
-function completionPrompts(ctx: ServingContext, tok: ModelTokenizer, prompt: CompletionRequest['prompt']): number[][] {
+async function completionPrompts(ctx: ServingContext, prompt: CompletionRequest['prompt']): Promise<number[][]> {
   let prompts: number[][];
-  if (typeof prompt === 'string') prompts = [tok.encodePrompt(prompt)];
-  else if (prompt.length && typeof prompt[0] === 'string') prompts = (prompt as string[]).map((p) => tok.encodePrompt(p));
-  else if (prompt.length && typeof prompt[0] === 'number') prompts = [prompt as number[]];
+  const texts = typeof prompt === 'string' ? [prompt] : prompt.length && typeof prompt[0] === 'string' ? (prompt as string[]) : null;
+  if (texts) {
+    try {
+      prompts = await ctx.prompts.encodeTexts(texts, true, ctx.maxContext());
+    } catch (e) {
+      if (e instanceof ContextOverflow) throw overflow(ctx, e, typeof prompt === 'string' ? 'prompt' : `prompt.${e.index}`);
+      throw e;
+    }
+  } else if (prompt.length && typeof prompt[0] === 'number') prompts = [prompt as number[]];
   else prompts = prompt as number[][];
   const V = ctx.vocabSize();
   prompts.forEach((p) => {
@@ -82,9 +89,7 @@ export async function completions(ctx: ServingContext, c: Context, body: Complet
   const view = ctx.resolveView(body.model, { merge: body.merge, destroy: body.destroy });
   if (typeof body.prompt === 'string') checkTextSize(ctx, tok, Buffer.byteLength(body.prompt), 'prompt');
   else if (typeof body.prompt[0] === 'string') (body.prompt as string[]).forEach((p, i) => checkTextSize(ctx, tok, Buffer.byteLength(p), `prompt.${i}`));
-  if (typeof body.prompt === 'string') await checkTextTokens(ctx, tok, [body.prompt], 'prompt');
-  else if (typeof body.prompt[0] === 'string') for (const [i, p] of (body.prompt as string[]).entries()) await checkTextTokens(ctx, tok, [p], `prompt.${i}`);
-  const prompts = completionPrompts(ctx, tok, body.prompt);
+  const prompts = await completionPrompts(ctx, body.prompt);
   checkBias(ctx, body);
   const n = body.n ?? 1;
   const maxTokens = body.max_tokens ?? 16;

@@ -8,6 +8,7 @@ import type { GeneratedToken } from '../../../engine/generate.ts';
 import type { JobParams, ViewSpec } from '../../../runtime/protocol.ts';
 import type { PromptLogprob } from '../../../engine/scheduler.ts';
 import type { ModelTokenizer } from '../../../engine/tokenizer.ts';
+import type { ContextOverflow, PromptEncoder } from '../../../engine/tokenizer-thread.ts';
 import type { ReasoningFormat } from '../../../engine/prompt.ts';
 import { ApiError, badRequest } from '../../errors.ts';
 import type { JobEvent, JobRunner, JobSpec } from '../../jobs.ts';
@@ -23,6 +24,8 @@ export interface ServingContext {
   runner: JobRunner;
   /** Null until the engine has loaded. */
   tokenizer: () => ModelTokenizer | null;
+  /** Prompts from text and chats, large ones encoded off the HTTP thread. */
+  prompts: PromptEncoder;
   vocabSize: () => number;
   maxContext: () => number;
   /** `backbone` or `backbone:plugin-id`, with optional merge/destroy specs -> the view to run (404 model_not_found, 400 bad spec). */
@@ -116,34 +119,9 @@ export function checkTextSize(ctx: ServingContext, tok: ModelTokenizer, bytes: n
   }
 }
 
-/** Texts longer than this are counted in pieces before the whole is tokenized. */
-const PIECE = 32 * 1024;
-
-/**
- * Refuses texts that the byte bound lets through but that cannot fit the context, without holding the HTTP
- * thread: up to context x the longest token's bytes (1 MiB for Qwen at 4096) takes a second to tokenize in one
- * piece. Texts past 64 KiB are tokenized in 32 KiB pieces cut at whitespace, yielding between pieces. Merges never
- * cross a cut, so a cut changes the count only around it (a leading-space marker, a split word): the pieces'
- * counts less two each are taken as a lower bound of the text's tokens.
- */
-export async function checkTextTokens(ctx: ServingContext, tok: ModelTokenizer, texts: string[], param: string): Promise<void> {
-  const limit = ctx.maxContext();
-  if (texts.reduce((a, t) => a + t.length, 0) <= 2 * PIECE) return;
-  let atLeast = 0;
-  for (const text of texts) {
-    for (let at = 0; at < text.length; ) {
-      // Cut at whitespace, or mid-word where there is none within 1 KiB (a text without spaces must be cut too).
-      let end = Math.min(text.length, at + PIECE);
-      const stop = Math.min(text.length, end + 1024);
-      while (end < stop && !/\s/.test(text[end])) end++;
-      atLeast += Math.max(0, tok.encode(text.slice(at, end)).length - 2);
-      at = end;
-      if (atLeast > limit) {
-        throw badRequest(`This model's maximum context length is ${limit} tokens, and this text has more than ${atLeast} tokens.`, param, 'context_length_exceeded');
-      }
-      await new Promise((r) => setImmediate(r));
-    }
-  }
+/** The 400 for a text the count in pieces found too long for the context. */
+export function overflow(ctx: ServingContext, e: ContextOverflow, param: string): ApiError {
+  return badRequest(`This model's maximum context length is ${ctx.maxContext()} tokens, and this text has more than ${e.atLeast} tokens.`, param, 'context_length_exceeded');
 }
 
 export function checkContext(ctx: ServingContext, promptLen: number, maxTokens: number, param: string): void {

@@ -3,7 +3,7 @@
  * text as transformers does, BOS included; messages through the chat template), and text back from ids.
  */
 import { createRoute, type OpenAPIHono, z } from '@hono/zod-openapi';
-import { chatPrompt, PromptError } from '../../../engine/prompt.ts';
+import { PromptError } from '../../../engine/prompt.ts';
 import { requireKey, type AuthConfig } from '../../auth.ts';
 import { badRequest, modelNotFound } from '../../errors.ts';
 import { errorResponses } from '../../schemas.ts';
@@ -35,17 +35,18 @@ export function tokenizeRoutes(app: OpenAPIHono, ctx: ServingContext, auth: Auth
       request: { body: { content: { 'application/json': { schema: TokenizeBody } }, required: true } },
       responses: { 200: { description: 'The ids.', content: { 'application/json': { schema: TokenizeResponse } } }, ...errorResponses(400, 401, 404, 503) },
     }),
-    (c) => {
+    async (c) => {
       const body = c.req.valid('json');
-      const tok = ready(ctx);
+      ready(ctx);
       known(body.model);
       if ((body.prompt === undefined) === (body.messages === undefined)) throw badRequest('give exactly one of "prompt" and "messages"', 'prompt');
       let tokens: number[];
-      if (body.prompt !== undefined) tokens = body.add_special_tokens === false ? tok.encode(body.prompt) : tok.encodePrompt(body.prompt);
+      // Any length is counted (as vLLM does), large inputs in the tokenizer's thread.
+      if (body.prompt !== undefined) [tokens] = await ctx.prompts.encodeTexts([body.prompt], body.add_special_tokens !== false, null);
       else {
         try {
           const messages = body.messages!.map((m) => ({ role: m.role === 'developer' ? 'system' : m.role, content: m.content }));
-          tokens = body.add_generation_prompt === false ? tok.encode(tok.applyChatTemplate(messages, { addGenerationPrompt: false })) : chatPrompt(tok, messages).ids;
+          ({ ids: tokens } = await ctx.prompts.chatPrompt(messages, undefined, { addGenerationPrompt: body.add_generation_prompt !== false }, null));
         } catch (e) {
           if (e instanceof PromptError || (e as Error).name === 'ChatTemplateError') throw badRequest((e as Error).message, 'messages');
           throw e;

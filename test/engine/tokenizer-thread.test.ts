@@ -1,0 +1,53 @@
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { chatPrompt, PromptError } from '../../src/engine/prompt.ts';
+import { ModelTokenizer } from '../../src/engine/tokenizer.ts';
+import { ContextOverflow, PromptEncoder } from '../../src/engine/tokenizer-thread.ts';
+import { fixtureDir } from '../helpers/fixtures.ts';
+
+describe('PromptEncoder: large inputs tokenized in a thread of their own', () => {
+  const dir = fixtureDir('A');
+  const tok = ModelTokenizer.fromDir(dir);
+  // Everything of 100 characters or more goes to the thread.
+  const encoder = new PromptEncoder(tok, dir, 100);
+  after(() => encoder.close());
+  const text = 'The quick brown fox jumps over the lazy dog, and then it rests. '.repeat(20);
+  const messages = [
+    { role: 'system', content: 'You are terse.' },
+    { role: 'user', content: text },
+  ];
+
+  it('gives the ids the tokenizer gives in place, for prompts and chats', async () => {
+    const before = encoder.offThread;
+    assert.deepEqual(await encoder.encodeTexts([text, `${text}!`], true, null), [tok.encodePrompt(text), tok.encodePrompt(`${text}!`)]);
+    assert.deepEqual(await encoder.encodeTexts([text], false, 4096), [tok.encode(text)]);
+    const chat = await encoder.chatPrompt(messages, undefined, {}, 4096);
+    assert.deepEqual(chat.ids, chatPrompt(tok, messages).ids);
+    const thinking = await encoder.chatPrompt(messages, { format: 's1', maxThinkingTokens: 8 }, {}, null);
+    const inPlace = chatPrompt(tok, messages, { format: 's1', maxThinkingTokens: 8 });
+    assert.deepEqual([thinking.ids, thinking.reasoning, thinking.format], [inPlace.ids, inPlace.reasoning, inPlace.format]);
+    assert.equal(encoder.offThread - before, 4, 'each of the four went through the thread');
+  });
+
+  it('encodes small inputs in place', async () => {
+    const before = encoder.offThread;
+    assert.deepEqual(await encoder.encodeTexts(['Hello'], true, null), [tok.encodePrompt('Hello')]);
+    assert.equal(encoder.offThread, before);
+  });
+
+  it("brings the thread's errors back as the classes the routes catch", async () => {
+    // A 70 KB text of ~15,000 tokens against a context of 1000: refused from a count in pieces.
+    const long = 'The quick brown fox jumps over the lazy dog. '.repeat(1600);
+    await assert.rejects(encoder.encodeTexts(['short enough to fit', long], true, 1000), (e) => e instanceof ContextOverflow && e.index === 1 && e.atLeast > 1000);
+    await assert.rejects(encoder.chatPrompt([{ role: 'user', content: long }], undefined, {}, 1000), ContextOverflow);
+    const open = [{ role: 'user', content: text }];
+    await assert.rejects(encoder.chatPrompt(open, undefined, { continueFinalMessage: true }, null), (e) => e instanceof PromptError && e.param === 'continue_final_message');
+  });
+
+  it('fails the waiting callers when the thread dies, and starts a new one for the next input', async () => {
+    const pending = encoder.encodeTexts([text.repeat(200)], true, null);
+    await encoder.close();
+    await assert.rejects(pending, /tokenizer thread exited/);
+    assert.deepEqual(await encoder.encodeTexts([text], true, null), [tok.encodePrompt(text)]);
+  });
+});
