@@ -53,6 +53,8 @@ export interface GraphOptions {
    * is the largest single product of a decode step, and as an input it streams ~15% slower.
    */
   backboneHead?: Float32Array;
+  /** That copy as int4 instead (--quantize int4): [V, H] quantized along H, for MatMulNBits. */
+  backboneHeadInt4?: Int4Weight;
 }
 
 /**
@@ -300,15 +302,25 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   // The head is [V,H]: logits = (W picked^T)^T, so that the big matrix is streamed, never repacked.
   const head = spec.tieWordEmbeddings ? embed : w(null, 'lm_head');
   const inputHead = (g: GraphBuilder, name?: string) => g.op('Transpose', [g.op('MatMul', [head, g.op('Transpose', [picked], { perm: [1, 0] })], {}, 'lm_head')], { perm: [1, 0] }, name); // [N,V]
-  if (opts.backboneHead && opts.inputs.has(head)) {
-    // A prepacked copy of the backbone's head (transB: the same [V,H] data), for views that keep it.
-    b.externalFloat('lm_head.backbone', opts.backboneHead, [spec.vocabSize, H]);
+  if ((opts.backboneHead || opts.backboneHeadInt4) && opts.inputs.has(head)) {
+    // A prepacked copy of the backbone's head (transB: the same [V,H] data), or an int4 one, for views that keep it.
+    const q = opts.backboneHeadInt4;
+    let backbone: (g: GraphBuilder) => string;
+    if (q) {
+      b.externalTensor('lm_head.backbone.int4', 'uint8', q.packed, [q.N, Math.ceil(q.K / q.blockSize), q.blockSize / 2]);
+      b.externalFloat('lm_head.backbone.scales', q.scales, [q.scales.length]);
+      const attrs = { K: q.K, N: q.N, bits: 4, block_size: q.blockSize, accuracy_level: 4 };
+      backbone = (g) => g.op('MatMulNBits', [picked, 'lm_head.backbone.int4', 'lm_head.backbone.scales'], attrs, undefined, 'com.microsoft');
+    } else {
+      b.externalFloat('lm_head.backbone', opts.backboneHead!, [spec.vocabSize, H]);
+      backbone = (g) => g.op('Gemm', [picked, 'lm_head.backbone'], { transB: 1 });
+    }
     const out = { type: 'float32' as const, dims: ['selected', spec.vocabSize] };
     b.op(
       'If',
       [b.input('head_backbone', 'bool', [])],
       {
-        then_branch: b.subgraph('head.backbone', (g) => [{ ...out, name: g.op('Gemm', [picked, 'lm_head.backbone'], { transB: 1 }) }]),
+        then_branch: b.subgraph('head.backbone', (g) => [{ ...out, name: backbone(g) }]),
         else_branch: b.subgraph('head.view', (g) => [{ ...out, name: inputHead(g) }]),
       },
       'logits',

@@ -16,11 +16,11 @@ export interface Int4Weight {
 }
 
 /**
- * Quantizes a weight held as [K, N] (graph layout: in x out). scale = max|w| / 7 per block, codes
- * round(w / scale) + 8 in [1, 15]; a block of zeros gets scale 0. Padding past K (when K is not a multiple of
- * the block size) is code 8, i.e. zero.
+ * Quantizes a weight held as [K, N] (graph layout: in x out), or as [N, K] with `layout` 'NK' (a head's [V, H]).
+ * scale = max|w| / 7 per block, codes round(w / scale) + 8 in [1, 15]; a block of zeros gets scale 0. Padding
+ * past K (when K is not a multiple of the block size) is code 8, i.e. zero.
  */
-export function quantizeInt4(w: Float32Array, K: number, N: number, blockSize = 32): Int4Weight {
+export function quantizeInt4(w: Float32Array, K: number, N: number, blockSize = 32, layout: 'KN' | 'NK' = 'KN'): Int4Weight {
   if (blockSize % 2 !== 0 || blockSize < 16) throw new Error(`block size ${blockSize}: an even number >= 16`);
   if (w.length !== K * N) throw new Error(`weight has ${w.length} values, expected ${K} x ${N}`);
   const kBlocks = Math.ceil(K / blockSize);
@@ -33,7 +33,7 @@ export function quantizeInt4(w: Float32Array, K: number, N: number, blockSize = 
       let absMax = 0;
       for (let i = 0; i < blockSize; i++) {
         const k = b * blockSize + i;
-        const v = k < K ? w[k * N + n] : 0;
+        const v = k < K ? w[layout === 'KN' ? k * N + n : n * K + k] : 0;
         block[i] = v;
         if (Math.abs(v) > absMax) absMax = Math.abs(v);
       }

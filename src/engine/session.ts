@@ -32,7 +32,8 @@ export interface EngineOptions {
   warn?: (message: string) => void;
   /**
    * 'int4': the serving session's frozen linear weights (q/k/v, gate/up/down) become block-wise int4
-   * MatMulNBits initializers. Swappable weights stay fp32 inputs, and the research session stays fp32.
+   * MatMulNBits initializers, and so does its copy of the backbone's head (used by views that keep it). Swappable
+   * weights stay fp32 inputs (a view's head, o_proj, norms are exact), and the research session stays fp32.
    */
   quantize?: Quantize;
 }
@@ -86,8 +87,14 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind):
     }
   }
   const slots = kind === 'serving' ? PLUGIN_SLOTS : 1;
-  const backboneHead = kind === 'serving' ? c.weights.get(c.headName) : undefined;
-  const graph = buildDecoderGraph(c.spec, { inputs, frozen, quantized, slots, backboneHead });
+  let backboneHead = kind === 'serving' ? c.weights.get(c.headName) : undefined;
+  // The head is the largest product of a decode step: views that keep the backbone's use an int4 copy of it.
+  let backboneHeadInt4: Int4Weight | undefined;
+  if (backboneHead && quantized) {
+    backboneHeadInt4 = quantizeInt4(backboneHead, c.spec.hiddenSize, c.spec.vocabSize, 32, 'NK');
+    backboneHead = undefined;
+  }
+  const graph = buildDecoderGraph(c.spec, { inputs, frozen, quantized, slots, backboneHead, backboneHeadInt4 });
   const options: ort.InferenceSession.SessionOptions = {
     externalData: graph.external,
     graphOptimizationLevel: 'all',
@@ -113,5 +120,5 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind):
   } else {
     session = await ort.InferenceSession.create(graph.bytes, options);
   }
-  return { device, session: { kind, session, inputs, slots, headCopy: backboneHead !== undefined } };
+  return { device, session: { kind, session, inputs, slots, headCopy: backboneHead !== undefined || backboneHeadInt4 !== undefined } };
 }

@@ -76,7 +76,8 @@ describe('--quantize int4 engine', () => {
     const out = new Map(tensors);
     for (const [n, t] of tensors) {
       const p = parseName(n)!;
-      if (p.param !== 'weight' || !['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj'].includes(p.kind)) continue;
+      // The head too: the serving session's copy of the backbone's head is int4 (A's head is untied).
+      if (p.param !== 'weight' || !['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj', 'lm_head'].includes(p.kind)) continue;
       const [outF, inF] = t.shape;
       const d = dequantizeInt4(quantizeInt4(transpose2d(t.data, outF, inF), inF, outF));
       out.set(n, { ...t, data: transpose2d(d, inF, outF) });
@@ -100,6 +101,18 @@ describe('--quantize int4 engine', () => {
       const mixed = dequantized(A.tensors);
       for (const [n, t] of B.tensors) if (parseName(n)!.kind === 'o_proj') mixed.set(n, t);
       assert.ok(maxDiff(await q.logits(o.ids, view), referenceLogits(A.spec, mixed, o.ids)) < 0.15);
+      // A view with a head of its own multiplies by it in fp32: B's lm_head, exact over the int4 linears.
+      const headView = q.baseView.with(tensorOverlay(new Map([...B.tensors].filter(([n]) => parseName(n)!.kind === 'lm_head'))));
+      const ownHead = dequantized(A.tensors);
+      ownHead.set('lm_head.weight', B.tensors.get('lm_head.weight')!);
+      const fromHead = referenceLogits(A.spec, ownHead, o.ids);
+      assert.ok(maxDiff(await q.logits(o.ids, headView), fromHead) < 0.15);
+      const intHead = new Map(ownHead);
+      intHead.set('lm_head.weight', dequantized(B.tensors).get('lm_head.weight')!);
+      assert.ok(maxDiff(await q.logits(o.ids, headView), referenceLogits(A.spec, intHead, o.ids)) > 0.3, "the view's head is not quantized");
+      const fp32Head = dequantized(A.tensors);
+      fp32Head.set('lm_head.weight', A.tensors.get('lm_head.weight')!);
+      assert.ok(maxDiff(got, referenceLogits(A.spec, fp32Head, o.ids)) > 0.3, "the backbone's head is quantized");
       // A view of a frozen module runs on the research session, which stays fp32: exact again.
       const qkv = q.baseView.with(tensorOverlay(new Map([...B.tensors].filter(([n]) => parseName(n)!.kind === 'q_proj'))));
       const exact = new Map(A.tensors);
