@@ -10,6 +10,7 @@ import { parseName, PLUGGABLE_KINDS } from '../model/names.ts';
 import { buildDecoderGraph } from './graph.ts';
 import { graphShape, PLUGIN_SLOTS } from './layout.ts';
 import { quantizeInt4, type Int4Weight } from './quantize.ts';
+import { releaseBuffers } from '../util/release.ts';
 
 export interface EngineOptions {
   /** onnxruntime intra-op threads; defaults to the machine's cores. */
@@ -120,5 +121,7 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind):
   } else {
     session = await ort.InferenceSession.create(graph.bytes, options);
   }
+  // onnxruntime copied the int4 initializers in: free ours now rather than at some later collection.
+  releaseBuffers([...(quantized?.values() ?? []), ...(backboneHeadInt4 ? [backboneHeadInt4] : [])].flatMap((q) => [q.packed, q.scales]));
   return { device, session: { kind, session, inputs, slots, headCopy: backboneHead !== undefined || backboneHeadInt4 !== undefined } };
 }

@@ -10,6 +10,7 @@ import type { ModelSpec } from '../model/config.ts';
 import type { Dtype } from '../model/safetensors.ts';
 import { toFloat32, toFloat32Transposed } from '../model/dtype.ts';
 import { isTransposed } from './layout.ts';
+import { releaseBuffers } from '../util/release.ts';
 
 /** A checkpoint tensor decoded to float32 in graph layout (transposed where the graph multiplies from the right). */
 export function decodeWeight(spec: ModelSpec, name: string, bytes: Uint8Array, dtype: Dtype, shape: number[]): Float32Array {
@@ -38,10 +39,21 @@ export class WeightStore {
     return decodeWeight(this.spec, name, bytes, dtype, shape);
   }
 
-  /** Lets go of these weights' JS copies (only with a checkpoint to read them back from). */
+  /**
+   * Lets go of these weights' JS copies (only with a checkpoint to read them back from), freeing them at once:
+   * nothing else may still hold them (onnxruntime copied them when it built its session).
+   */
   drop(names: Iterable<string>): void {
     if (!this.reader) return;
-    for (const n of names) if (this.held.delete(n)) this.dropped.add(n);
+    const freed: Float32Array[] = [];
+    for (const n of names) {
+      const w = this.held.get(n);
+      if (!w) continue;
+      this.held.delete(n);
+      this.dropped.add(n);
+      freed.push(w);
+    }
+    releaseBuffers(freed);
   }
 
   /** Reads every dropped weight back and holds it again (the research session feeds them all, every run). */
