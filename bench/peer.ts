@@ -5,6 +5,7 @@
  * a fresh process, so that the machine's bandwidth drift hits both; every ratio is printed with its spread.
  *
  *   npm run bench:peer [-- --preset qwen2.5-0.5b --rounds 3 --decode 64 --prefill 512 --concurrency 1,4,8 --no-int4]
+ *   npm run bench:peer -- --preset qwen2.5-1.5b --concurrency ''   (no serving rows)
  *
  * Rows: decode at batch 1 (fp32; int4 against Q4_0), prefill, resident memory once loaded, load to ready, and
  * serving at each concurrency: sfn's HTTP server (streamed completions) against llama.cpp's sequences of one
@@ -33,7 +34,8 @@ const { values } = parseArgs({
 const preset = values.preset as Preset;
 if (!(preset in PRESETS)) throw new Error(`--preset must be one of ${Object.keys(PRESETS)}`);
 const rounds = Number(values.rounds);
-const levels = values.concurrency!.split(',').map(Number);
+// --concurrency '' leaves the serving rows out (the 1.5B row: decode, memory and start-up).
+const levels = values.concurrency ? values.concurrency.split(',').map(Number) : [];
 const ROOT = new URL('..', import.meta.url).pathname;
 const log = (s: string) => process.stderr.write(`bench:peer: ${s}\n`);
 
@@ -141,7 +143,7 @@ async function main() {
     }
   }
   const serve: { sfn: Record<string, ServeRow>[]; llama: Record<string, ServeRow>[] } = { sfn: [], llama: [] };
-  for (let r = 0; r < Math.min(rounds, 2); r++) {
+  for (let r = 0; r < (levels.length ? Math.min(rounds, 2) : 0); r++) {
     const order = r % 2 ? (['llama', 'sfn'] as const) : (['sfn', 'llama'] as const);
     for (const e of order) {
       const s =
