@@ -19,6 +19,9 @@ import { KvCache } from './kv-cache.ts';
 import { WeightFeeds, type SlotMix } from './weight-feeds.ts';
 import { createDecoderSession, type DecoderSession, type Device, type EngineOptions, type SessionKind } from './session.ts';
 
+/** The embedding: looked up here, row by row, rather than by the graph. */
+const EMBED = 'model.embed_tokens.weight';
+
 export class ViewError extends Error {
   override name = 'ViewError';
 }
@@ -103,13 +106,16 @@ export class Engine {
   private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null) {
     const e = new Engine(spec, weights, fp, options, dir, reader);
     e.serving = await e.buildSession(options.allInputs ? 'research' : 'serving');
-    if (!options.allInputs) e.store.drop([...e.shapes.keys()].filter((n) => !e.serving.inputs.has(n)));
+    // onnxruntime holds the frozen weights and its copy of the backbone's head; the embedding's rows are read
+    // from the checkpoint as runs need them.
+    const headCopy = e.serving.headCopy;
+    if (!options.allInputs) e.store.drop([...e.shapes.keys()].filter((n) => !e.serving.inputs.has(n) || (headCopy && n === e.headName)));
     return e;
   }
 
-  /** Names that the serving session takes as inputs. */
+  /** Names that a view may replace on the serving session: its weight inputs, and the embedding (looked up here). */
   get swappable(): ReadonlySet<string> {
-    return this.serving.inputs;
+    return new Set([...this.serving.inputs, EMBED]);
   }
 
   /** The same tensor in graph layout (held once: the HF-layout copy can be dropped). */
@@ -161,7 +167,7 @@ export class Engine {
 
   private sessionForTensors(tensors: ReadonlyMap<string, Tensor>): Promise<DecoderSession> {
     this.checkTensors(tensors);
-    const needsResearch = [...tensors.keys()].some((name) => !this.serving.inputs.has(name));
+    const needsResearch = [...tensors.keys()].some((name) => name !== EMBED && !this.serving.inputs.has(name));
     return needsResearch ? this.researchSession() : Promise.resolve(this.serving);
   }
 
@@ -200,8 +206,8 @@ export class Engine {
     cache.reserve(S);
     const C = cache.capacity;
 
-    // Token ids, positions and masks; padded rows attend only to themselves so that no softmax is empty.
-    const ids = new BigInt64Array(B * S);
+    // Token vectors, positions and masks; padded rows attend only to themselves so that no softmax is empty.
+    const ids = new Int32Array(B * S);
     const pos = new BigInt64Array(B * S);
     const newMask = new Float32Array(B * S * S).fill(MASKED);
     const select: number[] = [];
@@ -211,7 +217,7 @@ export class Engine {
       // RoPE reads its cos/sin tables at these positions: the model's own limit is a hard one.
       if (start + n > spec.maxPositionEmbeddings) throw new RangeError(`row ${first + b} would reach position ${start + n - 1}; the model has ${spec.maxPositionEmbeddings} positions`);
       for (let i = 0; i < S; i++) {
-        ids[b * S + i] = BigInt(i < n ? rows[b][i] : 0);
+        ids[b * S + i] = i < n ? rows[b][i] : 0;
         // Padding repeats the row's last position (its outputs are discarded) so it stays inside the tables.
         pos[b * S + i] = BigInt(Math.min(spec.maxPositionEmbeddings - 1, start + Math.max(0, Math.min(i, n - 1))));
         const rowBase = (b * S + i) * S;
@@ -231,7 +237,7 @@ export class Engine {
 
     const { numKvHeads: kvH, headDim: D } = spec;
     const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', ids, [B, S]),
+      inputs_embeds: new ort.Tensor('float32', this.embed(ids, mix ? undefined : resolved.tensors.get(EMBED)), [B, S, spec.hiddenSize]),
       position_ids: new ort.Tensor('int64', pos, [B, S]),
       past_mask: new ort.Tensor('float32', cache.pastMask(first, B), [B, 1, 1, C]),
       new_mask: new ort.Tensor('float32', newMask, [B, 1, S, S]),
@@ -290,6 +296,15 @@ export class Engine {
     if (views.length === 1) return null;
     if (views.length > this.serving.slots) throw new ViewError(`${views.length} views in one run; the serving graph has ${this.serving.slots} plugin slots`);
     return { views, slotOf };
+  }
+
+  /** The embedding's rows of `ids`: the view's embedding, else the backbone's (read back when dropped). */
+  private embed(ids: Int32Array, over: Tensor | undefined): Float32Array {
+    const H = this.spec.hiddenSize;
+    const out = new Float32Array(ids.length * H);
+    if (over) for (let i = 0; i < ids.length; i++) out.set(over.data.subarray(ids[i] * H, (ids[i] + 1) * H), i * H);
+    else this.store.rows(EMBED, ids, H, out);
+    return out;
   }
 
   /** Logits of every position of `ids`, from an empty cache (the `sfn logits` computation). */

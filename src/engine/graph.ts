@@ -2,7 +2,9 @@
  * The decoder's forward graph, built from a ModelSpec at load time (no export step, no Python).
  *
  * Qwen2 and Llama share one shape: embeddings -> N x [RMSNorm -> attention (GQA, RoPE) -> residual ->
- * RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> head. Every weight node is named with its Hugging Face
+ * RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> head. The embedding lookup is the engine's (a few rows per
+ * run, read where the view or the checkpoint has them): the graph starts from their vectors, so no copy of the
+ * embedding matrix needs to be a graph input. Every weight node is named with its Hugging Face
  * parameter name. A weight is either a graph *input* (swappable per run, fed by a view) or an *initializer*
  * (frozen, prepacked by onnxruntime); the caller chooses which.
  *
@@ -13,7 +15,7 @@
  * transposed right operand (see matMulT).
  *
  * Inputs (B batch rows, S new tokens per row, C cache capacity, N selected positions):
- *   input_ids [B,S] int64, position_ids [B,S] int64,
+ *   inputs_embeds [B,S,H] f32, position_ids [B,S] int64,
  *   past_mask [B,1,1,C] f32 (0 = attend, -1e30 = masked), new_mask [B,1,S,S] f32 (causal + padding),
  *   select [N] int64 (flat indices b*S+s of the positions whose logits are wanted),
  *   layer_gate [L] f32 (1 = layer on, 0 = layer removed: its residual contributions are gated off),
@@ -107,7 +109,10 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
     const shape = graphShape(spec, name, shapes.get(name)!);
     if (opts.inputs.has(name)) {
       const perRow = slots > 1 && NORM_KINDS.includes(kind);
-      b.input(name, 'float32', perRow ? [`${name}.rows`, 1, shape[0]] : shape);
+      // With a backbone copy of the head, the head input is read only for views that replace it: the others
+      // feed a one-row stand-in, so its rows are not fixed.
+      const standIn = (opts.backboneHead || opts.backboneHeadInt4) && shape.length === 2 && (kind === 'lm_head' || kind === 'embed_tokens');
+      b.input(name, 'float32', perRow ? [`${name}.rows`, 1, shape[0]] : standIn ? [`${name}.rows`, shape[1]] : shape);
       weightInputs.push(name);
     } else {
       const data = opts.frozen.get(name);
@@ -118,7 +123,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   };
 
   // ---- inputs ----
-  const ids = b.input('input_ids', 'int64', ['batch', 'seq']);
+  const embeds = b.input('inputs_embeds', 'float32', ['batch', 'seq', H]);
   const pos = b.input('position_ids', 'int64', ['batch', 'seq']);
   const pastMask = b.input('past_mask', 'float32', ['batch', 1, 1, 'capacity']);
   const newMask = b.input('new_mask', 'float32', ['batch', 1, 'seq', 'seq']);
@@ -135,9 +140,8 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const two = b.constFloat([2], [], 'two');
   const scale = b.constFloat([1 / Math.sqrt(D)], [], 'attn_scale');
 
-  // ---- embeddings ----
-  const embed = w(null, 'embed_tokens');
-  let h = b.op('Gather', [embed, ids], { axis: 0 }, 'embed_tokens.out'); // [B,S,H]
+  // ---- embeddings: looked up by the engine ----
+  let h = embeds; // [B,S,H]
   const shapeBSH = b.op('Shape', [h], {}, 'shape_bsh');
 
   // ---- rotary embedding: onnxruntime's RotaryEmbedding over cos/sin tables of every position ----
@@ -152,7 +156,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
 
   // [C, S]: how the concatenated scores split back into cache and new rows.
   const capacityDim = b.op('Slice', [b.op('Shape', [pastMask]), b.constInt64([3]), b.constInt64([4])]);
-  const seqDim = b.op('Slice', [b.op('Shape', [ids]), b.constInt64([1]), b.constInt64([2])]);
+  const seqDim = b.op('Slice', [b.op('Shape', [embeds]), b.constInt64([1]), b.constInt64([2])]);
   const scoreSplit = b.op('Concat', [capacityDim, seqDim], { axis: 0 }, 'score_split');
 
   // The causal/padding mask of the new rows, tiled over the G query heads that share a kv head: [B,1,G*S,S].
@@ -300,7 +304,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const flat = b.op('Reshape', [h, b.constInt64([-1, H], 'shape_flat')]);
   const picked = b.op('Gather', [flat, select], { axis: 0 }, 'select_positions'); // [N,H]
   // The head is [V,H]: logits = (W picked^T)^T, so that the big matrix is streamed, never repacked.
-  const head = spec.tieWordEmbeddings ? embed : w(null, 'lm_head');
+  const head = w(null, spec.tieWordEmbeddings ? 'embed_tokens' : 'lm_head');
   const inputHead = (g: GraphBuilder, name?: string) => g.op('Transpose', [g.op('MatMul', [head, g.op('Transpose', [picked], { perm: [1, 0] })], {}, 'lm_head')], { perm: [1, 0] }, name); // [N,V]
   if ((opts.backboneHead || opts.backboneHeadInt4) && opts.inputs.has(head)) {
     // A prepacked copy of the backbone's head (transB: the same [V,H] data), or an int4 one, for views that keep it.

@@ -123,5 +123,6 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind):
   }
   // onnxruntime copied the int4 initializers in: free ours now rather than at some later collection.
   releaseBuffers([...(quantized?.values() ?? []), ...(backboneHeadInt4 ? [backboneHeadInt4] : [])].flatMap((q) => [q.packed, q.scales]));
-  return { device, session: { kind, session, inputs, slots, headCopy: backboneHead !== undefined || backboneHeadInt4 !== undefined } };
+  // The graph's own inputs: an untied embedding is not one (the engine looks its rows up).
+  return { device, session: { kind, session, inputs: new Set(graph.weightInputs), slots, headCopy: backboneHead !== undefined || backboneHeadInt4 !== undefined } };
 }

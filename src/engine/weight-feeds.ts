@@ -25,6 +25,8 @@ export class WeightFeeds {
   private readonly falseTensor = new ort.Tensor('bool', Uint8Array.from([0]), []);
   private readonly trueTensor = new ort.Tensor('bool', Uint8Array.from([1]), []);
   private readonly noPositions = new ort.Tensor('int64', new BigInt64Array(0), [0]);
+  /** Fed as the head input where the graph's backbone copy of the head is used instead (the input is not read). */
+  private readonly headStandIn: ort.Tensor;
   readonly normNames: ReadonlySet<string>;
   readonly oProjNames: ReadonlySet<string>;
 
@@ -39,6 +41,7 @@ export class WeightFeeds {
     this.weights = weights;
     this.shapes = shapes;
     this.headName = headName;
+    this.headStandIn = new ort.Tensor('float32', new Float32Array(spec.hiddenSize), [1, spec.hiddenSize]);
     const names = [...shapes.keys()];
     this.normNames = new Set(names.filter((n) => NORM_KINDS.includes(parseName(n)!.kind)));
     this.oProjNames = new Set(names.filter((n) => parseName(n)!.kind === 'o_proj' && parseName(n)!.param === 'weight'));
@@ -54,6 +57,10 @@ export class WeightFeeds {
   /** Feeds every weight input of `session` from one view. */
   single(feeds: Record<string, ort.Tensor>, session: DecoderSession, view: ResolvedView): void {
     for (const name of session.inputs) {
+      if (session.headCopy && name === this.headName && !view.tensors.has(name)) {
+        feeds[name] = this.headStandIn;
+        continue;
+      }
       const data = this.viewWeight(name, view);
       const shape = graphShape(this.spec, name, this.shapes.get(name)!);
       // Slotted graphs take norms per row; one row's weight broadcasts over all rows.
@@ -84,8 +91,8 @@ export class WeightFeeds {
       } else if (this.oProjNames.has(name)) {
         for (let k = 0; k < session.slots; k++) feeds[slotInput(name, k)] = this.feedTensor(this.viewWeight(name, mix.views[Math.min(k, mix.views.length - 1)]), shape);
       } else {
-        // embed_tokens / lm_head: no view that shares runs replaces them.
-        feeds[name] = this.feedTensor(this.weights.get(name)!, shape);
+        // The head: no view that shares runs replaces it, so the graph's backbone copy serves.
+        feeds[name] = session.headCopy ? this.headStandIn : this.feedTensor(this.weights.get(name)!, shape);
       }
     }
     feeds.mixed = this.trueTensor;

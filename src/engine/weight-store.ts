@@ -40,6 +40,19 @@ export class WeightStore {
   }
 
   /**
+   * Rows `ids` of a [rows, width] weight (the embedding) into `out`, one after another: from the held copy, or
+   * read from the checkpoint when it was dropped (a few rows per run, never the whole matrix).
+   */
+  rows(name: string, ids: ArrayLike<number>, width: number, out: Float32Array): void {
+    const w = this.held.get(name);
+    for (let i = 0; i < ids.length; i++) {
+      const row = out.subarray(i * width, (i + 1) * width);
+      if (w) row.set(w.subarray(ids[i] * width, (ids[i] + 1) * width));
+      else this.reader!.readRange(name, ids[i] * width, row);
+    }
+  }
+
+  /**
    * Lets go of these weights' JS copies (only with a checkpoint to read them back from), freeing them at once:
    * nothing else may still hold them (onnxruntime copied them when it built its session).
    */

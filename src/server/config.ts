@@ -89,7 +89,7 @@ export const SERVE = command({
       choices: ['none', 'int4'],
       env: 'SFN_QUANTIZE',
       default: 'none',
-      help: 'int4: the frozen linear weights (q/k/v, gate/up/down) of the serving session as block-wise int4; swappable weights stay fp32, so plugins and o_proj/norm merges swap exactly as before',
+      help: "int4: the frozen linear weights (q/k/v, gate/up/down) of the serving session, and its copy of the backbone's head, as block-wise int4; swappable weights stay fp32, so plugins and o_proj/norm/head merges swap exactly as before",
     },
   },
 });
