@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cacheDir, cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
 import { serverProcess } from './server-process.ts';
+import { withMallocTuning } from '../bin/malloc.js';
 import { median, pct, streamTokenTimes } from './stats.ts';
 
 const { values } = parseArgs({
@@ -54,7 +55,8 @@ function probe(engine: 'sfn' | 'llama', model: string, quantize = 'none', extra:
   const r = spawnSync(
     process.execPath,
     ['--import', 'tsx', 'bench/peer-probe.ts', '--engine', engine, '--model', model, '--quantize', quantize, '--prefill', values.prefill!, '--decode', values.decode!, ...extra],
-    { cwd: ROOT, encoding: 'utf8', maxBuffer: 64 << 20 },
+    // Both engines with glibc's allocator as bin/sfn.js sets it where Node can re-execute (Node 24, the image).
+    { cwd: ROOT, encoding: 'utf8', maxBuffer: 64 << 20, env: withMallocTuning(process.env) ?? process.env },
   );
   if (r.status !== 0) throw new Error(`${engine} probe failed:\n${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').at(-1)!);

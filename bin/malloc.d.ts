@@ -1,0 +1,2 @@
+export declare const MALLOC_TUNABLE: string;
+export declare function withMallocTuning(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv | null;
