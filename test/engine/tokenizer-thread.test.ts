@@ -29,6 +29,16 @@ describe('PromptEncoder: large inputs tokenized in a thread of their own', () =>
     assert.equal(encoder.offThread - before, 4, 'each of the four went through the thread');
   });
 
+  it('decodes long id lists in the thread, as the tokenizer does in place', async () => {
+    const ids = tok.encode(text);
+    const before = encoder.offThread;
+    assert.equal(await encoder.decode(ids, false), tok.decode(ids, false));
+    assert.equal(await encoder.decode([...ids, ...tok.encode('<|im_end|>')], true), tok.decode([...ids, ...tok.encode('<|im_end|>')], true));
+    assert.equal(encoder.offThread - before, 2);
+    assert.equal(await encoder.decode(ids.slice(0, 3), false), tok.decode(ids.slice(0, 3), false), 'a short list in place');
+    assert.equal(encoder.offThread - before, 2);
+  });
+
   it('encodes small inputs in place', async () => {
     const before = encoder.offThread;
     assert.deepEqual(await encoder.encodeTexts(['Hello'], true, null), [tok.encodePrompt('Hello')]);

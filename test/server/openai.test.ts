@@ -515,6 +515,15 @@ describe('long texts on a tokenizer with long tokens (Qwen: 256 bytes), context 
     assert.ok(longestGap < total / 2, `the longest wait for /health was ${longestGap.toFixed(0)} of ${total.toFixed(0)} ms`);
   });
 
+  it('detokenizes a long id list (in the tokenizer thread) to the text the ids came from', async () => {
+    const text = prose.slice(0, 100_000);
+    const { body } = (await post('/tokenize', { model: 'q', prompt: text, add_special_tokens: false })) as unknown as { body: { tokens: number[] } };
+    assert.ok(body.tokens.length > 16_384, `${body.tokens.length} ids`);
+    const r = (await post('/detokenize', { model: 'q', tokens: body.tokens })) as unknown as { status: number; body: { prompt: string } };
+    assert.equal(r.status, 200);
+    assert.equal(r.body.prompt, text);
+  });
+
   it('serves a long text of few tokens (70 KB of spaces), tokenized whole as before', async () => {
     const r = await post('/v1/completions', { model: 'q', prompt: `${' '.repeat(70_000)}Hello`, max_tokens: 1 });
     assert.equal(r.status, 200, JSON.stringify(r.body));

@@ -66,14 +66,14 @@ export function tokenizeRoutes(app: OpenAPIHono, ctx: ServingContext, auth: Auth
         ...errorResponses(400, 401, 404, 503),
       },
     }),
-    (c) => {
+    async (c) => {
       const body = c.req.valid('json');
-      const tok = ready(ctx);
+      ready(ctx);
       known(body.model);
       const V = ctx.vocabSize();
       const bad = body.tokens.find((t) => t >= V);
       if (bad !== undefined) throw badRequest(`tokens: token id ${bad} is outside the vocabulary (0..${V - 1})`, 'tokens');
-      return c.json({ prompt: tok.decode(body.tokens, false) }, 200);
+      return c.json({ prompt: await ctx.prompts.decode(body.tokens, false) }, 200);
     },
   );
   app.openapi(
