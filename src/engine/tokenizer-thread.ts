@@ -83,7 +83,12 @@ type Reply =
 interface Pending {
   resolve: (r: Reply & { ok: true }) => void;
   reject: (e: Error) => void;
+  /** The thread asked: a dead thread fails its own callers, not those of the one that replaced it. */
+  thread: Worker;
 }
+
+/** Templating costs per message as well as per character (~50 us for a short one): each counts as this many. */
+const MESSAGE_CHARS = 256;
 
 export class PromptEncoder {
   readonly tok: ModelTokenizer;
@@ -109,7 +114,7 @@ export class PromptEncoder {
   }
 
   async chatPrompt(messages: ChatMessage[], reasoning: ReasoningOptions | undefined, opts: TemplateOptions, limit: number | null): Promise<ChatPrompt> {
-    if (messages.reduce((a, m) => a + m.content.length, 0) < this.offThreadChars) return encodeChat(this.tok, messages, reasoning, opts, limit);
+    if (messages.reduce((a, m) => a + m.content.length + MESSAGE_CHARS, 0) < this.offThreadChars) return encodeChat(this.tok, messages, reasoning, opts, limit);
     const r = await this.ask({ id: 0, op: 'chat', messages, reasoning, opts, limit });
     return { ids: Array.from(r.ids[0]), reasoning: r.reasoning, format: r.format };
   }
@@ -133,8 +138,9 @@ export class PromptEncoder {
   private ask(req: Request, transfer: ArrayBuffer[] = []): Promise<Reply & { ok: true }> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker().postMessage({ ...req, id }, transfer);
+      const thread = this.worker();
+      this.pending.set(id, { resolve, reject, thread });
+      thread.postMessage({ ...req, id }, transfer);
     });
   }
 
@@ -144,8 +150,11 @@ export class PromptEncoder {
     t.unref(); // an idle tokenizer never keeps the process alive
     const fail = (e: Error) => {
       if (this.thread === t) this.thread = null;
-      for (const p of this.pending.values()) p.reject(e);
-      this.pending.clear();
+      for (const [id, p] of this.pending) {
+        if (p.thread !== t) continue;
+        this.pending.delete(id);
+        p.reject(e);
+      }
     };
     t.on('message', (r: Reply) => {
       const p = this.pending.get(r.id);

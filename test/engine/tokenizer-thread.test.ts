@@ -56,8 +56,24 @@ describe('PromptEncoder: large inputs tokenized in a thread of their own', () =>
 
   it('fails the waiting callers when the thread dies, and starts a new one for the next input', async () => {
     const pending = encoder.encodeTexts([text.repeat(200)], true, null);
-    await encoder.close();
+    const closing = encoder.close();
+    // Asked before the old thread has exited: it goes to a new thread, and the old one's end does not fail it.
+    const next = encoder.encodeTexts([text], true, null);
+    await closing;
     await assert.rejects(pending, /tokenizer thread exited/);
-    assert.deepEqual(await encoder.encodeTexts([text], true, null), [tok.encodePrompt(text)]);
+    assert.deepEqual(await next, [tok.encodePrompt(text)]);
+  });
+
+  it('templates a chat of many short messages in the thread too (templating costs per message)', async () => {
+    const standard = new PromptEncoder(tok, dir);
+    try {
+      const many = Array.from({ length: 300 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: 'hi' }));
+      assert.deepEqual((await standard.chatPrompt(many, undefined, {}, null)).ids, chatPrompt(tok, many).ids);
+      assert.equal(standard.offThread, 1, '300 messages of 2 characters: off the HTTP thread');
+      await standard.chatPrompt(many.slice(0, 10), undefined, {}, null);
+      assert.equal(standard.offThread, 1, 'ten: in place');
+    } finally {
+      await standard.close();
+    }
   });
 });
