@@ -14,7 +14,7 @@ import { expectedParams, PLUGGABLE_KINDS, parseName } from '../model/names.ts';
 import { View, type ResolvedView, type Tensor } from './view.ts';
 import { MASKED } from './graph.ts';
 import { toGraphLayout, toHfLayout } from './layout.ts';
-import { decodeWeight, WeightStore } from './weight-store.ts';
+import { decodeWeight, gatherRows, WeightStore } from './weight-store.ts';
 import { KvCache } from './kv-cache.ts';
 import { WeightFeeds, type SlotMix } from './weight-feeds.ts';
 import { createDecoderSession, type DecoderSession, type Device, type EngineOptions, type SessionKind } from './session.ts';
@@ -302,7 +302,7 @@ export class Engine {
   private embed(ids: Int32Array, over: Tensor | undefined): Float32Array {
     const H = this.spec.hiddenSize;
     const out = new Float32Array(ids.length * H);
-    if (over) for (let i = 0; i < ids.length; i++) out.set(over.data.subarray(ids[i] * H, (ids[i] + 1) * H), i * H);
+    if (over) gatherRows(over.data, ids, H, out);
     else this.store.rows(EMBED, ids, H, out);
     return out;
   }

@@ -99,6 +99,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   const G = nh / nkv;
   const shapes = expectedParams(spec);
   const weightInputs: string[] = [];
+  const headCopy = opts.backboneHead !== undefined || opts.backboneHeadInt4 !== undefined;
 
   // ---- weights: an input when swappable, an initializer when frozen ----
   const declared = new Set<string>();
@@ -111,7 +112,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
       const perRow = slots > 1 && NORM_KINDS.includes(kind);
       // With a backbone copy of the head, the head input is read only for views that replace it: the others
       // feed a one-row stand-in, so its rows are not fixed.
-      const standIn = (opts.backboneHead || opts.backboneHeadInt4) && shape.length === 2 && (kind === 'lm_head' || kind === 'embed_tokens');
+      const standIn = headCopy && (kind === 'lm_head' || kind === 'embed_tokens');
       b.input(name, 'float32', perRow ? [`${name}.rows`, 1, shape[0]] : standIn ? [`${name}.rows`, shape[1]] : shape);
       weightInputs.push(name);
     } else {
@@ -306,7 +307,7 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   // The head is [V,H]: logits = (W picked^T)^T, so that the big matrix is streamed, never repacked.
   const head = w(null, spec.tieWordEmbeddings ? 'embed_tokens' : 'lm_head');
   const inputHead = (g: GraphBuilder, name?: string) => g.op('Transpose', [g.op('MatMul', [head, g.op('Transpose', [picked], { perm: [1, 0] })], {}, 'lm_head')], { perm: [1, 0] }, name); // [N,V]
-  if ((opts.backboneHead || opts.backboneHeadInt4) && opts.inputs.has(head)) {
+  if (headCopy && opts.inputs.has(head)) {
     // A prepacked copy of the backbone's head (transB: the same [V,H] data), or an int4 one, for views that keep it.
     const q = opts.backboneHeadInt4;
     let backbone: (g: GraphBuilder) => string;

@@ -18,6 +18,11 @@ export function decodeWeight(spec: ModelSpec, name: string, bytes: Uint8Array, d
   return dtype === 'F32' ? new Float32Array(bytes.slice().buffer) : toFloat32(bytes, dtype);
 }
 
+/** Rows `ids` of a [rows, width] matrix into `out`, one after another. */
+export function gatherRows(src: Float32Array, ids: ArrayLike<number>, width: number, out: Float32Array): void {
+  for (let i = 0; i < ids.length; i++) out.set(src.subarray(ids[i] * width, (ids[i] + 1) * width), i * width);
+}
+
 export class WeightStore {
   /** The weights held in JS (all of them until `drop`); shared with the sessions' feeds. */
   readonly held: Map<string, Float32Array>;
@@ -45,11 +50,8 @@ export class WeightStore {
    */
   rows(name: string, ids: ArrayLike<number>, width: number, out: Float32Array): void {
     const w = this.held.get(name);
-    for (let i = 0; i < ids.length; i++) {
-      const row = out.subarray(i * width, (i + 1) * width);
-      if (w) row.set(w.subarray(ids[i] * width, (ids[i] + 1) * width));
-      else this.reader!.readRange(name, ids[i] * width, row);
-    }
+    if (w) gatherRows(w, ids, width, out);
+    else for (let i = 0; i < ids.length; i++) this.reader!.readRange(name, ids[i] * width, out.subarray(i * width, (i + 1) * width));
   }
 
   /**
