@@ -1,8 +1,8 @@
 /**
  * One side of `npm run bench:peer`, in a process of its own so that load time and memory are its alone:
  * `--engine sfn` (sfn's Engine on the checkpoint) or `--engine llama` (llama.cpp through node-llama-cpp on the
- * GGUF sfn exported from it). Measures load-to-ready, resident memory once loaded, prefill of `--prefill` tokens
- * and greedy decode of `--decode` tokens at batch 1. Prints one JSON line. With `--serve 1,4,8` (llama only; sfn's
+ * GGUF sfn exported from it). Measures load-to-ready, prefill of `--prefill` tokens, greedy decode of `--decode`
+ * tokens at batch 1, then resident memory (and its peak). Prints one JSON line. With `--serve 1,4,8` (llama only; sfn's
  * side is its HTTP server, driven by bench/peer.ts), instead: that many sequences of one context generating at
  * once, as llama.cpp's server batches them.
  */
@@ -21,6 +21,8 @@ const { values } = parseArgs({
     serve: { type: 'string' },
     'serve-prompt': { type: 'string', default: '64' },
     'serve-tokens': { type: 'string', default: '64' },
+    // sfn: the session cache's directory (the server's default when absent; 'off': none).
+    'session-cache': { type: 'string' },
   },
 });
 const prefillN = Number(values.prefill);
@@ -35,6 +37,17 @@ function memory() {
 }
 
 let bindingS = 0;
+/** sfn: where its serving session came from ('cache' when mapped from the session cache). */
+let servingFrom: string | undefined;
+
+/**
+ * Resident memory once serving: after prefill and decode, when every weight a step reads has been touched (a
+ * mapped file is paged in as it is read, so right after load it would count almost nothing), a second later.
+ */
+async function settledMemory() {
+  await new Promise((r) => setTimeout(r, 1000));
+  return memory();
+}
 
 /**
  * llama.cpp serving `c` streams at once (one context, `c` sequences, its batch dispatcher merging their steps):
@@ -81,10 +94,12 @@ const prompt = Array.from({ length: prefillN }, (_, i) => (i * 7919 + 13) % 1500
 
 async function sfn() {
   const { Engine } = await import('../src/engine/engine.ts');
-  const engine = await Engine.load(values.model!, { threads, quantize: values.quantize as 'none' | 'int4' });
+  const { cacheDir } = await import('../src/util/cache-dir.ts');
+  const { sessionCacheSetting } = await import('../src/engine/session-cache.ts');
+  const sessionCache = sessionCacheSetting(values['session-cache'] ?? `${cacheDir()}/sessions`, 24 * 1024 ** 3);
+  const engine = await Engine.load(values.model!, { threads, quantize: values.quantize as 'none' | 'int4', sessionCache });
   const loadS = performance.now() / 1000;
-  await new Promise((r) => setTimeout(r, 1000));
-  const mem = memory();
+  servingFrom = engine.servingFrom;
   let t = performance.now();
   const cache = engine.newCache(1);
   const [pre] = await engine.forward(cache, [prompt], { view: engine.baseView });
@@ -96,7 +111,7 @@ async function sfn() {
   t = performance.now();
   for (let i = 0; i < decodeN; i++) [[next]] = (await engine.forward(cache, [[next]], { view: engine.baseView })).map((o) => [argmax(o[0])]);
   const decodeS = (performance.now() - t) / 1000;
-  return { loadS, mem, prefillS, decodeS };
+  return { loadS, mem: await settledMemory(), prefillS, decodeS };
 }
 
 async function llama() {
@@ -109,8 +124,6 @@ async function llama() {
   if (values.serve) return { serve: await llamaServe(model, values.serve.split(',').map(Number)) };
   const context = await model.createContext({ contextSize: prefillN + decodeN + 16, batchSize: prefillN, threads, sequences: 1 });
   const loadS = performance.now() / 1000;
-  await new Promise((r) => setTimeout(r, 1000));
-  const mem = memory();
   const seq = context.getSequence();
   type Tok = Parameters<typeof seq.controlledEvaluate>[0][number];
   let t = performance.now();
@@ -122,7 +135,7 @@ async function llama() {
   t = performance.now();
   for (let i = 0; i < decodeN; i++) next = await step();
   const decodeS = (performance.now() - t) / 1000;
-  return { loadS, mem, prefillS, decodeS };
+  return { loadS, mem: await settledMemory(), prefillS, decodeS };
 }
 
 const r = values.engine === 'llama' ? await llama() : await sfn();
@@ -136,6 +149,7 @@ process.stdout.write(
     quantize: values.quantize,
     load_s: +(r.loadS - bindingS).toFixed(2),
     binding_s: +bindingS.toFixed(2),
+    ...(servingFrom ? { serving_from: servingFrom } : {}),
     rss_bytes: r.mem.rss,
     rss_anon_bytes: r.mem.anon,
     rss_file_bytes: r.mem.file,

@@ -7,15 +7,17 @@
  *   npm run bench:peer [-- --preset qwen2.5-0.5b --rounds 3 --decode 64 --prefill 512 --concurrency 1,4,8 --no-int4]
  *   npm run bench:peer -- --preset qwen2.5-1.5b --concurrency ''   (no serving rows)
  *
- * Rows: decode at batch 1 (fp32; int4 against Q4_0), prefill, resident memory once loaded, load to ready, and
- * serving at each concurrency: sfn's HTTP server (streamed completions) against llama.cpp's sequences of one
+ * Rows: decode at batch 1 (fp32; int4 against Q4_0), prefill, resident memory once serving, load to ready (sfn's
+ * with its session cache, and its first start, which builds that cache, apart), and serving at each concurrency: sfn's HTTP server (streamed completions) against llama.cpp's sequences of one
  * context generating at once (in process, no HTTP: what llama.cpp's server does for each step).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { cacheDir, cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
+import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
+import { cacheDir } from '../src/util/cache-dir.ts';
 import { serverProcess } from './server-process.ts';
 import { withMallocTuning } from '../bin/malloc.js';
 import { median, pct, streamTokenTimes } from './stats.ts';
@@ -49,6 +51,7 @@ interface Probe {
   peak_rss_bytes: number;
   prefill_tps: number;
   decode_tps: number;
+  serving_from?: string;
 }
 
 function probe(engine: 'sfn' | 'llama', model: string, quantize = 'none', extra: string[] = []): Probe & { serve?: Record<string, ServeRow> } {
@@ -130,6 +133,18 @@ async function main() {
   const f32 = gguf(dir, 'f32');
   const q4 = values['no-int4'] ? null : gguf(dir, 'q4_0');
   const runs: { sfn: Probe[]; llama: Probe[]; sfnInt4: Probe[]; llamaQ4: Probe[] } = { sfn: [], llama: [], sfnInt4: [], llamaQ4: [] };
+  // sfn's first start on a checkpoint builds its session cache (once per checkpoint, CPU and onnxruntime version,
+  // as llama.cpp needs its GGUF converted once): timed apart, into a directory of its own that goes afterwards.
+  const coldDir = mkdtempSync(join(tmpdir(), 'sfn-bench-cold-'));
+  let cold: Probe;
+  try {
+    cold = probe('sfn', dir, 'none', ['--session-cache', coldDir]);
+  } finally {
+    rmSync(coldDir, { recursive: true, force: true });
+  }
+  log(`sfn first start (building the session cache): load ${cold.load_s} s, peak rss ${gb(cold.peak_rss_bytes)} GB`);
+  // The rounds use the default session cache, as the server does: make sure it holds both sessions.
+  for (const q of q4 ? ['none', 'int4'] : ['none']) log(`sfn ${q}: session ${probe('sfn', dir, q).serving_from}`);
   for (let r = 0; r < rounds; r++) {
     // The order alternates, so that neither engine always runs first in a round.
     const order = r % 2 ? (['llama', 'sfn'] as const) : (['sfn', 'llama'] as const);
@@ -177,7 +192,7 @@ async function main() {
     runs.llama.map((p) => p.prefill_tps),
   );
   row(
-    'resident memory after load, fp32 (GB; lower is better)',
+    'resident memory once serving (after prefill and decode), fp32 (GB; lower is better)',
     runs.sfn.map((p) => p.rss_bytes / 1e9),
     runs.llama.map((p) => p.rss_bytes / 1e9),
   );
@@ -191,6 +206,7 @@ async function main() {
     runs.sfn.map((p) => p.load_s),
     runs.llama.map((p) => p.load_s),
   );
+  row("load to ready, fp32, sfn's first start (building its session cache) (s; lower is better)", [cold.load_s], [median(runs.llama.map((p) => p.load_s))]);
   for (const c of levels) {
     const k = `c${c}`;
     row(
@@ -222,7 +238,7 @@ async function main() {
       '',
     ].join('\n'),
   );
-  process.stderr.write(`${JSON.stringify({ bench: 'peer', preset, runs, serve })}\n`);
+  process.stderr.write(`${JSON.stringify({ bench: 'peer', preset, cold, runs, serve })}\n`);
 }
 
 await main();

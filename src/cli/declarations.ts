@@ -7,7 +7,7 @@ import { SERVE } from '../server/config.ts';
 import { command, type Command } from '../util/options.ts';
 
 // Options several commands share.
-const { model, threads, device, quantize } = SERVE.options;
+const { model, threads, device, quantize, 'session-cache': sessionCache, 'session-cache-gb': sessionCacheGb } = SERVE.options;
 const plugin = { kind: 'string', arg: 'FILE', repeat: true, help: 'a plugin file laid over the model' } as const;
 const merge = { kind: 'string', arg: 'JSON', help: 'a merge, in the API\'s JSON; a "from" is a plugin file or a checkpoint directory' } as const;
 const destroy = { kind: 'string', arg: 'JSON', help: "a destruction, in the API's JSON" } as const;
@@ -53,6 +53,8 @@ export const COMMAND_DECLARATIONS = [
       threads,
       device,
       quantize,
+      'session-cache': sessionCache,
+      'session-cache-gb': sessionCacheGb,
     },
   }),
   command({
@@ -67,6 +69,8 @@ export const COMMAND_DECLARATIONS = [
       threads,
       device,
       quantize,
+      'session-cache': sessionCache,
+      'session-cache-gb': sessionCacheGb,
     },
   }),
   command({

@@ -10,6 +10,7 @@
 import * as ort from 'onnxruntime-node';
 import { CheckpointReader, Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
+import { maxAbsStored } from '../model/dtype.ts';
 import { expectedParams, PLUGGABLE_KINDS, parseName } from '../model/names.ts';
 import { View, type ResolvedView, type Tensor } from './view.ts';
 import { MASKED } from './graph.ts';
@@ -17,7 +18,21 @@ import { toGraphLayout, toHfLayout } from './layout.ts';
 import { decodeWeight, gatherRows, WeightStore } from './weight-store.ts';
 import { KvCache } from './kv-cache.ts';
 import { WeightFeeds, type SlotMix } from './weight-feeds.ts';
-import { createDecoderSession, type DecoderSession, type Device, type EngineOptions, type SessionKind } from './session.ts';
+import { SessionCache, type PendingEntry } from './session-cache.ts';
+import { createDecoderSession, openCachedSession, type DecoderSession, type Device, type ServingFrom, type EngineOptions, type SessionKind } from './session.ts';
+
+/**
+ * The kinds JS keeps once the serving session is built: the swappable ones fed from the backbone on every run.
+ * (The embedding is read from the checkpoint row by row; onnxruntime holds the head's copy and the rest.)
+ */
+const KEPT_IN_JS: ReadonlySet<string> = new Set(PLUGGABLE_KINDS.filter((k) => k !== 'embed_tokens' && k !== 'lm_head'));
+
+interface CreateFrom {
+  /** The largest |value| of each pluggable parameter, when the load saw them go by. */
+  maxAbs?: ReadonlyMap<string, number>;
+  serving?: DecoderSession;
+  save?: { cache: SessionCache; pending: PendingEntry; made: Record<string, unknown> };
+}
 
 /** The embedding: looked up here, row by row, rather than by the graph. */
 const EMBED = 'model.embed_tokens.weight';
@@ -49,6 +64,11 @@ export class Engine {
   readonly baseView: View;
   /** The device sessions actually run on ('cpu' after a CUDA fallback). */
   device: Device;
+  /**
+   * How the serving session was made: 'cache' (opened from the session cache), 'cached' (built, and written to
+   * the cache), 'built' (built; no cache, or it could not be written).
+   */
+  servingFrom: ServingFrom = 'built';
 
   readonly spec: ModelSpec;
   /** Every parameter in graph layout; frozen ones dropped from JS once the serving session holds them. */
@@ -56,6 +76,7 @@ export class Engine {
   /** sha256 over the config and every weight's values. */
   readonly fingerprint: string;
   private readonly options: EngineOptions;
+  private knownMaxAbs: ReadonlyMap<string, number> | null = null;
   readonly dir: string | null;
   private constructor(spec: ModelSpec, weights: Map<string, Float32Array>, fingerprint: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null) {
     this.spec = spec;
@@ -70,19 +91,50 @@ export class Engine {
     this.feeds = new WeightFeeds(spec, weights, this.shapes, this.headName);
   }
 
-  /** Loads a Hugging Face model directory. */
+  /**
+   * Loads a Hugging Face model directory. With a session cache holding this backbone's serving session, only the
+   * weights JS keeps (o_proj and the norms) are decoded; the rest stay in the checkpoint until something asks.
+   */
   static async load(dir: string, options: EngineOptions = {}): Promise<Engine> {
     const { spec, raw } = readSpec(dir);
     const fp = new Fingerprinter(raw);
+    const shapes = expectedParams(spec);
+    const cache = options.sessionCache && !options.allInputs && (options.device ?? 'cpu') === 'cpu' ? new SessionCache(options.sessionCache, options.warn ?? console.warn) : null;
     const weights = new Map<string, Float32Array>();
+    // Taken while the bytes pass by: afterwards the embedding would have to be read and decoded again.
+    const maxAbs = new Map<string, number>();
     // Opened first: frozen weights are read back later through these files, the ones read now.
     const reader = new CheckpointReader(dir);
     try {
       for (const t of iterateCheckpointRaw(dir, spec)) {
         fp.addRaw(t.name, t.dtype, t.bytes);
-        weights.set(t.name, decodeWeight(spec, t.name, t.bytes, t.dtype, t.shape));
+        const kind = parseName(t.name)!.kind;
+        if (PLUGGABLE_KINDS.includes(kind)) maxAbs.set(t.name, maxAbsStored(t.bytes, t.dtype));
+        if (!cache || KEPT_IN_JS.has(kind)) weights.set(t.name, decodeWeight(spec, t.name, t.bytes, t.dtype, t.shape));
       }
-      return await Engine.create(spec, weights, fp.digest(), options, dir, reader);
+      const fingerprint = fp.digest();
+      if (!cache) return await Engine.create(spec, weights, fingerprint, options, dir, reader, { maxAbs });
+      const { key, made } = cache.key(fingerprint, { kind: 'serving', quantize: options.quantize ?? 'none' });
+      const model = cache.find(key);
+      if (model) {
+        try {
+          return await Engine.create(spec, weights, fingerprint, options, dir, reader, { maxAbs, serving: await openCachedSession(model, shapes, options) });
+        } catch (e) {
+          cache.discard(key, (e as Error).message.split('\n')[0]);
+        }
+      }
+      // A miss: the session is built from every weight, and onnxruntime writes what it built into the cache.
+      let bytes = 0;
+      for (const [name, shape] of shapes) {
+        if (!weights.has(name)) {
+          const { bytes: b, dtype } = reader.raw(name);
+          weights.set(name, decodeWeight(spec, name, b, dtype, shape));
+        }
+        bytes += weights.get(name)!.byteLength;
+      }
+      // The data file holds the initializers and their prepacked forms: about twice the weights.
+      const pending = cache.begin(key, 2 * bytes);
+      return await Engine.create(spec, weights, fingerprint, options, dir, reader, { maxAbs, ...(pending ? { save: { cache, pending, made } } : {}) });
     } catch (e) {
       reader.close();
       throw e;
@@ -103,9 +155,25 @@ export class Engine {
     return Engine.create(spec, weights, fp.digest(), options, null, null);
   }
 
-  private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null) {
+  /** `serving`: a session opened from the cache; `save`: build it and write it to the cache as well. */
+  private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null, from: CreateFrom = {}) {
     const e = new Engine(spec, weights, fp, options, dir, reader);
-    e.serving = await e.buildSession(options.allInputs ? 'research' : 'serving');
+    e.knownMaxAbs = from.maxAbs ?? null;
+    if (from.serving) {
+      e.serving = from.serving;
+      e.servingFrom = 'cache';
+    } else if (from.save) {
+      const { cache, pending, made } = from.save;
+      try {
+        e.serving = await e.buildSession('serving', pending);
+        if (cache.commit(pending, made)) e.servingFrom = 'cached';
+      } catch (err) {
+        // Writing the entry failed (a full disk, say): serve without it.
+        cache.abandon(pending);
+        (options.warn ?? console.warn)(`sfn: warning: the optimised session was not cached: ${(err as Error).message.split('\n')[0]}`);
+        e.serving = await e.buildSession('serving');
+      }
+    } else e.serving = await e.buildSession(options.allInputs ? 'research' : 'serving');
     // onnxruntime holds the frozen weights and its copy of the backbone's head; the embedding's rows are read
     // from the checkpoint as runs need them.
     const headCopy = e.serving.headCopy;
@@ -126,6 +194,7 @@ export class Engine {
 
   /** The largest |value| of each parameter a plugin may replace: what an uploaded plugin's magnitudes are checked against. */
   pluggableMaxAbs(): Map<string, number> {
+    if (this.knownMaxAbs) return new Map(this.knownMaxAbs);
     return this.store.maxAbs([...this.shapes.keys()].filter((name) => PLUGGABLE_KINDS.includes(parseName(name)!.kind)));
   }
 
@@ -148,8 +217,8 @@ export class Engine {
     return new KvCache(this.spec, batch);
   }
 
-  private async buildSession(kind: SessionKind): Promise<DecoderSession> {
-    const r = await createDecoderSession({ spec: this.spec, weights: this.store.held, shapes: this.shapes, headName: this.headName, device: this.device, options: this.options }, kind);
+  private async buildSession(kind: SessionKind, save?: PendingEntry): Promise<DecoderSession> {
+    const r = await createDecoderSession({ spec: this.spec, weights: this.store.held, shapes: this.shapes, headName: this.headName, device: this.device, options: this.options }, kind, save);
     this.device = r.device;
     return r.session;
   }

@@ -11,6 +11,7 @@ import { buildDecoderGraph } from './graph.ts';
 import { graphShape, PLUGIN_SLOTS } from './layout.ts';
 import { quantizeInt4, type Int4Weight } from './quantize.ts';
 import { releaseBuffers } from '../util/release.ts';
+import type { PendingEntry, SessionCacheOptions } from './session-cache.ts';
 
 export interface EngineOptions {
   /** onnxruntime intra-op threads; defaults to the machine's cores. */
@@ -37,6 +38,11 @@ export interface EngineOptions {
    * weights stay fp32 inputs (a view's head, o_proj, norms are exact), and the research session stays fp32.
    */
   quantize?: Quantize;
+  /**
+   * Keep the serving session as onnxruntime optimised it (weights prepacked) in this directory, and open it from
+   * there on later loads of the same backbone (CPU only; see session-cache.ts).
+   */
+  sessionCache?: SessionCacheOptions;
 }
 
 export type Quantize = 'none' | 'int4';
@@ -47,6 +53,8 @@ const QUANTIZED_KINDS = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_
 export type Device = 'cpu' | 'cuda';
 
 export type SessionKind = 'serving' | 'research';
+
+export type ServingFrom = 'cache' | 'cached' | 'built';
 
 export interface DecoderSession {
   kind: SessionKind;
@@ -69,8 +77,11 @@ export interface SessionSource {
   options: EngineOptions;
 }
 
-/** Builds one session; `device` is where it actually runs ('cpu' after a CUDA fallback). */
-export async function createDecoderSession(c: SessionSource, kind: SessionKind): Promise<{ session: DecoderSession; device: Device }> {
+/**
+ * Builds one session; `device` is where it actually runs ('cpu' after a CUDA fallback). With `save` (CPU only),
+ * onnxruntime also writes the optimised model there, for `openCachedSession`.
+ */
+export async function createDecoderSession(c: SessionSource, kind: SessionKind, save?: PendingEntry): Promise<{ session: DecoderSession; device: Device }> {
   const inputs = new Set<string>();
   for (const name of c.shapes.keys()) {
     const p = parseName(name)!;
@@ -96,33 +107,67 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind):
     backboneHead = undefined;
   }
   const graph = buildDecoderGraph(c.spec, { inputs, frozen, quantized, slots, backboneHead, backboneHeadInt4 });
-  const options: ort.InferenceSession.SessionOptions = {
-    externalData: graph.external,
-    graphOptimizationLevel: 'all',
-    intraOpNumThreads: c.options.threads ?? availableParallelism(),
-    executionMode: 'sequential',
-    // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step); spinning without
-    // force_spinning_stop went on after each run, taking a core from the rest of the process. MatmulTransposeFusion
-    // would turn the head's (W x^T)^T into a slower transB product. Numbers: docs/benchmarks.md#design-measurements.
-    extra: { session: { intra_op: { allow_spinning: c.options.spin === false ? '0' : '1' }, force_spinning_stop: '1' }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
-    ...(c.options.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${c.options.profilePrefix}-${kind}` } : {}),
-  };
+  const options = sessionOptions(c.options, kind);
   let session: ort.InferenceSession;
   let device = c.device;
   if (device === 'cuda') {
     try {
       // CPU stays listed: nodes the CUDA provider lacks kernels for run there.
-      session = await ort.InferenceSession.create(graph.bytes, { ...options, executionProviders: ['cuda', 'cpu'] });
+      session = await ort.InferenceSession.create(graph.bytes, { ...options, externalData: graph.external, executionProviders: ['cuda', 'cpu'] });
     } catch (err) {
       device = 'cpu';
       (c.options.warn ?? console.warn)(`sfn: warning: the CUDA execution provider could not start (${(err as Error).message.split('\n')[0]}); running on the CPU`);
-      session = await ort.InferenceSession.create(graph.bytes, options);
+      session = await ort.InferenceSession.create(graph.bytes, { ...options, externalData: graph.external });
     }
+  } else if (save) {
+    // onnxruntime writes the optimised model as it builds the session: initializers of 1 KiB or more, and their
+    // prepacked forms, go to one data file (page-aligned, so that a later load maps them).
+    const extra = options.extra as { session: Record<string, unknown> };
+    const saving = {
+      ...options,
+      externalData: graph.external,
+      optimizedModelFilePath: save.modelPath,
+      // Its one warning is that the file holds CPU-specific optimisations: the cache's key names the CPU.
+      logSeverityLevel: 3 as const,
+      extra: {
+        ...extra,
+        session: {
+          ...extra.session,
+          optimized_model_external_initializers_file_name: save.dataName,
+          optimized_model_external_initializers_min_size_in_bytes: '1024',
+          save_external_prepacked_constant_initializers: quantized ? '0' : '1',
+        },
+      },
+    };
+    session = await ort.InferenceSession.create(graph.bytes, saving);
   } else {
-    session = await ort.InferenceSession.create(graph.bytes, options);
+    session = await ort.InferenceSession.create(graph.bytes, { ...options, externalData: graph.external });
   }
   // onnxruntime copied the int4 initializers in: free ours now rather than at some later collection.
   releaseBuffers([...(quantized?.values() ?? []), ...(backboneHeadInt4 ? [backboneHeadInt4] : [])].flatMap((q) => [q.packed, q.scales]));
   // The graph's own inputs: an untied embedding is not one (the engine looks its rows up).
   return { device, session: { kind, session, inputs: new Set(graph.weightInputs), slots, headCopy: backboneHead !== undefined || backboneHeadInt4 !== undefined } };
+}
+
+/** onnxruntime's settings for a decoder session (the graph's weights and a cache's paths are added by the caller). */
+function sessionOptions(o: EngineOptions, kind: SessionKind): ort.InferenceSession.SessionOptions {
+  return {
+    graphOptimizationLevel: 'all',
+    intraOpNumThreads: o.threads ?? availableParallelism(),
+    executionMode: 'sequential',
+    // Threads that sleep between ops pay a wake-up per parallel op (hundreds per decode step); spinning without
+    // force_spinning_stop went on after each run, taking a core from the rest of the process. MatmulTransposeFusion
+    // would turn the head's (W x^T)^T into a slower transB product. Numbers: docs/benchmarks.md#design-measurements.
+    extra: { session: { intra_op: { allow_spinning: o.spin === false ? '0' : '1' }, force_spinning_stop: '1' }, optimization: { disable_specified_optimizers: 'MatmulTransposeFusion' } },
+    ...(o.profilePrefix ? { enableProfiling: true, profileFilePrefix: `${o.profilePrefix}-${kind}` } : {}),
+  };
+}
+
+/**
+ * The serving session from a cache entry that `createDecoderSession` saved: already optimised (so not again),
+ * its initializers and their prepacked forms mapped from the entry's data file rather than copied.
+ */
+export async function openCachedSession(modelPath: string, shapes: ReadonlyMap<string, number[]>, options: EngineOptions): Promise<DecoderSession> {
+  const session = await ort.InferenceSession.create(modelPath, { ...sessionOptions(options, 'serving'), graphOptimizationLevel: 'disabled' });
+  return { kind: 'serving', session, inputs: new Set(session.inputNames.filter((n) => shapes.has(n))), slots: PLUGIN_SLOTS, headCopy: session.inputNames.includes('head_backbone') };
 }

@@ -55,17 +55,19 @@ export class WeightStore {
   }
 
   /**
-   * Lets go of these weights' JS copies (only with a checkpoint to read them back from), freeing them at once:
+   * Lets go of these weights' JS copies, or marks them as never read (only with a checkpoint to read them back
+   * from), freeing them at once:
    * nothing else may still hold them (onnxruntime copied them when it built its session).
    */
   drop(names: Iterable<string>): void {
     if (!this.reader) return;
     const freed: Float32Array[] = [];
     for (const n of names) {
+      // One never decoded (a load whose session came from the cache) is read back the same way.
+      this.dropped.add(n);
       const w = this.held.get(n);
       if (!w) continue;
       this.held.delete(n);
-      this.dropped.add(n);
       freed.push(w);
     }
     releaseBuffers(freed);

@@ -31,6 +31,35 @@ export function toFloat32(bytes: Uint8Array, dtype: Dtype): Float32Array {
 }
 
 /**
+ * The largest |value| of raw little-endian floats, NaNs ignored, without decoding them: with the sign bit
+ * cleared, the bit patterns of non-NaN floats order as their magnitudes do.
+ */
+export function maxAbsStored(bytes: Uint8Array, dtype: Dtype): number {
+  const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+  if (dtype === 'F32') {
+    const src = new Uint32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength >>> 2);
+    let m = 0;
+    for (let i = 0; i < src.length; i++) {
+      const a = src[i] & 0x7fffffff;
+      if (a > m && a <= 0x7f800000) m = a;
+    }
+    u32[0] = m;
+    return f32[0];
+  }
+  if (dtype !== 'BF16' && dtype !== 'F16') throw new Error(`dtype ${dtype} is not a floating-point weight type (F32, F16, BF16)`);
+  const src = new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength >>> 1);
+  const inf = dtype === 'BF16' ? 0x7f80 : 0x7c00;
+  let m = 0;
+  for (let i = 0; i < src.length; i++) {
+    const a = src[i] & 0x7fff;
+    if (a > m && a <= inf) m = a;
+  }
+  if (dtype === 'F16') return halfToFloat(m);
+  u32[0] = m << 16;
+  return f32[0];
+}
+
+/**
  * Decodes a [rows, cols] matrix and transposes it to [cols, rows] in one blocked pass (blocks keep both sides
  * in cache), into fresh memory touched once (the graph's layout for linear weights).
  */

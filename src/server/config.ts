@@ -4,6 +4,8 @@
  */
 import { z } from 'zod';
 import { REASONING_FORMATS } from '../engine/prompt.ts';
+import { join } from 'node:path';
+import { cacheDir } from '../util/cache-dir.ts';
 import { command, optionName, parseOptions } from '../util/options.ts';
 
 export const ServerConfig = z.object({
@@ -35,6 +37,8 @@ export const ServerConfig = z.object({
   shutdownGraceSeconds: z.number().min(0),
   device: z.enum(['cpu', 'cuda']),
   quantize: z.enum(['none', 'int4']),
+  sessionCache: z.string().min(1),
+  sessionCacheBytes: z.number().min(0),
   reasoningFormat: z.enum(REASONING_FORMATS),
   corsOrigins: z.array(z.string().regex(/^(\*|https?:\/\/[^/\s]+)$/, 'an origin is * or scheme://host[:port]')),
 });
@@ -91,6 +95,19 @@ export const SERVE = command({
       default: 'none',
       help: "int4: the frozen linear weights (q/k/v, gate/up/down) of the serving session, and its copy of the backbone's head, as block-wise int4; swappable weights stay fp32, so plugins and o_proj/norm/head merges swap exactly as before",
     },
+    'session-cache': {
+      kind: 'string',
+      arg: 'DIR',
+      env: 'SFN_SESSION_CACHE',
+      defaultHelp: '$SFN_CACHE_DIR/sessions, else ~/.cache/sfn/sessions',
+      help: "where onnxruntime's optimised serving session (weights prepacked) is kept per backbone, CPU and version, so that later starts map it instead of rebuilding it; the first start writes it (about twice the fp32 weights). off: never",
+    },
+    'session-cache-gb': {
+      kind: 'number',
+      env: 'SFN_SESSION_CACHE_GB',
+      default: 24,
+      help: 'size budget of the session cache; least recently used entries past it are removed (never the one just written)',
+    },
   },
 });
 
@@ -121,6 +138,8 @@ const OPTION_OF: Record<keyof ServerConfig, keyof typeof SERVE.options> = {
   shutdownGraceSeconds: 'shutdown-grace-s',
   device: 'device',
   quantize: 'quantize',
+  sessionCache: 'session-cache',
+  sessionCacheBytes: 'session-cache-gb',
   reasoningFormat: 'reasoning-format',
   corsOrigins: 'cors-origin',
 };
@@ -154,6 +173,8 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
     shutdownGraceSeconds: v['shutdown-grace-s'],
     device: v.device,
     quantize: v.quantize,
+    sessionCache: v['session-cache'] ?? join(cacheDir(env), 'sessions'),
+    sessionCacheBytes: v['session-cache-gb'] * 1024 ** 3,
     reasoningFormat: v['reasoning-format'],
     corsOrigins: v['cors-origin'],
   };

@@ -12,6 +12,8 @@ import { MODULE_KINDS } from '../model/names.ts';
 import { PLUGIN_SLOTS } from '../engine/layout.ts';
 import { BUILTIN_NAME, resolveModelDir } from '../model/builtin.ts';
 import { EngineHost } from '../runtime/host.ts';
+import { sessionCacheSetting } from '../engine/session-cache.ts';
+import type { ServingFrom } from '../engine/session.ts';
 import { servedContext } from '../runtime/protocol.ts';
 import { ModelTokenizer } from '../engine/tokenizer.ts';
 import { PromptEncoder } from '../engine/tokenizer-thread.ts';
@@ -62,13 +64,20 @@ const realpathOr = (d: string) => {
   }
 };
 
+/** How the start-up log line tells where the serving session came from. */
+const SERVING_FROM: Record<ServingFrom, string> = {
+  cache: 'optimised session mapped from the session cache',
+  cached: 'optimised session built and written to the session cache for later starts',
+  built: 'optimised session built (not cached)',
+};
+
 export async function startServer(config: ServerConfig, log: (s: string) => void = (s) => console.log(s)): Promise<RunningServer> {
   const builtin = !config.model;
   const modelDir = resolveModelDir(config.model, log);
   const modelName = config.servedModelName ?? (builtin ? BUILTIN_NAME : basename(modelDir.replace(/\/+$/, '')));
   const host = new EngineHost({
     modelDir,
-    engine: { threads: config.threads, device: config.device, quantize: config.quantize },
+    engine: { threads: config.threads, device: config.device, quantize: config.quantize, sessionCache: sessionCacheSetting(config.sessionCache, config.sessionCacheBytes) },
     scheduler: { maxBatch: config.maxBatch, maxRunning: config.maxRunning, maxWaiting: config.maxWaiting, prefillChunk: config.prefillChunk, maxContext: config.maxContext },
     overlayCacheBytes: config.pluginCacheBytes,
   });
@@ -215,7 +224,7 @@ export async function startServer(config: ServerConfig, log: (s: string) => void
   host.ready.then(
     () =>
       log(
-        `sfn: model loaded; ready on ${host.device}${config.quantize === 'int4' ? ', frozen weights int4' : ''} (${host.spec!.numLayers} layers, hidden ${host.spec!.hiddenSize}, context ${servedContext(config.maxContext, host.spec!)})`,
+        `sfn: model loaded; ready on ${host.device}${config.quantize === 'int4' ? ', frozen weights int4' : ''} (${host.spec!.numLayers} layers, hidden ${host.spec!.hiddenSize}, context ${servedContext(config.maxContext, host.spec!)}); ${SERVING_FROM[host.servingFrom!]}`,
       ),
     (e) => log(`sfn: ERROR: the model failed to load: ${(e as Error).message}`),
   );

@@ -3,6 +3,9 @@
  * transformers encodes them (BOS on Llama tokenizers), and strict request validation.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ModelTokenizer } from '../../src/engine/tokenizer.ts';
 import { BUILTIN_MODEL_DIR } from '../../src/cli/common.ts';
@@ -264,5 +267,41 @@ describe('conventions other servers keep', () => {
     assert.equal(d.prompt.trim(), 'Once upon a time');
     assert.equal((await fetch(`${srv.url}/tokenize`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'nope', prompt: 'x' }) })).status, 404);
     assert.deepEqual(await (await fetch(`${srv.url}/version`)).json(), { version: '0.1.0' });
+  });
+});
+
+describe('the session cache across server starts', () => {
+  it('the first start writes the optimised session, the next maps it, and both give transformers’ continuation', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sfn-serve-cache-'));
+    try {
+      const starts: { log: string; text: string }[] = [];
+      for (let i = 0; i < 2; i++) {
+        const lines: string[] = [];
+        const srv = await startServer(parseServerConfig(['--port', '0', '--model', BUILTIN_MODEL_DIR, '--session-cache', dir], {}), (s) => lines.push(s));
+        try {
+          await srv.host.ready;
+          const r = await fetch(`${srv.url}/v1/completions`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ model: srv.modelName, prompt: 'Once upon a time', max_tokens: 30, temperature: 0 }),
+          });
+          starts.push({ log: lines.join('\n'), text: ((await r.json()) as { choices: { text: string }[] }).choices[0].text });
+        } finally {
+          await srv.close();
+        }
+      }
+      assert.match(starts[0].log, /optimised session built and written to the session cache/);
+      assert.match(starts[1].log, /optimised session mapped from the session cache/);
+      for (const s of starts) assert.equal(s.text, TRANSFORMERS_CONTINUATION);
+      assert.equal(readdirSync(dir).filter((n) => !n.startsWith('.')).length, 1);
+      // Off: neither read nor written.
+      const lines: string[] = [];
+      const srv = await startServer(parseServerConfig(['--port', '0', '--model', BUILTIN_MODEL_DIR, '--session-cache', 'off'], {}), (s) => lines.push(s));
+      await srv.host.ready;
+      await srv.close();
+      assert.match(lines.join('\n'), /optimised session built \(not cached\)/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
