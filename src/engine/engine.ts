@@ -132,8 +132,8 @@ export class Engine {
         }
         bytes += weights.get(name)!.byteLength;
       }
-      // The data file holds the initializers and their prepacked forms: about twice the weights.
-      const pending = cache.begin(key, 2 * bytes);
+      // The source model's weights, then the entry's data file: the initializers and their prepacked forms.
+      const pending = cache.begin(key, 3 * bytes);
       return await Engine.create(spec, weights, fingerprint, options, dir, reader, { maxAbs, ...(pending ? { save: { cache, pending, made } } : {}) });
     } catch (e) {
       reader.close();
@@ -168,8 +168,9 @@ export class Engine {
         e.serving = await e.buildSession('serving', pending);
         if (cache.commit(pending, made)) e.servingFrom = 'cached';
       } catch (err) {
-        // Writing the entry failed (a full disk, say): serve without it.
+        // Writing the entry failed (a full disk, say): serve without it, from the weights read back.
         cache.abandon(pending);
+        e.store.restore();
         (options.warn ?? console.warn)(`sfn: warning: the optimised session was not cached: ${(err as Error).message.split('\n')[0]}`);
         e.serving = await e.buildSession('serving');
       }
@@ -218,7 +219,8 @@ export class Engine {
   }
 
   private async buildSession(kind: SessionKind, save?: PendingEntry): Promise<DecoderSession> {
-    const r = await createDecoderSession({ spec: this.spec, weights: this.store.held, shapes: this.shapes, headName: this.headName, device: this.device, options: this.options }, kind, save);
+    const release = (names: string[]) => this.store.drop(names);
+    const r = await createDecoderSession({ spec: this.spec, weights: this.store.held, shapes: this.shapes, headName: this.headName, device: this.device, options: this.options, release }, kind, save);
     this.device = r.device;
     return r.session;
   }

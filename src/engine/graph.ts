@@ -90,6 +90,8 @@ export interface DecoderGraph {
   bytes: Uint8Array;
   external: ExternalTensor[];
   weightInputs: string[];
+  /** The same model with its external tensors in one file instead (GraphBuilder.buildWithDataFile). */
+  withDataFile(file: string, align: number): { bytes: Uint8Array; placed: { offset: number; data: Uint8Array }[] };
 }
 
 export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderGraph {
@@ -333,5 +335,6 @@ export function buildDecoderGraph(spec: ModelSpec, opts: GraphOptions): DecoderG
   } else inputHead(b, 'logits');
   b.output('logits', 'float32', ['selected', spec.vocabSize]);
 
-  return { bytes: b.build(`sfn-${spec.arch}`), external: b.external, weightInputs };
+  const name = `sfn-${spec.arch}`;
+  return { bytes: b.build(name), external: b.external, weightInputs, withDataFile: (file, align) => b.buildWithDataFile(name, file, align) };
 }

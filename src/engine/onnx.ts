@@ -31,6 +31,8 @@ export class GraphBuilder {
   readonly outputs: onnxProto.onnx.IValueInfoProto[] = [];
   readonly initializers: onnxProto.onnx.ITensorProto[] = [];
   readonly external: ExternalTensor[] = [];
+  /** The initializer of each external tensor, in the same order. */
+  private readonly externalInits: onnxProto.onnx.ITensorProto[] = [];
   private counter = 0;
   private usesMs = false;
 
@@ -85,7 +87,7 @@ export class GraphBuilder {
   externalTensor(name: string, type: DataType, data: Uint8Array, dims: number[]): string {
     const path = `w${this.external.length}.bin`;
     this.external.push({ path, data });
-    this.initializers.push({
+    this.externalInits.push({
       name,
       dataType: ELEM[type],
       dims,
@@ -96,7 +98,28 @@ export class GraphBuilder {
         { key: 'length', value: String(data.byteLength) },
       ],
     });
+    this.initializers.push(this.externalInits.at(-1)!);
     return name;
+  }
+
+  /**
+   * The model with its external tensors placed one after another in one file (`file`, beside the model), each at
+   * an offset that is a multiple of `align` (so that onnxruntime maps it rather than copying it), and where each
+   * tensor's bytes go.
+   */
+  buildWithDataFile(graphName: string, file: string, align: number): { bytes: Uint8Array; placed: { offset: number; data: Uint8Array }[] } {
+    let end = 0;
+    const placed = this.external.map((t, i) => {
+      const offset = Math.ceil(end / align) * align;
+      end = offset + t.data.byteLength;
+      this.externalInits[i].externalData = [
+        { key: 'location', value: file },
+        { key: 'offset', value: String(offset) },
+        { key: 'length', value: String(t.data.byteLength) },
+      ];
+      return { offset, data: t.data };
+    });
+    return { bytes: this.build(graphName), placed };
   }
 
   /** Adds one node; returns its single output's name (or the names, when `outputs` > 1). */

@@ -22,6 +22,9 @@ const FORMAT = 1;
 const MODEL = 'model.onnx';
 const DATA = 'weights.data';
 const ENTRY = 'entry.json';
+/** The model as sfn built it, which onnxruntime optimises into the entry; removed before the entry is committed. */
+export const SOURCE_MODEL = 'source.onnx';
+export const SOURCE_DATA = 'source.data';
 /** A temporary directory this old is a write that died (a 1.5B entry takes about a minute to write). */
 const STALE_TMP_MS = 60 * 60 * 1000;
 
@@ -139,7 +142,8 @@ export class SessionCache {
 
   /**
    * A temporary directory for onnxruntime to write a new entry into, or null (with a warning) when the disk
-   * lacks room for `bytes` (the initializers and their prepacked copies) or the directory cannot be written.
+   * lacks room for `bytes` (the source model's weights, then the initializers and their prepacked copies) or the
+   * directory cannot be written.
    */
   begin(key: string, bytes: number): PendingEntry | null {
     try {
@@ -164,6 +168,8 @@ export class SessionCache {
   commit(p: PendingEntry, made: Record<string, unknown>): boolean {
     try {
       const files: Record<string, number> = {};
+      // Unlinked while onnxruntime still maps it: the mapping keeps the data until the session is released.
+      for (const f of [SOURCE_MODEL, SOURCE_DATA]) rmSync(join(p.tmp, f), { force: true });
       for (const f of readdirSync(p.tmp)) {
         const path = join(p.tmp, f);
         const fd = openSync(path, 'r+');
