@@ -23,6 +23,9 @@ const { values } = parseArgs({
     'serve-tokens': { type: 'string', default: '64' },
     // sfn: the session cache's directory (the server's default when absent; 'off': none).
     'session-cache': { type: 'string' },
+    // sfn: also time a prefill of --serve-prompt tokens and a decode step of each of these batch sizes (what the
+    // server's own steps allow at those concurrencies).
+    steps: { type: 'string' },
   },
 });
 const prefillN = Number(values.prefill);
@@ -111,7 +114,37 @@ async function sfn() {
   t = performance.now();
   for (let i = 0; i < decodeN; i++) [[next]] = (await engine.forward(cache, [[next]], { view: engine.baseView })).map((o) => [argmax(o[0])]);
   const decodeS = (performance.now() - t) / 1000;
-  return { loadS, mem: await settledMemory(), prefillS, decodeS };
+  const mem = await settledMemory();
+  const steps = values.steps ? await stepTimes(engine, values.steps.split(',').map(Number)) : undefined;
+  return { loadS, mem, prefillS, decodeS, steps };
+}
+
+/** Median seconds of one prefill of --serve-prompt tokens, and of one decode step at each batch size (context ~64). */
+async function stepTimes(engine: import('../src/engine/engine.ts').Engine, batches: number[]) {
+  const promptN = Number(values['serve-prompt']);
+  const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1];
+  const ids = (b: number, n: number, k: number) => Array.from({ length: n }, (_, i) => 1000 + ((b * 7919 + i * 104729 + k) % 100000));
+  const prefill: number[] = [];
+  const decode: Record<string, number> = {};
+  for (const B of batches) {
+    const cache = engine.newCache(B);
+    for (let b = 0; b < B; b++) {
+      const t = performance.now();
+      await engine.forward(cache, [ids(b, promptN, 0)], { firstRow: b });
+      prefill.push((performance.now() - t) / 1000);
+    }
+    const ts: number[] = [];
+    for (let s = 0; s < 9; s++) {
+      const t = performance.now();
+      await engine.forward(
+        cache,
+        Array.from({ length: B }, (_, b) => ids(b, 1, s + 1)),
+      );
+      ts.push((performance.now() - t) / 1000);
+    }
+    decode[`b${B}`] = +median(ts).toFixed(4);
+  }
+  return { prefill_s: +median(prefill).toFixed(4), decode_step_s: decode };
 }
 
 async function llama() {
@@ -150,6 +183,7 @@ process.stdout.write(
     load_s: +(r.loadS - bindingS).toFixed(2),
     binding_s: +bindingS.toFixed(2),
     ...(servingFrom ? { serving_from: servingFrom } : {}),
+    ...('steps' in r && r.steps ? { steps: r.steps } : {}),
     rss_bytes: r.mem.rss,
     rss_anon_bytes: r.mem.anon,
     rss_file_bytes: r.mem.file,

@@ -52,6 +52,8 @@ interface Probe {
   prefill_tps: number;
   decode_tps: number;
   serving_from?: string;
+  /** sfn: a prefill of the serving prompt, and a decode step per batch size (seconds, medians). */
+  steps?: { prefill_s: number; decode_step_s: Record<string, number> };
 }
 
 function probe(engine: 'sfn' | 'llama', model: string, quantize = 'none', extra: string[] = []): Probe & { serve?: Record<string, ServeRow> } {
@@ -149,7 +151,7 @@ async function main() {
     // The order alternates, so that neither engine always runs first in a round.
     const order = r % 2 ? (['llama', 'sfn'] as const) : (['sfn', 'llama'] as const);
     for (const e of order) {
-      const p = e === 'sfn' ? probe('sfn', dir) : probe('llama', f32);
+      const p = e === 'sfn' ? probe('sfn', dir, 'none', levels.length ? ['--steps', levels.join(','), '--serve-prompt', values['serve-prompt']!] : []) : probe('llama', f32);
       runs[e].push(p);
       log(`round ${r + 1} ${e} fp32: decode ${p.decode_tps} tok/s, prefill ${p.prefill_tps} tok/s, rss ${gb(p.rss_bytes)} GB, load ${p.load_s} s`);
       if (q4) {
@@ -225,6 +227,22 @@ async function main() {
       serve.llama.map((s) => s[k].itl_ms_p99),
     );
   }
+  // What sfn's own steps allow at each concurrency, for the bench's c x (prompt + tokens): c prefills, then one
+  // c-row decode step per token (the scheduler interleaves them; the sum is the same), against what its server did.
+  const own: string[] = [];
+  const stepRuns = runs.sfn.filter((p) => p.steps);
+  for (const c of levels) {
+    if (!stepRuns.length || !serve.sfn.length) break;
+    const T = Number(values['serve-tokens']);
+    const prefill = median(stepRuns.map((p) => p.steps!.prefill_s));
+    const step = median(stepRuns.map((p) => p.steps!.decode_step_s[`b${c}`]));
+    const allowed = (c * T) / (c * prefill + T * step);
+    const decodeOnly = c / step;
+    const got = median(serve.sfn.map((s) => s[`c${c}`].tokens_per_s));
+    own.push(
+      `- concurrency ${c}: ${got.toFixed(2)} tok/s delivered; its ${c}-row step (${(step * 1000).toFixed(1)} ms) and ${c} prefills of ${values['serve-prompt']} tokens (${(prefill * 1000).toFixed(0)} ms each) allow ${allowed.toFixed(2)}: **${(got / allowed).toFixed(2)}** of that (decode steps alone: ${decodeOnly.toFixed(2)} tok/s, ${(got / decodeOnly).toFixed(2)})`,
+    );
+  }
   const llamaBinding = median(runs.llama.map((p) => p.binding_s ?? 0));
   process.stdout.write(
     [
@@ -236,6 +254,7 @@ async function main() {
       '',
       `llama.cpp's load excludes node-llama-cpp's binary check (${llamaBinding.toFixed(2)} s median); its resident memory includes the mmapped GGUF (${gb(median(runs.llama.map((p) => p.rss_file_bytes)))} GB file-backed).`,
       '',
+      ...(own.length ? ["sfn's server against its own step times (measured in the fp32 probes):", ...own, ''] : []),
     ].join('\n'),
   );
   process.stderr.write(`${JSON.stringify({ bench: 'peer', preset, cold, runs, serve })}\n`);
