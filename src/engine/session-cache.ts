@@ -2,7 +2,8 @@
  * The serving session as onnxruntime optimised it, kept on disk: the model after graph optimisation, with its
  * initializers and their prepacked forms in one data file that onnxruntime maps instead of copying. Building
  * the session from the checkpoint spends most of a load copying, optimising and prepacking weights (47 s of a
- * 1.5B load); a cached one opens in a second or two and its weights are paged in from the file as they are used.
+ * 1.5B load); a cached one opens in ~2 s at 0.5B (12 s and more at 1.5B, most of it onnxruntime taking in the
+ * saved prepacked weights) and its weights are paged in from the file as they are used.
  *
  * An entry is keyed by everything its bytes depend on: the backbone's fingerprint, the session's kind and
  * quantisation, onnxruntime's version, this CPU (prepacked layouts and the optimiser's choices are ISA-specific)
@@ -25,7 +26,7 @@ const ENTRY = 'entry.json';
 /** The model as sfn built it, which onnxruntime optimises into the entry; removed before the entry is committed. */
 export const SOURCE_MODEL = 'source.onnx';
 export const SOURCE_DATA = 'source.data';
-/** A temporary directory this old is a write that died (a 1.5B entry takes about a minute to write). */
+/** A temporary directory this old is a write that died (a 1.5B entry took 1.5 minutes to write). */
 const STALE_TMP_MS = 60 * 60 * 1000;
 
 /** The sources whose text decides what a session's graph is. */

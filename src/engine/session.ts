@@ -143,6 +143,7 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind, 
           ...extra.session,
           optimized_model_external_initializers_file_name: save.dataName,
           optimized_model_external_initializers_min_size_in_bytes: '1024',
+          // MatMulNBits' saved prepacked form reloads as NaNs (onnxruntime 1.30): int4 entries prepack at each load.
           save_external_prepacked_constant_initializers: quantized ? '0' : '1',
         },
       },
