@@ -9,7 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
-import { pct } from './stats.ts';
+import { median, pct } from './stats.ts';
 
 const { values } = parseArgs({
   options: {
@@ -97,9 +97,9 @@ const prompt = Array.from({ length: prefillN }, (_, i) => (i * 7919 + 13) % 1500
 
 async function sfn() {
   const { Engine } = await import('../src/engine/engine.ts');
-  const { cacheDir } = await import('../src/util/cache-dir.ts');
+  const { sessionCacheDir } = await import('../src/util/cache-dir.ts');
   const { sessionCacheSetting } = await import('../src/engine/session-cache.ts');
-  const sessionCache = sessionCacheSetting(values['session-cache'] ?? `${cacheDir()}/sessions`, 24 * 1024 ** 3);
+  const sessionCache = sessionCacheSetting(values['session-cache'] ?? sessionCacheDir(), 24 * 1024 ** 3);
   const engine = await Engine.load(values.model!, { threads, quantize: values.quantize as 'none' | 'int4', sessionCache });
   const loadS = performance.now() / 1000;
   servingFrom = engine.servingFrom;
@@ -122,7 +122,6 @@ async function sfn() {
 /** Median seconds of one prefill of --serve-prompt tokens, and of one decode step at each batch size (context ~64). */
 async function stepTimes(engine: import('../src/engine/engine.ts').Engine, batches: number[]) {
   const promptN = Number(values['serve-prompt']);
-  const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1];
   const ids = (b: number, n: number, k: number) => Array.from({ length: n }, (_, i) => 1000 + ((b * 7919 + i * 104729 + k) % 100000));
   const prefill: number[] = [];
   const decode: Record<string, number> = {};

@@ -4,11 +4,11 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { join, resolve as resolvePath } from 'node:path';
+import { resolve as resolvePath } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import type { Device, EngineOptions, Quantize } from '../engine/session.ts';
 import { sessionCacheSetting } from '../engine/session-cache.ts';
-import { cacheDir } from '../util/cache-dir.ts';
+import { sessionCacheDir } from '../util/cache-dir.ts';
 import type { DonorRef } from '../views/build.ts';
 import { resolveDestroy, resolveMerge } from '../views/resolve.ts';
 import { SpecError } from '../views/spec.ts';
@@ -20,7 +20,7 @@ export { BUILTIN_MODEL_DIR, BUILTIN_NAME, resolveModelDir } from '../model/built
 
 /** --threads, --device, --quantize and the session cache (declared once with the server's), as `generate` and `logits` take them. */
 export function engineOptions(values: { threads?: number; device: string; quantize: string; 'session-cache'?: string; 'session-cache-gb': number }): EngineOptions {
-  const sessionCache = sessionCacheSetting(values['session-cache'] ?? join(cacheDir(), 'sessions'), values['session-cache-gb'] * 1024 ** 3);
+  const sessionCache = sessionCacheSetting(values['session-cache'] ?? sessionCacheDir(), values['session-cache-gb'] * 1024 ** 3);
   return { threads: values.threads, device: values.device as Device, quantize: values.quantize as Quantize, sessionCache };
 }
 

@@ -28,8 +28,8 @@ import { createDecoderSession, openCachedSession, type DecoderSession, type Devi
 const KEPT_IN_JS: ReadonlySet<string> = new Set(PLUGGABLE_KINDS.filter((k) => k !== 'embed_tokens' && k !== 'lm_head'));
 
 interface CreateFrom {
-  /** The largest |value| of each pluggable parameter, when the load saw them go by. */
-  maxAbs?: ReadonlyMap<string, number>;
+  /** The largest |value| of each pluggable parameter, taken as the tensors went by. */
+  maxAbs: ReadonlyMap<string, number>;
   serving?: DecoderSession;
   save?: { cache: SessionCache; pending: PendingEntry; made: Record<string, unknown> };
 }
@@ -76,7 +76,7 @@ export class Engine {
   /** sha256 over the config and every weight's values. */
   readonly fingerprint: string;
   private readonly options: EngineOptions;
-  private knownMaxAbs: ReadonlyMap<string, number> | null = null;
+  private pluggableMax: ReadonlyMap<string, number> = new Map();
   readonly dir: string | null;
   private constructor(spec: ModelSpec, weights: Map<string, Float32Array>, fingerprint: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null) {
     this.spec = spec;
@@ -145,20 +145,22 @@ export class Engine {
   static async fromTensors(spec: ModelSpec, tensors: ReadonlyMap<string, Tensor>, options: EngineOptions = {}): Promise<Engine> {
     const fp = new Fingerprinter(spec);
     const weights = new Map<string, Float32Array>();
+    const maxAbs = new Map<string, number>();
     for (const [name, shape] of expectedParams(spec)) {
       const t = tensors.get(name);
       if (!t) throw new ViewError(`missing tensor ${name}`);
       if (t.shape.join() !== shape.join()) throw new ViewError(`${name}: shape [${t.shape}], expected [${shape}]`);
       fp.add(name, t.data);
+      if (PLUGGABLE_KINDS.includes(parseName(name)!.kind)) maxAbs.set(name, maxAbsStored(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), 'F32'));
       weights.set(name, toGraphLayout(spec, name, t.data, shape));
     }
-    return Engine.create(spec, weights, fp.digest(), options, null, null);
+    return Engine.create(spec, weights, fp.digest(), options, null, null, { maxAbs });
   }
 
   /** `serving`: a session opened from the cache; `save`: build it and write it to the cache as well. */
-  private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null, from: CreateFrom = {}) {
+  private static async create(spec: ModelSpec, weights: Map<string, Float32Array>, fp: string, options: EngineOptions, dir: string | null, reader: CheckpointReader | null, from: CreateFrom) {
     const e = new Engine(spec, weights, fp, options, dir, reader);
-    e.knownMaxAbs = from.maxAbs ?? null;
+    e.pluggableMax = from.maxAbs;
     if (from.serving) {
       e.serving = from.serving;
       e.servingFrom = 'cache';
@@ -195,8 +197,7 @@ export class Engine {
 
   /** The largest |value| of each parameter a plugin may replace: what an uploaded plugin's magnitudes are checked against. */
   pluggableMaxAbs(): Map<string, number> {
-    if (this.knownMaxAbs) return new Map(this.knownMaxAbs);
-    return this.store.maxAbs([...this.shapes.keys()].filter((name) => PLUGGABLE_KINDS.includes(parseName(name)!.kind)));
+    return new Map(this.pluggableMax);
   }
 
   /** A backbone parameter in graph layout (shared, not a copy: do not write to it). */

@@ -114,7 +114,7 @@ export class SessionCache {
     try {
       // Entries arrive whole (renamed in with entry.json): a directory without one lost it since.
       if (!existsSync(entryPath)) throw new Error(`it has no ${ENTRY}`);
-      const entry = Entry.parse(JSON.parse(readFileSync(entryPath, 'utf8')));
+      const entry = this.readEntry(key);
       if (entry.key !== key) throw new Error(`it names key ${entry.key}`);
       for (const [f, size] of Object.entries(entry.files)) {
         const actual = statSync(join(dir, f)).size;
@@ -129,16 +129,33 @@ export class SessionCache {
     }
   }
 
-  /** Removes a broken entry (moved aside first, so a reader never sees it half-deleted). */
+  /** Removes a broken entry. */
   discard(key: string, why: string): void {
     this.warn(`sfn: warning: the session cache entry ${join(this.dir, key)} is unusable (${why}); rebuilding it`);
-    const aside = join(this.dir, `.tmp-discard-${key}-${randomBytes(4).toString('hex')}`);
+    this.remove(key);
+  }
+
+  private readEntry(key: string): z.infer<typeof Entry> {
+    return Entry.parse(JSON.parse(readFileSync(join(this.dir, key, ENTRY), 'utf8')));
+  }
+
+  /**
+   * Moves an entry aside (so that no reader sees it half-deleted), then deletes it; false when another process
+   * removed or replaced it meanwhile. A process that has it open keeps its mapping until it closes.
+   */
+  private remove(key: string): boolean {
+    const aside = join(this.dir, `.tmp-removed-${key}-${randomBytes(4).toString('hex')}`);
     try {
       renameSync(join(this.dir, key), aside);
+    } catch {
+      return false;
+    }
+    try {
       rmSync(aside, { recursive: true, force: true });
     } catch {
-      // Another process removed or replaced it meanwhile.
+      // Left aside: the next write's sweep of old temporaries takes it.
     }
+    return true;
   }
 
   /**
@@ -210,9 +227,8 @@ export class SessionCache {
     for (const name of readdirSync(this.dir)) {
       if (name.startsWith('.')) continue;
       try {
-        const entryPath = join(this.dir, name, ENTRY);
-        const entry = Entry.parse(JSON.parse(readFileSync(entryPath, 'utf8')));
-        out.push({ key: name, bytes: Object.values(entry.files).reduce((a, b) => a + b, 0), used: statSync(entryPath).mtimeMs });
+        const entry = this.readEntry(name);
+        out.push({ key: name, bytes: Object.values(entry.files).reduce((a, b) => a + b, 0), used: statSync(join(this.dir, name, ENTRY)).mtimeMs });
       } catch {
         // Not an entry (being renamed in or out, or not ours): left alone.
       }
@@ -222,20 +238,11 @@ export class SessionCache {
 
   /** Removes least recently used entries until the rest fit the budget; `keep` stays whatever its size. */
   private prune(keep: string): void {
-    const all = this.entries().sort((a, b) => b.used - a.used);
-    let total = all.reduce((a, e) => a + e.bytes, 0);
-    for (const e of all.reverse()) {
+    const oldestFirst = this.entries().sort((a, b) => a.used - b.used);
+    let total = oldestFirst.reduce((a, e) => a + e.bytes, 0);
+    for (const e of oldestFirst) {
       if (total <= this.maxBytes) break;
-      if (e.key === keep) continue;
-      // Unlinking is safe for a process that has the entry open: its mapping keeps the data until it closes.
-      const aside = join(this.dir, `.tmp-prune-${e.key}-${randomBytes(4).toString('hex')}`);
-      try {
-        renameSync(join(this.dir, e.key), aside);
-        rmSync(aside, { recursive: true, force: true });
-        total -= e.bytes;
-      } catch {
-        // Removed by another process meanwhile.
-      }
+      if (e.key !== keep && this.remove(e.key)) total -= e.bytes;
     }
   }
 

@@ -111,6 +111,8 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind, 
     backboneHead = undefined;
   }
   const graph = buildDecoderGraph(c.spec, { inputs, frozen, quantized, slots, backboneHead, backboneHeadInt4 });
+  // Ours alone (the frozen float32 weights are the engine's): freed once onnxruntime has them.
+  const int4Buffers = [...(quantized?.values() ?? []), ...(backboneHeadInt4 ? [backboneHeadInt4] : [])].flatMap((q) => [q.packed, q.scales]);
   const options = sessionOptions(c.options, kind);
   let session: ort.InferenceSession;
   let device = c.device;
@@ -128,7 +130,7 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind, 
     // every initializer: 24 s at 1.5B, with both copies resident): the JS copies can go before it starts.
     const source = writeSourceModel(graph, save.tmp);
     c.release?.([...frozen.keys(), ...(kind === 'serving' ? [c.headName] : [])]);
-    releaseBuffers([...(quantized?.values() ?? []), ...(backboneHeadInt4 ? [backboneHeadInt4] : [])].flatMap((q) => [q.packed, q.scales]));
+    releaseBuffers(int4Buffers);
     // onnxruntime writes the optimised model as it builds the session: initializers of 1 KiB or more, and their
     // prepacked forms, go to one data file (page-aligned, so that a later load maps them).
     const extra = options.extra as { session: Record<string, unknown> };
@@ -152,8 +154,9 @@ export async function createDecoderSession(c: SessionSource, kind: SessionKind, 
   } else {
     session = await ort.InferenceSession.create(graph.bytes, { ...options, externalData: graph.external });
   }
-  // onnxruntime copied the int4 initializers in: free ours now rather than at some later collection.
-  releaseBuffers([...(quantized?.values() ?? []), ...(backboneHeadInt4 ? [backboneHeadInt4] : [])].flatMap((q) => [q.packed, q.scales]));
+  // onnxruntime copied the int4 initializers in (or mapped them from the file): free ours now rather than at some
+  // later collection (a no-op where they already went).
+  releaseBuffers(int4Buffers);
   // The graph's own inputs: an untied embedding is not one (the engine looks its rows up).
   return { device, session: { kind, session, inputs: new Set(graph.weightInputs), slots, headCopy: backboneHead !== undefined || backboneHeadInt4 !== undefined } };
 }

@@ -79,23 +79,6 @@ export class WeightStore {
     this.dropped.clear();
   }
 
-  /** The largest |value| of each of these weights. */
-  maxAbs(names: string[]): Map<string, number> {
-    const out = new Map<string, number>();
-    for (const name of names) {
-      const w = this.get(name)!;
-      let m = 0;
-      for (let i = 0; i < w.length; i++) {
-        const a = Math.abs(w[i]);
-        if (a > m) m = a;
-      }
-      out.set(name, m);
-      // A copy read back for this (the embedding: 0.5 GB at 0.5B) is freed now, not at a later collection.
-      if (!this.held.has(name)) releaseBuffers([w]);
-    }
-    return out;
-  }
-
   /** Bytes of float32 weights held in JS. */
   get heldBytes(): number {
     let b = 0;

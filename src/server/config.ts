@@ -4,8 +4,7 @@
  */
 import { z } from 'zod';
 import { REASONING_FORMATS } from '../engine/prompt.ts';
-import { join } from 'node:path';
-import { cacheDir } from '../util/cache-dir.ts';
+import { sessionCacheDir } from '../util/cache-dir.ts';
 import { command, optionName, parseOptions } from '../util/options.ts';
 
 export const ServerConfig = z.object({
@@ -173,7 +172,7 @@ export function parseServerConfig(args: string[], env: NodeJS.ProcessEnv = proce
     shutdownGraceSeconds: v['shutdown-grace-s'],
     device: v.device,
     quantize: v.quantize,
-    sessionCache: v['session-cache'] ?? join(cacheDir(env), 'sessions'),
+    sessionCache: v['session-cache'] ?? sessionCacheDir(env),
     sessionCacheBytes: v['session-cache-gb'] * 1024 ** 3,
     reasoningFormat: v['reasoning-format'],
     corsOrigins: v['cors-origin'],
