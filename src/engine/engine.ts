@@ -8,7 +8,7 @@
  *   destruction of any kind). Built on first need and kept.
  */
 import * as ort from 'onnxruntime-node';
-import { CheckpointReader, Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
+import { checkCheckpoint, CheckpointReader, Fingerprinter, iterateCheckpointRaw } from '../model/checkpoint.ts';
 import { readSpec, type ModelSpec } from '../model/config.ts';
 import { maxAbsStored } from '../model/dtype.ts';
 import { expectedParams, PLUGGABLE_KINDS, parseName } from '../model/names.ts';
@@ -19,6 +19,7 @@ import { decodeWeight, gatherRows, WeightStore } from './weight-store.ts';
 import { KvCache } from './kv-cache.ts';
 import { WeightFeeds, type SlotMix } from './weight-feeds.ts';
 import { SessionCache, type PendingEntry } from './session-cache.ts';
+import { CheckpointMemo } from './checkpoint-memo.ts';
 import { createDecoderSession, openCachedSession, type DecoderSession, type Device, type ServingFrom, type EngineOptions, type SessionKind } from './session.ts';
 
 /**
@@ -94,25 +95,41 @@ export class Engine {
   /**
    * Loads a Hugging Face model directory. With a session cache holding this backbone's serving session, only the
    * weights JS keeps (o_proj and the norms) are decoded; the rest stay in the checkpoint until something asks.
+   * With a memo of these very files (checkpoint-memo.ts) nothing else is read: not even to hash the fingerprint.
    */
   static async load(dir: string, options: EngineOptions = {}): Promise<Engine> {
     const { spec, raw } = readSpec(dir);
-    const fp = new Fingerprinter(raw);
     const shapes = expectedParams(spec);
     const cache = options.sessionCache && !options.allInputs && (options.device ?? 'cpu') === 'cpu' ? new SessionCache(options.sessionCache, options.warn ?? console.warn) : null;
+    // Stated before anything is read, so that what the read finds is recorded against these files.
+    const memo = cache ? new CheckpointMemo(cache.dir, dir) : null;
     const weights = new Map<string, Float32Array>();
-    // Taken while the bytes pass by: afterwards the embedding would have to be read and decoded again.
-    const maxAbs = new Map<string, number>();
     // Opened first: frozen weights are read back later through these files, the ones read now.
     const reader = new CheckpointReader(dir);
     try {
-      for (const t of iterateCheckpointRaw(dir, spec)) {
-        fp.addRaw(t.name, t.dtype, t.bytes);
-        const kind = parseName(t.name)!.kind;
-        if (PLUGGABLE_KINDS.includes(kind)) maxAbs.set(t.name, maxAbsStored(t.bytes, t.dtype));
-        if (!cache || KEPT_IN_JS.has(kind)) weights.set(t.name, decodeWeight(spec, t.name, t.bytes, t.dtype, t.shape));
+      let facts = memo?.find() ?? null;
+      if (facts) {
+        // Files unchanged since a load read them whole: only what JS keeps is read.
+        checkCheckpoint(dir, spec);
+        for (const [name, shape] of shapes) {
+          if (!KEPT_IN_JS.has(parseName(name)!.kind)) continue;
+          const { bytes, dtype } = reader.raw(name);
+          weights.set(name, decodeWeight(spec, name, bytes, dtype, shape));
+        }
+      } else {
+        const fp = new Fingerprinter(raw);
+        // Taken while the bytes pass by: afterwards the embedding would have to be read and decoded again.
+        const maxAbs = new Map<string, number>();
+        for (const t of iterateCheckpointRaw(dir, spec)) {
+          fp.addRaw(t.name, t.dtype, t.bytes);
+          const kind = parseName(t.name)!.kind;
+          if (PLUGGABLE_KINDS.includes(kind)) maxAbs.set(t.name, maxAbsStored(t.bytes, t.dtype));
+          if (!cache || KEPT_IN_JS.has(kind)) weights.set(t.name, decodeWeight(spec, t.name, t.bytes, t.dtype, t.shape));
+        }
+        facts = { fingerprint: fp.digest(), maxAbs };
+        memo?.save(facts);
       }
-      const fingerprint = fp.digest();
+      const { fingerprint, maxAbs } = facts;
       if (!cache) return await Engine.create(spec, weights, fingerprint, options, dir, reader, { maxAbs });
       const { key, made } = cache.key(fingerprint, { kind: 'serving', quantize: options.quantize ?? 'none' });
       const model = cache.find(key);

@@ -66,6 +66,28 @@ export interface RawTensor {
  */
 export function* iterateCheckpointRaw(dir: string, spec: ModelSpec): Generator<RawTensor> {
   const expected = expectedParams(spec);
+  const { files } = checkpointFiles(dir);
+  const scratch = new Uint8Array(checkCheckpoint(dir, spec));
+  for (const path of files) {
+    const f = SafetensorsFile.open(path);
+    try {
+      for (const name of f.names) {
+        if (!expected.has(name)) continue;
+        const info = f.info(name);
+        yield { name, shape: info.shape, dtype: info.dtype, bytes: f.readInto(name, scratch) };
+      }
+    } finally {
+      f.close();
+    }
+  }
+}
+
+/**
+ * Checks, from the headers alone, that the checkpoint has exactly the parameters the config implies, each with
+ * the right shape and a float dtype; returns the largest tensor's byte length.
+ */
+export function checkCheckpoint(dir: string, spec: ModelSpec): number {
+  const expected = expectedParams(spec);
   const { files, weightMap } = checkpointFiles(dir);
   const seen = new Set<string>();
   let largest = 0;
@@ -93,20 +115,7 @@ export function* iterateCheckpointRaw(dir: string, spec: ModelSpec): Generator<R
   }
   const missing = [...expected.keys()].filter((n) => !seen.has(n));
   if (missing.length) throw new CheckpointError(`${dir}: missing ${missing.length} tensor(s), first "${missing[0]}"`);
-
-  const scratch = new Uint8Array(largest);
-  for (const path of files) {
-    const f = SafetensorsFile.open(path);
-    try {
-      for (const name of f.names) {
-        if (!expected.has(name)) continue;
-        const info = f.info(name);
-        yield { name, shape: info.shape, dtype: info.dtype, bytes: f.readInto(name, scratch) };
-      }
-    } finally {
-      f.close();
-    }
-  }
+  return largest;
 }
 
 /** Every parameter of the model as float32 (each in fresh memory), in file order, checked as above. */

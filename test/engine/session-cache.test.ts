@@ -5,7 +5,7 @@
  * entry is rebuilt; the budget removes the least recently used.
  */
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, readSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -13,6 +13,7 @@ import { Engine } from '../../src/engine/engine.ts';
 import { tensorOverlay, type Tensor } from '../../src/engine/view.ts';
 import type { EngineOptions } from '../../src/engine/session.ts';
 import { SessionCache } from '../../src/engine/session-cache.ts';
+import { MEMO_DIR } from '../../src/engine/checkpoint-memo.ts';
 import { loadCheckpoint } from '../../src/model/checkpoint.ts';
 import { maxAbsStored } from '../../src/model/dtype.ts';
 import { fixtureDir, oracle } from '../helpers/fixtures.ts';
@@ -32,7 +33,7 @@ async function withEngine<T>(dir: string, options: EngineOptions, f: (e: Engine)
   }
 }
 
-const entries = (dir: string) => (existsSync(dir) ? readdirSync(dir).filter((n) => !n.startsWith('.')) : []);
+const entries = (dir: string) => (existsSync(dir) ? readdirSync(dir).filter((n) => !n.startsWith('.') && n !== MEMO_DIR) : []);
 
 function overlay(dir: string, pred: (name: string) => boolean): Map<string, Tensor> {
   const { tensors } = loadCheckpoint(dir);
@@ -175,6 +176,74 @@ describe('session cache upkeep', () => {
       assert.equal(m, want, name);
       assert.equal(plain.out.get(name), want, name);
     }
+  });
+});
+
+describe('checkpoint memo', () => {
+  const o = oracle('A');
+  const memoFile = (cacheDir: string) => {
+    const files = readdirSync(join(cacheDir, MEMO_DIR)).filter((f) => f.endsWith('.json'));
+    assert.equal(files.length, 1);
+    return join(cacheDir, MEMO_DIR, files[0]);
+  };
+
+  it('records what a whole read found, and a later load of the same files takes it from there without hashing', async () => {
+    const cacheDir = join(work, 'memo');
+    const sessionCache = { dir: cacheDir, maxBytes: 1024 ** 3 };
+    const plain = await withEngine(fixtureDir('A'), {}, async (e) => ({ fp: e.fingerprint, maxAbs: e.pluggableMaxAbs() }));
+    await withEngine(fixtureDir('A'), { sessionCache }, async () => {});
+    const memo = JSON.parse(readFileSync(memoFile(cacheDir), 'utf8'));
+    assert.equal(memo.fingerprint, plain.out.fp);
+    assert.deepEqual(new Map(Object.entries(memo.maxAbs)), plain.out.maxAbs);
+    // Proof that the next load believes the memo rather than hashing: a fingerprint no hash gives comes back.
+    writeFileSync(memoFile(cacheDir), JSON.stringify({ ...memo, fingerprint: 'f'.repeat(32) }));
+    const r = await withEngine(fixtureDir('A'), { sessionCache }, async (e) => ({ fp: e.fingerprint, logits: await e.logits(o.ids) }));
+    assert.equal(r.out.fp, 'f'.repeat(32));
+    // (That fingerprint keys another session entry, which this load built.)
+    assert.equal(r.from, 'cached');
+    r.out.logits.forEach((l, t) => assert.ok(maxAbsDiff(l, Float32Array.from(o.logits[t])) < 1e-4));
+  });
+
+  it('is not believed once a file changed, even rewritten in place with its old size and mtime', async () => {
+    const cacheDir = join(work, 'memo-changed');
+    const sessionCache = { dir: cacheDir, maxBytes: 1024 ** 3 };
+    const dir = join(work, 'A-rewritten');
+    cpSync(fixtureDir('A'), dir, { recursive: true });
+    const file = join(dir, 'model.safetensors');
+    // A whole second, which utimes sets exactly (a Date would round the nanoseconds the memo compares).
+    const stamp = 1_700_000_000;
+    utimesSync(file, stamp, stamp);
+    const first = await withEngine(dir, { sessionCache }, async (e) => e.fingerprint);
+    const { size } = statSync(file);
+    // Flip one bit of the last tensor's data in place, then put the mtime back: only the ctime tells.
+    const fd = openSync(file, 'r+');
+    const last = Buffer.alloc(1);
+    try {
+      readSync(fd, last, 0, 1, size - 2);
+      writeSync(fd, Buffer.from([last[0] ^ 0x01]), 0, 1, size - 2);
+    } finally {
+      closeSync(fd);
+    }
+    utimesSync(file, stamp, stamp);
+    assert.equal(statSync(file, { bigint: true }).mtimeNs, BigInt(stamp) * 1_000_000_000n);
+    assert.equal(statSync(file).size, size);
+    const second = await withEngine(dir, { sessionCache }, async (e) => e.fingerprint);
+    const plain = await withEngine(dir, {}, async (e) => e.fingerprint);
+    assert.notEqual(second.out, first.out);
+    assert.equal(second.out, plain.out, 'hashed again: the fingerprint of the bytes now there');
+    assert.equal(JSON.parse(readFileSync(memoFile(cacheDir), 'utf8')).fingerprint, plain.out, 'and recorded anew');
+  });
+
+  it('reads the checkpoint again when the memo is garbage, and writes a good one', async () => {
+    const cacheDir = join(work, 'memo-garbage');
+    const sessionCache = { dir: cacheDir, maxBytes: 1024 ** 3 };
+    const first = await withEngine(fixtureDir('A'), { sessionCache }, async (e) => e.fingerprint);
+    writeFileSync(memoFile(cacheDir), '{"format": 1, "dir": ');
+    const again = await withEngine(fixtureDir('A'), { sessionCache }, async (e) => e.fingerprint);
+    assert.equal(again.out, first.out);
+    assert.equal(again.from, 'cache');
+    assert.deepEqual(again.warnings, []);
+    assert.equal(JSON.parse(readFileSync(memoFile(cacheDir), 'utf8')).fingerprint, first.out);
   });
 });
 
