@@ -6,10 +6,11 @@
  * same device, inode, size, modification and change times in nanoseconds, as git's index checks its work tree.
  * The change time cannot be set back by a writer, so a file rewritten in place (even with its old mtime) misses.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { writeFileAtomic } from '../model/atomic.ts';
 import { checkpointFiles } from '../model/checkpoint.ts';
 
 const FORMAT = 1;
@@ -34,8 +35,8 @@ export interface CheckpointFacts {
 
 /** Every file a load's fingerprint depends on: config.json, the shard index when there is one, the shards. */
 function sourceFiles(dir: string): string[] {
-  const index = join(dir, 'model.safetensors.index.json');
-  return [join(dir, 'config.json'), ...(existsSync(index) ? [index] : []), ...checkpointFiles(dir).files].map((f) => resolve(f));
+  const { files, index } = checkpointFiles(dir);
+  return [join(dir, 'config.json'), ...(index ? [index] : []), ...files].map((f) => resolve(f));
 }
 
 function stats(dir: string): FileStat[] {
@@ -83,13 +84,7 @@ export class CheckpointMemo {
       if ([...facts.maxAbs.values()].some((v) => !Number.isFinite(v))) return;
       mkdirSync(join(this.path, '..'), { recursive: true });
       const memo = { format: FORMAT, dir: this.dir, files: this.before, fingerprint: facts.fingerprint, maxAbs: Object.fromEntries(facts.maxAbs) };
-      const tmp = `${this.path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-      try {
-        writeFileSync(tmp, `${JSON.stringify(memo, null, 1)}\n`);
-        renameSync(tmp, this.path);
-      } finally {
-        rmSync(tmp, { force: true });
-      }
+      writeFileAtomic(this.path, `${JSON.stringify(memo, null, 1)}\n`);
     } catch {
       // Read-only or full disk: the next load reads the checkpoint again.
     }

@@ -12,7 +12,8 @@ import { graphShape, PLUGIN_SLOTS } from './layout.ts';
 import { quantizeInt4, type Int4Weight } from './quantize.ts';
 import { releaseBuffers } from '../util/release.ts';
 import { SOURCE_DATA, SOURCE_MODEL, type PendingEntry, type SessionCacheOptions } from './session-cache.ts';
-import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
+import { writeAll } from '../model/atomic.ts';
 import { join } from 'node:path';
 
 export interface EngineOptions {
@@ -189,9 +190,7 @@ function writeSourceModel(graph: DecoderGraph, dir: string): string {
   const { bytes, placed } = graph.withDataFile(SOURCE_DATA, 64 * 1024);
   const fd = openSync(join(dir, SOURCE_DATA), 'w');
   try {
-    for (const p of placed) {
-      for (let done = 0; done < p.data.byteLength; ) done += writeSync(fd, p.data, done, p.data.byteLength - done, p.offset + done);
-    }
+    for (const p of placed) writeAll(fd, p.data, p.offset);
   } finally {
     closeSync(fd);
   }

@@ -18,13 +18,21 @@ export function writeFileAtomic(path: string, content: string | Iterable<Uint8Ar
     throw e;
   }
   closeSync(fd);
-  renameSync(tmp, path);
+  try {
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
   fsyncDir(dirname(path));
 }
 
-/** Writes all of `bytes`: one write() may move fewer (at most ~2 GiB on Linux, less than a 7B float32 embedding). */
-export function writeAll(fd: number, bytes: Uint8Array): void {
-  for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done);
+/**
+ * Writes all of `bytes`, at the file's offset `position` when given: one write() may move fewer (at most ~2 GiB on
+ * Linux, less than a 7B float32 embedding).
+ */
+export function writeAll(fd: number, bytes: Uint8Array, position?: number): void {
+  for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done, position === undefined ? null : position + done);
 }
 
 /** Flushes a file's bytes to disk (before it is renamed into place: a rename of unflushed bytes can commit an empty file). */

@@ -26,7 +26,7 @@ export class CheckpointError extends Error {
 const IGNORED = /\.rotary_emb\.inv_freq$/;
 
 /** The safetensors files of a model directory and which tensor lives in which. */
-export function checkpointFiles(dir: string): { files: string[]; weightMap: Map<string, string> | null } {
+export function checkpointFiles(dir: string): { files: string[]; weightMap: Map<string, string> | null; index: string | null } {
   const single = join(dir, 'model.safetensors');
   const index = join(dir, 'model.safetensors.index.json');
   if (existsSync(index)) {
@@ -44,9 +44,9 @@ export function checkpointFiles(dir: string): { files: string[]; weightMap: Map<
       if (!p.startsWith(root + sep)) throw new CheckpointError(`${index}: shard "${f}" lies outside the model directory`);
       return p;
     });
-    return { files, weightMap };
+    return { files, weightMap, index };
   }
-  if (existsSync(single)) return { files: [single], weightMap: null };
+  if (existsSync(single)) return { files: [single], weightMap: null, index: null };
   throw new CheckpointError(`${dir}: neither model.safetensors nor model.safetensors.index.json`);
 }
 
