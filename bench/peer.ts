@@ -7,20 +7,27 @@
  *   npm run bench:peer [-- --preset qwen2.5-0.5b --rounds 3 --decode 64 --prefill 512 --concurrency 1,4,8 --no-int4]
  *   npm run bench:peer -- --preset qwen2.5-1.5b --concurrency ''   (no serving rows)
  *
- * Rows: decode at batch 1 (fp32; int4 against Q4_0), prefill, resident memory once serving, load to ready (sfn's
- * with its session cache, and its first start, which builds that cache, apart), and serving at each concurrency: sfn's HTTP server (streamed completions) against llama.cpp's sequences of one
- * context generating at once (in process, no HTTP: what llama.cpp's server does for each step).
+ * Rows: decode at batch 1 (fp32, also as weights read per second; int4 against Q4_0), prefill, resident memory
+ * once serving, load to ready (sfn's with its session cache, and its first start, which builds that cache, apart),
+ * and serving at each concurrency: sfn's HTTP server (streamed completions) against llama.cpp's sequences of one
+ * context generating at once (in process, no HTTP: what llama.cpp's server does for each step). Below the table:
+ * the machine's streaming read, measured before each fp32 probe (bench/stream-read.c, built with the system's C
+ * compiler; left out without one), and each engine's fp32 decode as a fraction of it: how close each comes to the
+ * ceiling of a batch-1 step, which reads every weight once.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { readSpec } from '../src/model/config.ts';
 import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
+import { expectedParams } from '../src/model/names.ts';
 import { cacheDir } from '../src/util/cache-dir.ts';
 import { serverProcess } from './server-process.ts';
 import { withMallocTuning } from '../bin/malloc.js';
 import { median, pct, streamTokenTimes } from './stats.ts';
+import { streamRead, streamReadBinary } from './stream-read.ts';
 
 const { values } = parseArgs({
   options: {
@@ -135,6 +142,17 @@ async function main() {
   const f32 = gguf(dir, 'f32');
   const q4 = values['no-int4'] ? null : gguf(dir, 'q4_0');
   const runs: { sfn: Probe[]; llama: Probe[]; sfnInt4: Probe[]; llamaQ4: Probe[] } = { sfn: [], llama: [], sfnInt4: [], llamaQ4: [] };
+  // The machine's streaming read right before each fp32 probe (the ceiling of a batch-1 step, which reads every
+  // weight once), so that each engine's decode can be read against the bandwidth of its own moment.
+  const reader = streamReadBinary();
+  if ('error' in reader) log(`no streaming-read probe (the C compiler failed: ${reader.error}); its rows are left out`);
+  const stream: { sfn: number[]; llama: number[] } = { sfn: [], llama: [] };
+  const { spec } = readSpec(dir);
+  let tokenBytes = 0;
+  for (const [name, shape] of expectedParams(spec)) {
+    // An untied embedding is not read whole: one row per token is gathered.
+    if (name !== 'model.embed_tokens.weight' || spec.tieWordEmbeddings) tokenBytes += shape.reduce((a, b) => a * b, 1) * 4;
+  }
   // sfn's first start on a checkpoint builds its session cache (once per checkpoint, CPU and onnxruntime version,
   // as llama.cpp needs its GGUF converted once): timed apart, into a directory of its own that goes afterwards.
   const coldDir = mkdtempSync(join(tmpdir(), 'sfn-bench-cold-'));
@@ -151,6 +169,7 @@ async function main() {
     // The order alternates, so that neither engine always runs first in a round.
     const order = r % 2 ? (['llama', 'sfn'] as const) : (['sfn', 'llama'] as const);
     for (const e of order) {
+      if ('path' in reader) stream[e].push(streamRead(reader.path, { mib: 1024, threads: availableParallelism(), reps: 5, huge: true }));
       const p = e === 'sfn' ? probe('sfn', dir, 'none', levels.length ? ['--steps', levels.join(','), '--serve-prompt', values['serve-prompt']!] : []) : probe('llama', f32);
       runs[e].push(p);
       log(`round ${r + 1} ${e} fp32: decode ${p.decode_tps} tok/s, prefill ${p.prefill_tps} tok/s, rss ${gb(p.rss_bytes)} GB, load ${p.load_s} s`);
@@ -188,6 +207,11 @@ async function main() {
       runs.sfnInt4.map((p) => p.decode_tps),
       runs.llamaQ4.map((p) => p.decode_tps),
     );
+  row(
+    `decode, batch 1, fp32: weights read per second (GB/s; ${gb(tokenBytes)} GB a token)`,
+    runs.sfn.map((p) => (p.decode_tps * tokenBytes) / 1e9),
+    runs.llama.map((p) => (p.decode_tps * tokenBytes) / 1e9),
+  );
   row(
     `prefill ${values.prefill} tokens, fp32 (tok/s)`,
     runs.sfn.map((p) => p.prefill_tps),
@@ -243,6 +267,7 @@ async function main() {
       `- concurrency ${c}: ${got.toFixed(2)} tok/s delivered; its ${c}-row step (${(step * 1000).toFixed(1)} ms) and ${c} prefills of ${values['serve-prompt']} tokens (${(prefill * 1000).toFixed(0)} ms each) allow ${allowed.toFixed(2)}: **${(got / allowed).toFixed(2)}** of that (decode steps alone: ${decodeOnly.toFixed(2)} tok/s, ${(got / decodeOnly).toFixed(2)})`,
     );
   }
+  const streamAll = [...stream.sfn, ...stream.llama];
   const llamaBinding = median(runs.llama.map((p) => p.binding_s ?? 0));
   process.stdout.write(
     [
@@ -252,12 +277,18 @@ async function main() {
       '|---|---|---|---|',
       ...rows,
       '',
+      ...(streamAll.length
+        ? [
+            `The machine's streaming read before each fp32 probe (bench/stream-read.c, ${availableParallelism()} threads, 1 GiB in 2 MiB pages): ${median(streamAll).toFixed(1)} GB/s (${spread(streamAll)}). Against its median, fp32 decode reads weights at **${((median(runs.sfn.map((p) => p.decode_tps)) * tokenBytes) / 1e9 / median(streamAll)).toFixed(2)}** of it in sfn and **${((median(runs.llama.map((p) => p.decode_tps)) * tokenBytes) / 1e9 / median(streamAll)).toFixed(2)}** in llama.cpp.`,
+            '',
+          ]
+        : []),
       `llama.cpp's load excludes node-llama-cpp's binary check (${llamaBinding.toFixed(2)} s median); its resident memory includes the mmapped GGUF (${gb(median(runs.llama.map((p) => p.rss_file_bytes)))} GB file-backed).`,
       '',
       ...(own.length ? ["sfn's server against its own step times (measured in the fp32 probes):", ...own, ''] : []),
     ].join('\n'),
   );
-  process.stderr.write(`${JSON.stringify({ bench: 'peer', preset, cold, runs, serve })}\n`);
+  process.stderr.write(`${JSON.stringify({ bench: 'peer', preset, cold, runs, serve, stream_read_gbps: stream, token_bytes: tokenBytes })}\n`);
 }
 
 await main();
