@@ -142,8 +142,8 @@ async function main() {
   const f32 = gguf(dir, 'f32');
   const q4 = values['no-int4'] ? null : gguf(dir, 'q4_0');
   const runs: { sfn: Probe[]; llama: Probe[]; sfnInt4: Probe[]; llamaQ4: Probe[] } = { sfn: [], llama: [], sfnInt4: [], llamaQ4: [] };
-  // The machine's streaming read right before each fp32 probe (the ceiling of a batch-1 step, which reads every
-  // weight once), so that each engine's decode can be read against the bandwidth of its own moment.
+  // The machine's streaming read before each fp32 probe: the ceiling of a batch-1 step, which reads every weight
+  // once. Pooled over the run (it moves from minute to minute), both engines' decode is read against its median.
   const reader = streamReadBinary();
   if ('error' in reader) log(`no streaming-read probe (the C compiler failed: ${reader.error}); its rows are left out`);
   const stream: { sfn: number[]; llama: number[] } = { sfn: [], llama: [] };
