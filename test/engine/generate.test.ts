@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import { Engine } from '../../src/engine/engine.ts';
 import { generate, Sequence, type GeneratedToken } from '../../src/engine/generate.ts';
 import { Rng } from '../../src/util/random.ts';
-import { argmax, logprobs, sample } from '../../src/engine/sampler.ts';
+import { argmax, expNonPositive, logprobs, logSumExp, sample } from '../../src/engine/sampler.ts';
 import { ModelTokenizer } from '../../src/engine/tokenizer.ts';
 import { fixtureDir, oracle } from '../helpers/fixtures.ts';
 
@@ -96,6 +96,37 @@ describe('sampler', () => {
       [1, 0],
     );
     assert.ok(Math.abs(top[0].logprob - Math.log(0.75)) < 1e-6);
+  });
+  it("computes e^x for x <= 0 to within 2e-12 of Math.exp's value, and 0 below -103 and at -Infinity", () => {
+    const r = new Rng(3);
+    const xs = [0, -1e-300, -Math.LN2 / 64, -Math.LN2 / 32, -Math.LN2, -1, -10, -50.5, -87.3, -102.999, -103];
+    for (let i = 0; i < 20000; i++) xs.push(-103 * r.next());
+    for (let i = 0; i < 2000; i++) xs.push(-1e-3 * r.next());
+    for (const x of xs) {
+      const rel = Math.abs(expNonPositive(x) - Math.exp(x)) / Math.exp(x);
+      assert.ok(rel < 2e-12, `e^${x}: relative error ${rel}`);
+    }
+    for (const x of [-103.0001, -200, -1e300, -Infinity, Number.NaN]) assert.equal(expNonPositive(x), 0, `e^${x}`);
+  });
+  it('log-sum-exps a vocabulary at any logit scale to within 1e-12 of a Math.exp reference; masked tokens add nothing', () => {
+    const r = new Rng(4);
+    const reference = (l: Float32Array) => {
+      const max = l.reduce((m, x) => Math.max(m, x), -Infinity);
+      return max + Math.log(l.reduce((s, x) => s + Math.exp(x - max), 0));
+    };
+    for (const scale of [1e-3, 1, 30, 1000]) {
+      const l = Float32Array.from({ length: 151936 }, () => (r.next() - 0.5) * scale);
+      assert.ok(Math.abs(logSumExp(l) - reference(l)) < 1e-12 * Math.max(1, Math.abs(reference(l))), `scale ${scale}`);
+    }
+    const masked = new Float32Array([2, -Infinity, 0, -Infinity]);
+    assert.ok(Math.abs(logSumExp(masked) - Math.log(Math.exp(2) + 1)) < 1e-12);
+    assert.equal(logprobs(masked, 1).logprob, -Infinity);
+  });
+  it('never falls back on a token masked to -Infinity when rounding leaves the draw unspent', () => {
+    // A draw at the very top of the mass (rounding's worst case) walks past every token with mass left over.
+    const top = { next: () => 1 } as unknown as Rng;
+    assert.equal(sample(new Float32Array([0, -Infinity]), { temperature: 1, topP: 1, topK: 0 }, top), 0);
+    assert.equal(sample(new Float32Array([-Infinity, 3, 1, -Infinity]), { temperature: 0.5, topP: 1, topK: 0 }, top), 2);
   });
 });
 
