@@ -214,6 +214,18 @@ describe('sequence text handling', () => {
     assert.equal(s.text, 'hello world');
     assert.equal(s.finish, null);
   });
+  it("reports logprobs of the model's own distribution, with and without a bias that changes the choice", () => {
+    const model = () => new Float32Array([1, 2, 0.5, -1]);
+    const lse = Math.log(Math.exp(1) + Math.exp(2) + Math.exp(0.5) + Math.exp(-1));
+    const plain = new Sequence({ maxTokens: 4, temperature: 0, logprobs: 1 }, null).accept(model());
+    assert.equal(plain.id, 1);
+    assert.ok(Math.abs(plain.logprob! - (2 - lse)) < 1e-12);
+    const biased = new Sequence({ maxTokens: 4, temperature: 0, logprobs: 1, logitBias: { 2: 10 } }, null).accept(model());
+    assert.equal(biased.id, 2);
+    assert.ok(Math.abs(biased.logprob! - (0.5 - lse)) < 1e-12, `${biased.logprob}`);
+    assert.ok(Math.abs(biased.top![0].logprob - (2 - lse)) < 1e-12);
+    assert.equal(biased.top![0].id, 1);
+  });
   it('holds back an incomplete UTF-8 character', () => {
     const ids = tok.encode('é');
     assert.ok(ids.length >= 2, 'byte-level: é is two byte tokens');
