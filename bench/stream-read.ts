@@ -1,8 +1,9 @@
 /**
  * The machine's streaming read bandwidth from bench/stream-read.c, built here with the system's C compiler
  * (cached under the sfn cache directory by a hash of the source). A batch-1 decode step reads every weight
- * once, so this is its ceiling: both engines' decode is reported against it in the same run. onnxruntime's own
- * MatMul (bench:engine's roofline) is not a ceiling: it is the kernel sfn decodes with.
+ * once, so this is about its ceiling (the bandwidth moves from minute to minute: an engine may read faster than a
+ * median taken around it): both engines' decode is reported against it in the same run. onnxruntime's own MatMul
+ * (bench:engine's roofline) is not a ceiling: it is the kernel sfn decodes with.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
