@@ -17,7 +17,7 @@ import { GraphBuilder } from '../src/engine/onnx.ts';
 import { Rng } from '../src/util/random.ts';
 import { argmax } from '../src/engine/sampler.ts';
 import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
-import { expectedParams } from '../src/model/names.ts';
+import { decodeWeightBytes } from './stats.ts';
 
 const { values } = parseArgs({
   options: {
@@ -88,12 +88,7 @@ async function main() {
   const engine = await Engine.load(dir, { threads });
   const loadS = (performance.now() - tl) / 1000;
   const spec = engine.spec;
-  // Bytes one decode step must read: every weight once, except an untied embedding (only a row is gathered).
-  let weightBytes = 0;
-  for (const [name, shape] of expectedParams(spec)) {
-    if (name === 'model.embed_tokens.weight' && !spec.tieWordEmbeddings) continue;
-    weightBytes += shape.reduce((a, b) => a * b, 1) * 4;
-  }
+  const weightBytes = decodeWeightBytes(spec);
 
   // Prefill: 512 tokens in one run, from an empty cache.
   const rng = new Rng(7);

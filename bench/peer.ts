@@ -22,11 +22,10 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { readSpec } from '../src/model/config.ts';
 import { cachedModel, PRESETS, type Preset } from '../src/model/make-model.ts';
-import { expectedParams } from '../src/model/names.ts';
 import { cacheDir } from '../src/util/cache-dir.ts';
 import { serverProcess } from './server-process.ts';
 import { withMallocTuning } from '../bin/malloc.js';
-import { median, pct, streamTokenTimes } from './stats.ts';
+import { decodeWeightBytes, median, pct, streamTokenTimes } from './stats.ts';
 import { streamRead, streamReadBinary } from './stream-read.ts';
 
 const { values } = parseArgs({
@@ -147,12 +146,7 @@ async function main() {
   const reader = streamReadBinary();
   if ('error' in reader) log(`no streaming-read probe (the C compiler failed: ${reader.error}); its rows are left out`);
   const stream: { sfn: number[]; llama: number[] } = { sfn: [], llama: [] };
-  const { spec } = readSpec(dir);
-  let tokenBytes = 0;
-  for (const [name, shape] of expectedParams(spec)) {
-    // An untied embedding is not read whole: one row per token is gathered.
-    if (name !== 'model.embed_tokens.weight' || spec.tieWordEmbeddings) tokenBytes += shape.reduce((a, b) => a * b, 1) * 4;
-  }
+  const tokenBytes = decodeWeightBytes(readSpec(dir).spec);
   // sfn's first start on a checkpoint builds its session cache (once per checkpoint, CPU and onnxruntime version,
   // as llama.cpp needs its GGUF converted once): timed apart, into a directory of its own that goes afterwards.
   const coldDir = mkdtempSync(join(tmpdir(), 'sfn-bench-cold-'));
@@ -207,11 +201,8 @@ async function main() {
       runs.sfnInt4.map((p) => p.decode_tps),
       runs.llamaQ4.map((p) => p.decode_tps),
     );
-  row(
-    `decode, batch 1, fp32: weights read per second (GB/s; ${gb(tokenBytes)} GB a token)`,
-    runs.sfn.map((p) => (p.decode_tps * tokenBytes) / 1e9),
-    runs.llama.map((p) => (p.decode_tps * tokenBytes) / 1e9),
-  );
+  const readGbps = { sfn: runs.sfn.map((p) => (p.decode_tps * tokenBytes) / 1e9), llama: runs.llama.map((p) => (p.decode_tps * tokenBytes) / 1e9) };
+  row(`decode, batch 1, fp32: weights read per second (GB/s; ${gb(tokenBytes)} GB a token)`, readGbps.sfn, readGbps.llama);
   row(
     `prefill ${values.prefill} tokens, fp32 (tok/s)`,
     runs.sfn.map((p) => p.prefill_tps),
@@ -279,7 +270,7 @@ async function main() {
       '',
       ...(streamAll.length
         ? [
-            `The machine's streaming read before each fp32 probe (bench/stream-read.c, ${availableParallelism()} threads, 1 GiB in 2 MiB pages): ${median(streamAll).toFixed(1)} GB/s (${spread(streamAll)}). Against its median, fp32 decode reads weights at **${((median(runs.sfn.map((p) => p.decode_tps)) * tokenBytes) / 1e9 / median(streamAll)).toFixed(2)}** of it in sfn and **${((median(runs.llama.map((p) => p.decode_tps)) * tokenBytes) / 1e9 / median(streamAll)).toFixed(2)}** in llama.cpp.`,
+            `The machine's streaming read before each fp32 probe (bench/stream-read.c, ${availableParallelism()} threads, 1 GiB in 2 MiB pages): ${median(streamAll).toFixed(1)} GB/s (${spread(streamAll)}). Against its median, fp32 decode reads weights at **${(median(readGbps.sfn) / median(streamAll)).toFixed(2)}** of it in sfn and **${(median(readGbps.llama) / median(streamAll)).toFixed(2)}** in llama.cpp.`,
             '',
           ]
         : []),

@@ -1,4 +1,16 @@
-/** The statistics the benches print: nearest-rank percentiles and the median. */
+/** The statistics the benches print: nearest-rank percentiles, the median, and the bytes a decode step reads. */
+import type { ModelSpec } from '../src/model/config.ts';
+import { expectedParams } from '../src/model/names.ts';
+
+/** float32 bytes one batch-1 decode step must read: every weight once, but an untied embedding (a row is gathered). */
+export function decodeWeightBytes(spec: ModelSpec): number {
+  let bytes = 0;
+  for (const [name, shape] of expectedParams(spec)) {
+    if (name === 'model.embed_tokens.weight' && !spec.tieWordEmbeddings) continue;
+    bytes += shape.reduce((a, b) => a * b, 1) * 4;
+  }
+  return bytes;
+}
 
 /** The nearest-rank p-th percentile (p in 0..100) of `xs`; NaN for none. */
 export function pct(xs: number[], p: number): number {

@@ -1,3 +1,2 @@
 export declare const MALLOC_TUNABLES: string[];
-export declare const MALLOC_TUNABLE: string;
 export declare function withMallocTuning(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv | null;

@@ -7,7 +7,6 @@
 // than 4 KiB ones took a 1.5B load from the session cache from 11.5-13.1 s to 6.8-8.9 s and an uncached 0.5B load
 // from 18.6 s to 12.4-14.3 s, with decode unchanged and 0.04 GB more resident (docs/benchmarks.md).
 export const MALLOC_TUNABLES = ['glibc.malloc.mmap_threshold=1048576', 'glibc.malloc.hugetlb=1'];
-export const MALLOC_TUNABLE = MALLOC_TUNABLES.join(':');
 
 /** `env` with the tunables added to GLIBC_TUNABLES, each unless it already sets that tunable; null when none is added. */
 export function withMallocTuning(env) {

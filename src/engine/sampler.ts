@@ -41,10 +41,16 @@ export function expNonPositive(x: number): number {
   return er * POW2_FRACTION[m & 31] * POW2_INTEGER[-(m >> 5)];
 }
 
-/** log sum_i e^(logits_i), from the largest logit (so no term overflows). */
-export function logSumExp(logits: Float32Array): number {
+/** The largest logit; -Infinity for none. */
+function maxOf(logits: Float32Array): number {
   let max = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  return max;
+}
+
+/** log sum_i e^(logits_i), from the largest logit (so no term overflows). */
+export function logSumExp(logits: Float32Array): number {
+  const max = maxOf(logits);
   let sum = 0;
   for (let i = 0; i < logits.length; i++) sum += expNonPositive(logits[i] - max);
   return max + Math.log(sum);
@@ -57,8 +63,7 @@ export function sample(logits: Float32Array, p: SamplingParams, rng: Rng): numbe
   if (p.temperature === 0) return argmax(logits);
   const V = logits.length;
   const inv = 1 / p.temperature;
-  let max = -Infinity;
-  for (let i = 0; i < V; i++) if (logits[i] > max) max = logits[i];
+  const max = maxOf(logits);
   if (probsScratch.length < V) probsScratch = new Float64Array(V);
   const probs = probsScratch.subarray(0, V);
   let sum = 0;
